@@ -1,0 +1,137 @@
+# django-mirror developer tasks.  `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV  := .venv
+PY    := $(VENV)/bin/python
+# Touched after a successful install; rebuilt only when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+
+# Interpreter used to create the venv: python3.11 if it runs, else python3.
+PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
+
+# Extra arguments for every pytest run, e.g. `make test PYTEST_ARGS="-x -k kinesis"`.
+PYTEST_ARGS ?=
+
+# Database URLs of the PostgreSQL and MariaDB passes.
+PG_SOURCE_URL    ?= postgres://postgres@127.0.0.1:5432/mirror_source
+PG_TARGET_URL    ?= postgres://postgres@127.0.0.1:5432/mirror_target
+MYSQL_SOURCE_URL ?= mysql://root@127.0.0.1:3306/mirror_source
+MYSQL_TARGET_URL ?= mysql://root@127.0.0.1:3306/mirror_target
+
+# Environment for Django commands run from the repo root.
+DJANGO_ENV := PYTHONPATH=. DJANGO_SETTINGS_MODULE=tests.settings
+# Same, with any database URLs from the caller's environment removed (=> SQLite).
+SQLITE_ENV := env -u DATABASE_URL -u TARGET_DATABASE_URL $(DJANGO_ENV)
+
+# $(call port_open,HOST,PORT): shell condition, true if a TCP connect succeeds within 1 s.
+port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), timeout=1).close()" 2>/dev/null
+
+.PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb \
+        demo bench lint tox clean
+
+help:
+	@echo "make venv           create $(VENV) and install '.[dev]' (+ '.[mysql]' if it builds)"
+	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB"
+	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
+	@echo "make demo           run the example project's mirror_demo command"
+	@echo "make bench          run the benchmarks"
+	@echo "make lint           ruff check + ruff format --check"
+	@echo "make tox            run tox (exposes pyenv's 3.12/3.13 if present)"
+	@echo "make clean          remove the venv, sqlite files and caches"
+
+# --- environment ---------------------------------------------------------------
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	@$(MAKE) --no-print-directory mysql-extra
+	@touch $@
+
+# Best effort: mysqlclient needs the MariaDB client headers. Never fails the build.
+mysql-extra:
+	@if ! { command -v mysql_config || command -v mariadb_config || pkg-config --exists mariadb; } >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libmariadb-dev pkg-config (headers for mysqlclient)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y libmariadb-dev pkg-config \
+	      || { apt-get update && apt-get install -y libmariadb-dev pkg-config; } \
+	      || true; \
+	  fi; \
+	fi; \
+	if ! $(PY) -m pip install -e '.[mysql]'; then \
+	  echo ""; \
+	  echo "NOTICE: could not install the 'mysql' extra (mysqlclient);"; \
+	  echo "NOTICE: the MariaDB test pass will be skipped. Install libmariadb-dev + pkg-config and run 'make mysql-extra'."; \
+	  echo ""; \
+	fi
+
+# --- tests ---------------------------------------------------------------------
+
+# Stops at the first failing step.
+test: $(STAMP)
+	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory test-sqlite
+	@$(MAKE) --no-print-directory test-postgres
+	@$(MAKE) --no-print-directory test-mariadb
+
+# Lint and "no missing migrations".
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(SQLITE_ENV) $(PY) -m django makemigrations --check --dry-run
+
+test-sqlite: $(STAMP)
+	@echo "== tests on SQLite"
+	$(SQLITE_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: $(STAMP)
+	@echo "== tests on PostgreSQL"
+	@if $(call port_open,127.0.0.1,5432); then \
+	  set -x; \
+	  $(DJANGO_ENV) DATABASE_URL=$(PG_SOURCE_URL) TARGET_DATABASE_URL=$(PG_TARGET_URL) \
+	    $(PY) -m pytest $(PYTEST_ARGS); \
+	else \
+	  echo "skipped: PostgreSQL not reachable on 127.0.0.1:5432"; \
+	fi
+
+test-mariadb: $(STAMP)
+	@echo "== tests on MariaDB"
+	@if ! $(call port_open,127.0.0.1,3306); then \
+	  echo "skipped: MariaDB not reachable on 127.0.0.1:3306"; \
+	elif ! $(PY) -c "import MySQLdb" 2>/dev/null; then \
+	  echo "skipped: MySQLdb (mysqlclient) not importable in $(VENV); see 'make mysql-extra'"; \
+	else \
+	  set -x; \
+	  $(DJANGO_ENV) DATABASE_URL=$(MYSQL_SOURCE_URL) TARGET_DATABASE_URL=$(MYSQL_TARGET_URL) \
+	    $(PY) -m pytest $(PYTEST_ARGS); \
+	fi
+
+# --- other tasks -----------------------------------------------------------------
+
+demo: $(STAMP)
+	cd example_project && ../$(PY) manage.py mirror_demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+# Format check is informational only (leading '-').
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	-$(VENV)/bin/ruff format --check .
+
+# tox needs python3.12/python3.13 on PATH. pyenv's shims only resolve the global
+# version (and tox drops PYENV_VERSION), so append each installed 3.11-3.13 bin dir.
+PYENV_PATHS = $(shell command -v pyenv >/dev/null 2>&1 && \
+  for v in $$(pyenv versions --bare | grep -E '^3\.1[123]\.[0-9]+$$'); do \
+    printf ':%s' "$$(pyenv root)/versions/$$v/bin"; done)
+
+tox: $(STAMP)
+	PATH="$$PATH$(PYENV_PATHS)" $(VENV)/bin/tox $(TOX_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .tox build dist *.egg-info
+	find tests example_project -name '*.sqlite3*' -type f -delete 2>/dev/null || true
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,334 @@
+"""Turn ORM writes to mirrored models into events in the source database's outbox.
+
+Every write path ends in :func:`record`, which re-reads the rows the write touched
+(inside the same transaction, under the write's row locks) and stores their
+after-images as one ``OutboxBatch`` row. Because the outbox row commits or rolls
+back with the write, the stream gets an event for every committed write and for
+no rolled-back one; after commit a relay ships the batch.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import connections, models, router, transaction
+from django.db.models import signals
+from django.utils import timezone
+
+from django_mirror import conf
+from django_mirror.events import DELETE, UPSERT, encode_value, row_image
+
+#: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
+MAX_BATCH_EVENTS = 10_000
+
+_paused: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "django_mirror_paused", default=False
+)
+
+
+class CaptureError(RuntimeError):
+    """A write to a mirrored model cannot be captured; the write is rolled back with it."""
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Writes in this block (this thread or task only) are not captured."""
+    token = _paused.set(True)
+    try:
+        yield
+    finally:
+        _paused.reset(token)
+
+
+def capture_alias(config: conf.ModelConfig) -> str:
+    """The alias whose writes are the truth for this model and so get captured."""
+    return conf.source_alias()
+
+
+def active_config(model: type[models.Model], using: str | None) -> conf.ModelConfig | None:
+    """The model's config when a write to it on ``using`` must be captured now, else None."""
+    config = conf.model_config(model)
+    if config is None or not config.capturing or _paused.get():
+        return None
+    if (using or router.db_for_write(model)) != capture_alias(config):
+        return None
+    return config
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _param_chunk(using: str) -> int:
+    return max(1, min(500, (connections[using].features.max_query_params or 1000) - 10))
+
+
+def _transaction_id(using: str) -> str:
+    """An id shared by the events of one transaction; also arms the after-commit ship."""
+    connection = connections[using]
+    state = getattr(connection, "_mirror_tx", None)
+    if state is not None and any(entry[1] is state[1] for entry in connection.run_on_commit):
+        return state[0]
+    txid = uuid.uuid4().hex
+    marker = functools.partial(_after_commit, using)
+    transaction.on_commit(marker, using=using)
+    connection._mirror_tx = (txid, marker)  # type: ignore[attr-defined]
+    return txid
+
+
+def _after_commit(using: str) -> None:
+    from django_mirror import relay
+
+    relay.after_commit(using)
+
+
+def read_rows(
+    model: type[models.Model], pks: Iterable[Any], using: str, lock: bool = False
+) -> list[dict[str, Any]]:
+    """Rows by primary key as ``{attname: value}`` the way the database holds them now."""
+    pk_list = list(dict.fromkeys(pks))
+    if not pk_list:
+        return []
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    lock = lock and connections[using].features.has_select_for_update
+    rows: list[dict[str, Any]] = []
+    for chunk in _chunks(pk_list, _param_chunk(using)):
+        qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).values(*attnames)
+        if lock:
+            qs = qs.select_for_update()
+        rows.extend(qs)
+    return rows
+
+
+def _event_dicts(
+    config: conf.ModelConfig,
+    model: type[models.Model],
+    using: str,
+    upserts: list[dict[str, Any]],
+    deletes: list[Any],
+) -> list[dict[str, Any]]:
+    txid = _transaction_id(using)
+    ts = timezone.now().isoformat()
+    label = model._meta.label
+    pk_attname = model._meta.pk.attname
+    base = {"schema": 1, "model": label, "source": using, "tx": txid, "ts": ts}
+    events = [
+        {
+            **base,
+            "id": str(uuid.uuid4()),
+            "op": UPSERT,
+            "pk": encode_value(values[pk_attname]),
+            "row": row_image(model, values, config.exclude_fields),
+        }
+        for values in upserts
+    ]
+    events.extend(
+        {**base, "id": str(uuid.uuid4()), "op": DELETE, "pk": encode_value(pk), "row": None}
+        for pk in deletes
+    )
+    return events
+
+
+def record(
+    model: type[models.Model],
+    using: str,
+    upsert_pks: Iterable[Any] = (),
+    delete_pks: Iterable[Any] = (),
+    lock: bool = False,
+) -> None:
+    """Capture writes to ``model`` on ``using``: re-read upserted rows, queue their events."""
+    config = active_config(model, using)
+    if config is None:
+        return
+    model = model._meta.concrete_model  # proxies write their concrete model's table
+    upserts = read_rows(model, upsert_pks, using, lock=lock)
+    deletes = list(delete_pks)
+    if not upserts and not deletes:
+        return
+    events = _event_dicts(config, model, using, upserts, deletes)
+    pending = getattr(connections[using], "_mirror_batch", None)
+    if pending is not None:
+        pending.setdefault(model._meta.label, []).extend(events)
+    else:
+        _write_outbox(using, model._meta.label, events)
+
+
+def _write_outbox(using: str, label: str, events: list[dict[str, Any]]) -> None:
+    import json
+
+    from django_mirror.models import OutboxBatch
+
+    with paused():
+        OutboxBatch.objects.using(using).bulk_create(
+            [
+                OutboxBatch(
+                    model=label,
+                    count=len(chunk),
+                    payload=json.dumps(chunk, separators=(",", ":"), ensure_ascii=False),
+                )
+                for chunk in _chunks(events, MAX_BATCH_EVENTS)
+            ]
+        )
+
+
+@contextmanager
+def batch(using: str) -> Iterator[None]:
+    """Collect the events of one ORM call into as few outbox rows as possible."""
+    connection = connections[using]
+    if getattr(connection, "_mirror_batch", None) is not None:
+        yield
+        return
+    connection._mirror_batch = pending = {}  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        connection._mirror_batch = None  # type: ignore[attr-defined]
+    for label, events in pending.items():
+        _write_outbox(using, label, events)
+
+
+# --- signal receivers -------------------------------------------------------------------
+
+
+def _on_post_save(
+    sender: type[models.Model], instance: models.Model, using: str, **kw: Any
+) -> None:
+    record(sender, using, upsert_pks=[instance.pk])
+
+
+def _on_post_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kw: Any
+) -> None:
+    record(sender, using, delete_pks=[instance.pk])
+
+
+def _m2m_field(through: type[models.Model]) -> models.ManyToManyField:
+    for f in through._meta.auto_created._meta.local_many_to_many:  # type: ignore[union-attr]
+        if f.remote_field.through is through:
+            return f
+    raise LookupError(f"no many-to-many field uses {through._meta.label}")
+
+
+def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: ignore[no-untyped-def]
+    """Primary keys of the through rows an add/remove/clear on ``instance`` touches."""
+    m2m = _m2m_field(sender)
+    near, far = m2m.m2m_field_name(), m2m.m2m_reverse_field_name()
+    if reverse:
+        near, far = far, near
+    qs = models.QuerySet(model=sender, using=using).filter(**{near: instance.pk})
+    if pk_set is not None:
+        qs = qs.filter(**{f"{far}__in": list(pk_set)})
+    if connections[using].features.has_select_for_update:
+        qs = qs.select_for_update()
+    return list(qs.values_list("pk", flat=True))
+
+
+def _on_m2m_changed(sender, instance, action, reverse, pk_set, using, **kw) -> None:  # type: ignore[no-untyped-def]
+    if active_config(sender, using) is None:
+        return
+    if action in ("pre_remove", "pre_clear"):
+        pending = instance.__dict__.setdefault("_mirror_m2m_pending", {})
+        pending[sender] = _m2m_rows(sender, instance, reverse, pk_set, using)
+    elif action in ("post_remove", "post_clear"):
+        pks = instance.__dict__.get("_mirror_m2m_pending", {}).pop(sender, [])
+        record(sender, using, delete_pks=pks)
+    elif action == "post_add" and pk_set:
+        record(sender, using, upsert_pks=_m2m_rows(sender, instance, reverse, pk_set, using))
+
+
+#: ``on_delete`` handlers that never rewrite a child row with a signal-less ``UPDATE``.
+_NO_REWRITE = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHING)
+
+
+def _rewriting_relations(parent: type[models.Model]) -> list[models.ForeignKey]:
+    """Foreign keys of mirrored models that Django rewrites (SET_NULL etc.) when ``parent`` goes."""
+    return [
+        rel.field
+        for rel in parent._meta.related_objects
+        if not rel.many_to_many
+        and rel.on_delete not in _NO_REWRITE
+        and conf.model_config(rel.related_model) is not None
+    ]
+
+
+def _on_parent_pre_delete(sender, instance, using, **kw) -> None:  # type: ignore[no-untyped-def]
+    """Note which mirrored children a SET_NULL/SET_DEFAULT/SET() cascade will rewrite.
+
+    Django rewrites them with a plain ``UPDATE`` that sends no signal. Locking the
+    parent first keeps a concurrent writer from pointing a new child at it meanwhile.
+    """
+    fields = [f for f in _rewriting_relations(sender) if active_config(f.model, using)]
+    if not fields:
+        return
+    if connections[using].features.has_select_for_update:
+        list(models.QuerySet(model=sender, using=using).filter(pk=instance.pk).select_for_update())
+    pending = {}
+    for f in fields:
+        children = models.QuerySet(model=f.model, using=using).filter(**{f.name: instance.pk})
+        pending[f] = list(children.values_list("pk", flat=True))
+    instance.__dict__["_mirror_set_null_pending"] = pending
+
+
+def _on_parent_post_delete(sender, instance, using, **kw) -> None:  # type: ignore[no-untyped-def]
+    for f, pks in instance.__dict__.pop("_mirror_set_null_pending", {}).items():
+        record(f.model, using, upsert_pks=pks)
+
+
+#: (signal, sender, dispatch_uid) of every receiver connected, so a settings change
+#: can take exactly those back.
+_connected: list[tuple[signals.ModelSignal, type[models.Model], str]] = []
+
+
+def _connect(signal: signals.ModelSignal, receiver: Any, sender: type[models.Model]) -> None:
+    uid = f"django_mirror.capture.{receiver.__name__}.{sender._meta.label_lower}"
+    signal.connect(receiver, sender=sender, dispatch_uid=uid)
+    _connected.append((signal, sender, uid))
+
+
+def _atomic_save_base(original):  # type: ignore[no-untyped-def]
+    """Wrap ``Model.save_base`` in a transaction so the row and its outbox row commit together.
+
+    Django saves a single-table model in autocommit mode without one, which would
+    let a crash fall between the row's commit and its event's.
+    """
+
+    @functools.wraps(original)
+    def save_base(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        if active_config(type(self), using) is None or connections[using].in_atomic_block:
+            return original(self, *args, **kwargs)
+        with transaction.atomic(using=using, savepoint=False):
+            return original(self, *args, **kwargs)
+
+    save_base._mirror_wrapped = True  # type: ignore[attr-defined]
+    return save_base
+
+
+def connect_signals() -> None:
+    """(Re)connect receivers for exactly the mirrored models, so others pay nothing."""
+    while _connected:
+        signal, sender, uid = _connected.pop()
+        signal.disconnect(sender=sender, dispatch_uid=uid)
+    parents: set[type[models.Model]] = set()
+    for model in conf.mirrored_models():
+        if model._meta.auto_created:
+            _connect(signals.m2m_changed, _on_m2m_changed, model)
+            continue
+        _connect(signals.post_save, _on_post_save, model)
+        _connect(signals.post_delete, _on_post_delete, model)
+        if not getattr(model.save_base, "_mirror_wrapped", False):
+            model.save_base = _atomic_save_base(model.save_base)  # type: ignore[method-assign]
+        parents.update(
+            f.related_model
+            for f in model._meta.concrete_fields
+            if f.many_to_one and f.remote_field.on_delete not in _NO_REWRITE
+        )
+    for parent in parents:
+        _connect(signals.pre_delete, _on_parent_pre_delete, parent)
+        _connect(signals.post_delete, _on_parent_post_delete, parent)

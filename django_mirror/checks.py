@@ -1,0 +1,228 @@
+"""System checks for ``DJANGO_MIRROR``; every id is listed in ``docs/checks.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.db import models
+from django.utils.module_loading import import_string
+
+from django_mirror import conf
+
+SUPPORTED_PK_TYPES = (
+    models.AutoField,
+    models.BigAutoField,
+    models.SmallAutoField,
+    models.IntegerField,
+    models.CharField,
+    models.UUIDField,
+)
+MODEL_OPTIONS = set(conf.DEFAULT_MODEL)
+RELAY_MODES = ("thread", "sync", "off")
+
+
+def _importable(path: Any) -> bool:
+    try:
+        import_string(str(path))
+    except ImportError:
+        return False
+    return True
+
+
+def _check_stream(stream: dict[str, Any]) -> list[Any]:
+    errors: list[Any] = []
+    if not _importable(stream.get("BACKEND")):
+        errors.append(
+            Error(
+                f"DJANGO_MIRROR['STREAM']['BACKEND'] {stream.get('BACKEND')!r} cannot be imported.",
+                hint="Use 'django_mirror.streams.KinesisStream' or the dotted path of your class.",
+                id="django_mirror.E008",
+            )
+        )
+    if stream.get("BACKEND") == conf.DEFAULT_STREAM["BACKEND"]:
+        for option in ("stream_name", "region_name"):
+            if not stream["OPTIONS"].get(option):
+                errors.append(
+                    Error(
+                        f"DJANGO_MIRROR['STREAM']['OPTIONS'] lacks {option!r}.",
+                        id="django_mirror.E009",
+                    )
+                )
+    return errors
+
+
+def _check_target(label: str, target: Any, source: str) -> list[Any]:
+    if target is None:
+        return [
+            Error(
+                f"DJANGO_MIRROR['MODELS'][{label!r}] has no 'target'.",
+                hint="Name a DATABASES alias or give {'BACKEND': ..., 'OPTIONS': {...}}.",
+                id="django_mirror.E004",
+            )
+        ]
+    if isinstance(target, str):
+        if target not in settings.DATABASES:
+            return [
+                Error(
+                    f"Target {target!r} of {label} is not a DATABASES alias.",
+                    id="django_mirror.E004",
+                )
+            ]
+        if target == source:
+            return [
+                Error(
+                    f"Target of {label} is the source alias {source!r}.",
+                    hint="Mirror into a different DATABASES alias.",
+                    id="django_mirror.E005",
+                )
+            ]
+        return []
+    if not isinstance(target, dict) or not _importable(target.get("BACKEND")):
+        return [
+            Error(
+                f"Target backend of {label} cannot be imported: {target!r}.",
+                id="django_mirror.E008",
+            )
+        ]
+    return []
+
+
+def _check_model(label: str, opts: Any, source: str) -> list[Any]:
+    if not isinstance(opts, dict):
+        return [
+            Error(f"DJANGO_MIRROR['MODELS'][{label!r}] must be a dict.", id="django_mirror.E001")
+        ]
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        return [
+            Error(
+                f"DJANGO_MIRROR['MODELS'] names {label!r}, which is not an installed model.",
+                hint="Use 'app_label.ModelName'.",
+                id="django_mirror.E002",
+            )
+        ]
+    errors: list[Any] = []
+    unknown = set(opts) - MODEL_OPTIONS
+    if unknown:
+        errors.append(
+            Error(
+                f"{label} has unknown options: {', '.join(sorted(unknown))}.",
+                hint=f"Known options: {', '.join(sorted(MODEL_OPTIONS))}.",
+                id="django_mirror.E013",
+            )
+        )
+    merged = {**conf.DEFAULT_MODEL, **opts}
+    errors += _check_target(label, merged["target"], source)
+    if merged["phase"] not in conf.PHASES:
+        errors.append(
+            Error(
+                f"{label} has unknown phase {merged['phase']!r}.",
+                hint=f"Use one of {', '.join(conf.PHASES)}.",
+                id="django_mirror.E006",
+            )
+        )
+    rate = merged["shadow_read_rate"]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        errors.append(
+            Error(
+                f"{label}: shadow_read_rate {rate!r} is not within 0.0..1.0.",
+                id="django_mirror.E007",
+            )
+        )
+    names = {f.name for f in model._meta.concrete_fields} | {
+        f.attname for f in model._meta.concrete_fields
+    }
+    for option in ("exclude_fields", "redact_fields"):
+        for name in merged[option] or ():
+            if name not in names:
+                errors.append(
+                    Error(
+                        f"{label}: {option} names {name!r}, which is not a field of the model.",
+                        id="django_mirror.E010",
+                    )
+                )
+    if model._meta.pk.name in (merged["exclude_fields"] or ()):
+        errors.append(
+            Error(f"{label}: the primary key cannot be excluded.", id="django_mirror.E010")
+        )
+    from django_mirror.query import MirroredQuerySet
+
+    if not isinstance(model._default_manager.all(), MirroredQuerySet):
+        errors.append(
+            Error(
+                f"The default manager of {label} does not use django_mirror.MirroredQuerySet, "
+                "so its update(), bulk_create() and bulk_update() would not be captured.",
+                hint="objects = django_mirror.MirroredManager() (or your manager "
+                "built from a MirroredQuerySet subclass).",
+                obj=model,
+                id="django_mirror.E011",
+            )
+        )
+    pk = model._meta.pk
+    if getattr(model._meta, "pk_fields", [pk]) != [pk] or not isinstance(pk, SUPPORTED_PK_TYPES):
+        errors.append(
+            Error(
+                f"{label} has a primary key of type {type(pk).__name__}, which cannot be mirrored.",
+                hint="Supported: integer, char and UUID primary keys on a single field.",
+                obj=model,
+                id="django_mirror.E012",
+            )
+        )
+    if merged["compare"] is not None and not _importable(merged["compare"]):
+        errors.append(
+            Error(
+                f"{label}: compare {merged['compare']!r} cannot be imported.",
+                id="django_mirror.E014",
+            )
+        )
+    for m2m in model._meta.local_many_to_many:
+        through = m2m.remote_field.through
+        if not through._meta.auto_created and conf.model_config(through) is None:
+            errors.append(
+                Warning(
+                    f"{label}.{m2m.name} goes through {through._meta.label}, which is not "
+                    "mirrored: changes to that relation will not reach the target.",
+                    hint=f"Add {through._meta.label!r} to DJANGO_MIRROR['MODELS'].",
+                    id="django_mirror.W001",
+                )
+            )
+    return errors
+
+
+@register(Tags.models, "django_mirror")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    raw = getattr(settings, "DJANGO_MIRROR", None)
+    if raw is None:
+        return [
+            Warning(
+                "DJANGO_MIRROR is not set; nothing is mirrored.",
+                id="django_mirror.W002",
+            )
+        ]
+    if not isinstance(raw, dict) or not isinstance(raw.get("MODELS", {}), dict):
+        return [Error("DJANGO_MIRROR and its 'MODELS' must be dicts.", id="django_mirror.E001")]
+    mirror = conf.get_settings()
+    errors: list[Any] = []
+    if mirror.source not in settings.DATABASES:
+        errors.append(
+            Error(
+                f"DJANGO_MIRROR['SOURCE'] {mirror.source!r} is not a DATABASES alias.",
+                id="django_mirror.E003",
+            )
+        )
+    errors += _check_stream(mirror.stream)
+    if mirror.relay["ON_COMMIT"] not in RELAY_MODES:
+        errors.append(
+            Error(
+                f"DJANGO_MIRROR['RELAY']['ON_COMMIT'] is {mirror.relay['ON_COMMIT']!r}.",
+                hint=f"Use one of {', '.join(RELAY_MODES)}.",
+                id="django_mirror.E015",
+            )
+        )
+    for label, opts in mirror.models.items():
+        errors += _check_model(label, opts, mirror.source)
+    return errors

@@ -1,0 +1,193 @@
+"""Typed, lazily read view of the ``DJANGO_MIRROR`` setting.
+
+Everything else in the app asks this module, never ``settings`` directly, so a
+single cache (cleared on ``setting_changed``) keeps ``override_settings`` working
+and the hot capture path down to one dict lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.db import models
+
+PHASES = ("off", "capture", "mirror", "promoted")
+CAPTURING_PHASES = frozenset({"capture", "mirror", "promoted"})
+
+DEFAULT_STREAM: dict[str, Any] = {
+    "BACKEND": "django_mirror.streams.KinesisStream",
+    "OPTIONS": {"stream_name": "mirror-ops", "region_name": "us-east-1", "endpoint_url": None},
+}
+DEFAULT_SHADOW: dict[str, Any] = {
+    "RECHECK_DELAY": 5.0,
+    "TIMEOUT": 2.0,
+    "POOL_SIZE": 4,
+    "QUEUE_SIZE": 1000,
+}
+DEFAULT_RELAY: dict[str, Any] = {
+    # "thread": ship from a background thread right after commit; "sync": ship in
+    # the committing thread; "off": leave it all to ``mirror_relay``.
+    "ON_COMMIT": "thread",
+    "BATCH_SIZE": 500,
+    "MAX_ATTEMPTS": 8,
+}
+DEFAULT_REPLAY: dict[str, Any] = {
+    "BATCH_SIZE": 1000,
+    "LEASE_SECONDS": 30.0,
+    "IDLE_SLEEP": 1.0,
+}
+DEFAULT_MODEL: dict[str, Any] = {
+    "target": None,
+    "phase": "capture",
+    "shadow_read_rate": 0.0,
+    "exclude_fields": [],
+    "redact_fields": [],
+    "compare": None,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How one model is mirrored; ``owner`` is set for implicit M2M through tables."""
+
+    label: str
+    model: type[models.Model] | None
+    target: str | dict[str, Any] | None
+    phase: str
+    shadow_read_rate: float
+    exclude_fields: tuple[str, ...]
+    redact_fields: tuple[str, ...]
+    compare: str | None
+    owner: str | None = None
+
+    @property
+    def capturing(self) -> bool:
+        return self.phase in CAPTURING_PHASES
+
+    @property
+    def target_alias(self) -> str | None:
+        """The ``DATABASES`` alias rows are replayed into, when the target is one."""
+        return self.target if isinstance(self.target, str) else None
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    source: str
+    stream: dict[str, Any]
+    shadow: dict[str, Any]
+    relay: dict[str, Any]
+    replay: dict[str, Any]
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _merged(default: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    return {**default, **(override or {})}
+
+
+@cache
+def get_settings() -> MirrorSettings:
+    """The whole setting merged over defaults (raw per-model dicts, unvalidated)."""
+    raw: dict[str, Any] = getattr(settings, "DJANGO_MIRROR", None) or {}
+    stream = _merged(DEFAULT_STREAM, raw.get("STREAM"))
+    stream["OPTIONS"] = _merged(DEFAULT_STREAM["OPTIONS"], (raw.get("STREAM") or {}).get("OPTIONS"))
+    return MirrorSettings(
+        source=raw.get("SOURCE", "default"),
+        stream=stream,
+        shadow=_merged(DEFAULT_SHADOW, raw.get("SHADOW")),
+        relay=_merged(DEFAULT_RELAY, raw.get("RELAY")),
+        replay=_merged(DEFAULT_REPLAY, raw.get("REPLAY")),
+        models={label: dict(opts or {}) for label, opts in (raw.get("MODELS") or {}).items()},
+    )
+
+
+def _config(label: str, model: type[models.Model] | None, opts: dict[str, Any]) -> ModelConfig:
+    merged = _merged(DEFAULT_MODEL, opts)
+    return ModelConfig(
+        label=label,
+        model=model,
+        target=merged["target"],
+        phase=merged["phase"],
+        shadow_read_rate=float(merged["shadow_read_rate"] or 0.0),
+        exclude_fields=tuple(merged["exclude_fields"] or ()),
+        redact_fields=tuple(merged["redact_fields"] or ()),
+        compare=merged["compare"],
+    )
+
+
+@cache
+def mirrored_models() -> dict[type[models.Model], ModelConfig]:
+    """Every mirrored model class, including the auto-created M2M tables of mirrored models.
+
+    Labels that do not resolve are skipped here; the system checks report them.
+    """
+    result: dict[type[models.Model], ModelConfig] = {}
+    for label, opts in get_settings().models.items():
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            continue
+        config = _config(model._meta.label, model, opts)
+        result[model] = config
+        for m2m in model._meta.local_many_to_many:
+            through = m2m.remote_field.through
+            if isinstance(through, type) and through._meta.auto_created and through not in result:
+                result[through] = ModelConfig(
+                    label=through._meta.label,
+                    model=through,
+                    target=config.target,
+                    phase=config.phase,
+                    shadow_read_rate=0.0,
+                    exclude_fields=(),
+                    redact_fields=(),
+                    compare=None,
+                    owner=config.label,
+                )
+    for model in apps.get_models():
+        if model._meta.proxy and model._meta.concrete_model in result:
+            result[model] = result[model._meta.concrete_model]
+    return result
+
+
+def model_config(model: type[models.Model]) -> ModelConfig | None:
+    """The config of a mirrored model, or None: the one lookup on every ORM write."""
+    return mirrored_models().get(model)
+
+
+def config_for_label(label: str) -> ModelConfig | None:
+    """Look a model up by ``app_label.ModelName`` (case-insensitive), as events name it."""
+    by_label = _configs_by_label()
+    return by_label.get(label.lower())
+
+
+@cache
+def _configs_by_label() -> dict[str, ModelConfig]:
+    return {config.label.lower(): config for config in mirrored_models().values()}
+
+
+def source_alias() -> str:
+    return get_settings().source
+
+
+def clear_cache() -> None:
+    get_settings.cache_clear()
+    mirrored_models.cache_clear()
+    _configs_by_label.cache_clear()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("DJANGO_MIRROR", "DATABASES", "INSTALLED_APPS"):
+        clear_cache()
+        from django_mirror import capture
+
+        capture.connect_signals()
+        from django_mirror.streams import get_stream
+
+        get_stream.cache_clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.conf")

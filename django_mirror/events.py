@@ -1,0 +1,200 @@
+"""The operation event: what one committed row write looks like on the stream.
+
+Values that JSON cannot carry exactly are tagged (``{"$dec": "1.50"}``), so every
+consumer — this app's replay, a DynamoDB loader, a data engineer's notebook —
+decodes them without knowing the Django model. See ``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+
+SCHEMA_VERSION = 1
+UPSERT = "upsert"
+DELETE = "delete"
+OPS = (UPSERT, DELETE)
+
+#: Events of one outbox row are numbered ``outbox_id * VERSION_STRIDE + position``.
+VERSION_STRIDE = 100_000
+
+
+class EventDecodeError(ValueError):
+    """A stream record is not a valid django-mirror event."""
+
+
+def encode_value(value: Any) -> Any:
+    """One column value as JSON: native where exact, tagged otherwise."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return {"$float": repr(value)}
+        return value
+    if isinstance(value, Decimal):
+        return {"$dec": str(value)}
+    if isinstance(value, dt.datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {"$td": (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$b64": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"cannot encode {type(value).__name__} value in a mirror event")
+
+
+_DECODERS: dict[str, Any] = {
+    "$float": float,
+    "$dec": Decimal,
+    "$dt": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$time": dt.time.fromisoformat,
+    "$td": lambda micros: dt.timedelta(microseconds=micros),
+    "$uuid": uuid.UUID,
+    "$b64": base64.b64decode,
+    "$json": lambda value: value,
+}
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise EventDecodeError(f"untagged object value {value!r}")
+        ((tag, raw),) = value.items()
+        try:
+            return _DECODERS[tag](raw)
+        except KeyError:
+            raise EventDecodeError(f"unknown value tag {tag!r}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise EventDecodeError(f"bad {tag} value {raw!r}: {exc}") from None
+    if isinstance(value, list):
+        raise EventDecodeError(f"untagged list value {value!r}")
+    return value
+
+
+def encode_column(field_: models.Field, value: Any) -> Any:
+    """JSON field contents travel verbatim under ``$json`` so user keys never look like tags."""
+    if value is not None and isinstance(field_, models.JSONField):
+        return {"$json": value}
+    return encode_value(value)
+
+
+@dataclass
+class Event:
+    """One row write. ``row`` is the full after-image keyed by column (None for deletes)."""
+
+    model: str
+    op: str
+    pk: Any
+    version: int
+    row: dict[str, Any] | None = None
+    source: str = "default"
+    tx: str = ""
+    ts: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the row across stores: lower-cased label and the pk's text form."""
+        return (self.model.lower(), pk_text(self.pk))
+
+    @property
+    def partition_key(self) -> str:
+        return f"{self.model.lower()}:{pk_text(self.pk)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "id": self.id,
+            "model": self.model,
+            "op": self.op,
+            "pk": encode_value(self.pk),
+            "version": self.version,
+            "source": self.source,
+            "tx": self.tx,
+            "ts": self.ts,
+            "row": self.row,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        if not isinstance(data, dict):
+            raise EventDecodeError("event is not a JSON object")
+        missing = {"schema", "model", "op", "pk", "version"} - data.keys()
+        if missing:
+            raise EventDecodeError(f"event lacks {', '.join(sorted(missing))}")
+        if data["schema"] != SCHEMA_VERSION:
+            raise EventDecodeError(f"unsupported event schema {data['schema']!r}")
+        if data["op"] not in OPS:
+            raise EventDecodeError(f"unknown op {data['op']!r}")
+        if not isinstance(data["version"], int) or isinstance(data["version"], bool):
+            raise EventDecodeError(f"version {data['version']!r} is not an integer")
+        row = data.get("row")
+        if data["op"] == UPSERT and not isinstance(row, dict):
+            raise EventDecodeError("upsert event has no row")
+        return cls(
+            model=str(data["model"]),
+            op=data["op"],
+            pk=decode_value(data["pk"]),
+            version=data["version"],
+            row=row,
+            source=data.get("source", ""),
+            tx=data.get("tx", ""),
+            ts=data.get("ts", ""),
+            id=data.get("id", ""),
+            schema=data["schema"],
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EventDecodeError(f"not JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+def pk_text(pk: Any) -> str:
+    """The primary key as the text the version store and partition keys use."""
+    return str(pk)
+
+
+def row_image(model: type[models.Model], values: dict[str, Any], exclude: tuple[str, ...]) -> dict:
+    """Encode one row read as ``{attname: value}`` into the event's column-keyed image."""
+    image = {}
+    for f in model._meta.concrete_fields:
+        if f.name in exclude or f.attname in exclude:
+            continue
+        image[f.column] = encode_column(f, values[f.attname])
+    return image
+
+
+def decode_row(model: type[models.Model], row: dict[str, Any]) -> dict[str, Any]:
+    """The event's image as ``{attname: python value}``; unknown columns are an error."""
+    by_column = {f.column: f for f in model._meta.concrete_fields}
+    values = {}
+    for column, raw in row.items():
+        f = by_column.get(column)
+        if f is None:
+            raise EventDecodeError(f"{model._meta.label} has no column {column!r}")
+        values[f.attname] = decode_value(raw)
+    return values

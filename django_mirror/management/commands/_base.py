@@ -1,0 +1,32 @@
+"""What every django-mirror command shares: model labels, ``--json``, clean failures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_mirror import conf
+
+
+class MirrorCommand(BaseCommand):
+    requires_system_checks = ["models"]
+
+    def add_json_argument(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
+
+    def resolve_models(self, labels: list[str] | None) -> list[conf.ModelConfig]:
+        """Configs for ``app_label.Model`` labels (all mirrored models when none given)."""
+        configs = {c.label.lower(): c for c in conf.mirrored_models().values() if c.owner is None}
+        if not labels:
+            return list(configs.values())
+        unknown = [label for label in labels if label.lower() not in configs]
+        if unknown:
+            raise CommandError(
+                f"not mirrored: {', '.join(unknown)} (mirrored: {', '.join(sorted(configs)) or 'none'})"
+            )
+        return [configs[label.lower()] for label in labels]
+
+    def emit_json(self, data: Any) -> None:
+        self.stdout.write(json.dumps(data, indent=2, default=str))

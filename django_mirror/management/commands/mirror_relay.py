@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+from django.db import DatabaseError
+
+from django_mirror import conf, relay
+from django_mirror.management.commands._base import MirrorCommand
+from django_mirror.streams import StreamError
+
+
+class Command(MirrorCommand):
+    help = "Ship captured events from the source database's outbox to the stream."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--once", action="store_true", help="Drain the outbox and exit.")
+        parser.add_argument("--database", help="Alias holding the outbox (default: SOURCE).")
+        parser.add_argument("--batch-size", type=int, help="Outbox batches per round.")
+        parser.add_argument("--interval", type=float, default=0.5, help="Idle poll seconds.")
+        parser.add_argument("--dry-run", action="store_true", help="Only report the backlog.")
+        self.add_json_argument(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        using = options["database"] or conf.source_alias()
+        if options["dry_run"]:
+            backlog = relay.backlog(using)
+            if options["json"]:
+                self.emit_json({"backlog": backlog})
+            else:
+                self.stdout.write(f"{backlog} events waiting in the outbox of {using!r}")
+            return
+        stop = {"now": False}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        total = relay.RelayResult()
+        try:
+            while not stop["now"]:
+                result = relay.ship_once(using, options["batch_size"])
+                total.add(result)
+                if result.batches and options["verbosity"] >= 2:
+                    self.stdout.write(f"shipped {result.events} events in {result.batches} batches")
+                if result.batches == 0:
+                    if options["once"]:
+                        break
+                    time.sleep(options["interval"])
+        except (StreamError, DatabaseError) as exc:
+            raise CommandError(f"relay failed: {exc}") from exc
+        remaining = relay.backlog(using)
+        if options["json"]:
+            self.emit_json({**total.__dict__, "backlog": remaining})
+        elif options["verbosity"] >= 1:
+            self.stdout.write(
+                f"relayed {total.events} events in {total.batches} batches; "
+                f"{remaining} events still in the outbox"
+            )
+        if options["once"] and total.failed_batches and remaining:
+            raise CommandError(
+                f"the stream did not accept {total.failed_batches} batches; they stay in the "
+                "outbox and will be shipped by the next run"
+            )

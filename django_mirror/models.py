@@ -1,0 +1,144 @@
+"""django-mirror's own bookkeeping tables.
+
+``OutboxBatch`` and ``ShardCheckpoint`` live in the source database; ``RowVersion``
+lives in every database target (it is what makes replay idempotent and order-free);
+``DeadLetter``, ``MismatchRecord`` and ``MirrorState`` are what the admin shows.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class OutboxBatch(models.Model):
+    """The events of one ORM write statement, written inside the writing transaction.
+
+    The auto-increment id orders batches in commit order for any one row (a second
+    writer of a row waits on the first's row lock before it gets an id), which is why
+    event versions derive from it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    model = models.CharField(max_length=200, help_text="Label of the model written.")
+    count = models.PositiveIntegerField(help_text="Events in this batch.")
+    payload = models.TextField(help_text="JSON list of events, each without its version.")
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "outbox batch"
+        verbose_name_plural = "outbox batches"
+
+    def __str__(self) -> str:
+        return f"{self.model} ×{self.count} (#{self.pk})"
+
+
+class RowVersion(models.Model):
+    """Last version applied to one target row; ``deleted`` marks a tombstone."""
+
+    model = models.CharField(max_length=200)
+    pk_value = models.CharField(max_length=255)
+    version = models.BigIntegerField()
+    deleted = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "pk_value"], name="mirror_rowversion_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.pk_value}@{self.version}"
+
+
+class ShardCheckpoint(models.Model):
+    """How far one replay consumer has durably applied one shard, and who holds it."""
+
+    consumer = models.CharField(max_length=200)
+    stream = models.CharField(max_length=200)
+    shard_id = models.CharField(max_length=200)
+    sequence_number = models.CharField(max_length=128, blank=True, default="")
+    finished = models.BooleanField(default=False, help_text="Closed shard read to its end.")
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    millis_behind = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "stream", "shard_id"], name="mirror_checkpoint_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer}/{self.shard_id}@{self.sequence_number or 'start'}"
+
+
+class DeadLetter(models.Model):
+    """A record replay could not apply, kept with the reason so nothing is lost."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    stage = models.CharField(max_length=20, default="replay")
+    model = models.CharField(max_length=200, blank=True, default="")
+    pk_value = models.CharField(max_length=255, blank=True, default="")
+    stream = models.CharField(max_length=200, blank=True, default="")
+    shard_id = models.CharField(max_length=200, blank=True, default="")
+    sequence_number = models.CharField(max_length=128, blank=True, default="")
+    reason = models.TextField()
+    payload = models.BinaryField()
+    attempts = models.PositiveIntegerField(default=1)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model or '?'}:{self.pk_value or '?'} — {self.reason[:60]}"
+
+
+class MismatchRecord(models.Model):
+    """A difference between source and target, found by shadow reads, writes or verify."""
+
+    class Kind(models.TextChoices):
+        READ = "read"
+        WRITE = "write"
+        VERIFY = "verify"
+
+    class Status(models.TextChoices):
+        SUSPECTED = "suspected"
+        CONFIRMED = "confirmed"
+        RESOLVED = "resolved"
+
+    created_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CONFIRMED)
+    model = models.CharField(max_length=200)
+    pk_value = models.CharField(max_length=255, blank=True, default="")
+    request_path = models.CharField(max_length=500, blank=True, default="")
+    query = models.TextField(blank=True, default="")
+    source_value = models.JSONField(null=True, blank=True)
+    target_value = models.JSONField(null=True, blank=True)
+    diff = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} mismatch {self.model}:{self.pk_value}"
+
+
+class MirrorState(models.Model):
+    """A run-time phase override for one model, with who set it and why."""
+
+    model = models.CharField(max_length=200, unique=True)
+    phase = models.CharField(
+        max_length=10,
+        choices=[(p, p) for p in ("off", "capture", "mirror", "promoted")],
+    )
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.phase}"

@@ -1,0 +1,139 @@
+"""``MirroredQuerySet`` and ``MirroredManager``: the write paths that send no signals.
+
+``update()``, ``bulk_create()`` and ``bulk_update()`` bypass ``post_save``; a mirrored
+model's default manager must use this queryset so they are captured too (system check
+``django_mirror.E011`` enforces it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.db.models import Q
+
+from django_mirror import capture
+
+
+def unique_sets(model: type[models.Model]) -> list[tuple[str, ...]]:
+    """Attribute-name tuples that identify a row besides its primary key."""
+    opts = model._meta
+    sets: list[tuple[str, ...]] = [
+        (f.attname,) for f in opts.concrete_fields if f.unique and not f.primary_key
+    ]
+    for together in opts.unique_together:
+        sets.append(tuple(opts.get_field(name).attname for name in together))
+    for constraint in opts.total_unique_constraints:
+        sets.append(tuple(opts.get_field(name).attname for name in constraint.fields))
+    return sets
+
+
+def _pks_by_unique_values(
+    model: type[models.Model], objs: Sequence[models.Model], using: str
+) -> list[Any]:
+    """Find the rows ``bulk_create`` wrote when the database did not return their keys."""
+    sets = unique_sets(model)
+    lookups = []
+    for obj in objs:
+        for names in sets:
+            values = {name: getattr(obj, name) for name in names}
+            if all(value is not None for value in values.values()):
+                lookups.append(Q(**values))
+                break
+        else:
+            raise capture.CaptureError(
+                f"{model._meta.label}: bulk_create() wrote rows whose primary keys the "
+                f"{connections[using].vendor} backend did not return and no unique field "
+                "identifies; set the primary keys before bulk_create()."
+            )
+    pks: list[Any] = []
+    for chunk in capture._chunks(lookups, 100):
+        condition = Q()
+        for lookup in chunk:
+            condition |= lookup
+        qs = models.QuerySet(model=model, using=using).filter(condition)
+        pks.extend(qs.values_list("pk", flat=True))
+    return pks
+
+
+class MirroredQuerySet(models.QuerySet):
+    """A ``QuerySet`` whose bulk write methods record operation events."""
+
+    def update(self, **kwargs: Any) -> int:
+        if capture.active_config(self.model, self.db) is None:
+            return super().update(**kwargs)
+        with transaction.atomic(using=self.db, savepoint=False):
+            # Lock the matching rows, then update exactly those, so the events name
+            # every row the statement changed and no other.
+            locked = self.order_by().values_list("pk", flat=True)
+            if connections[self.db].features.has_select_for_update:
+                locked = locked.select_for_update()
+            pks = list(locked)
+            rows = 0
+            for chunk in capture._chunks(pks, capture._param_chunk(self.db)):
+                rows += super(MirroredQuerySet, self.filter(pk__in=chunk)).update(**kwargs)
+            capture.record(self.model, self.db, upsert_pks=pks)
+        return rows
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        if capture.active_config(self.model, self.db) is None:
+            return super().delete()
+        # Collector sends post_delete per row (capture listens, so nothing is
+        # fast-deleted); batch() folds them into one outbox row per model.
+        with transaction.atomic(using=self.db, savepoint=False), capture.batch(self.db):
+            return super().delete()
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def bulk_create(
+        self,
+        objs: Iterable[models.Model],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Sequence[str] | None = None,
+        unique_fields: Sequence[str] | None = None,
+    ) -> list[models.Model]:
+        if capture.active_config(self.model, self.db) is None:
+            return super().bulk_create(
+                objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
+            )
+        objs = list(objs)
+        if ignore_conflicts and not unique_sets(self.model) and all(o.pk is None for o in objs):
+            # Only generated keys are unique, so nothing can conflict; asking for no
+            # conflict handling lets the database return the keys capture needs.
+            ignore_conflicts = False
+        with transaction.atomic(using=self.db, savepoint=False):
+            created = super().bulk_create(
+                objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
+            )
+            pks = [obj.pk for obj in created if obj.pk is not None]
+            unknown = [obj for obj in created if obj.pk is None]
+            if unknown:
+                pks.extend(_pks_by_unique_values(self.model, unknown, self.db))
+            # Rows that conflicted were not written by us: lock them so their image is
+            # the committed one, not a snapshot a concurrent writer is about to replace.
+            capture.record(
+                self.model, self.db, upsert_pks=pks, lock=ignore_conflicts or update_conflicts
+            )
+        return created
+
+    bulk_create.alters_data = True  # type: ignore[attr-defined]
+
+    def bulk_update(
+        self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None
+    ) -> int:
+        if capture.active_config(self.model, self.db) is None:
+            return super().bulk_update(objs, fields, batch_size)
+        with transaction.atomic(using=self.db, savepoint=False), capture.batch(self.db):
+            return super().bulk_update(objs, fields, batch_size)
+
+    bulk_update.alters_data = True  # type: ignore[attr-defined]
+
+
+class MirroredManager(models.Manager.from_queryset(MirroredQuerySet)):  # type: ignore[misc]
+    """The default manager for mirrored models."""

@@ -1,0 +1,34 @@
+"""Where events travel between the source's outbox and replay.
+
+``Stream`` is the small interface relay and replay need; ``KinesisStream`` is the one
+we ship. The configured instance is built once per settings value.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.utils.module_loading import import_string
+
+from django_mirror import conf
+from django_mirror.streams.base import Batch, PositionExpired, Record, Shard, Stream, StreamError
+from django_mirror.streams.kinesis import KinesisStream
+
+__all__ = [
+    "Batch",
+    "KinesisStream",
+    "PositionExpired",
+    "Record",
+    "Shard",
+    "Stream",
+    "StreamError",
+    "get_stream",
+]
+
+
+@cache
+def get_stream() -> Stream:
+    """The stream ``DJANGO_MIRROR["STREAM"]`` configures."""
+    stream = conf.get_settings().stream
+    backend = import_string(stream["BACKEND"])
+    return backend(**stream["OPTIONS"])

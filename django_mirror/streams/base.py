@@ -1,0 +1,66 @@
+"""The stream interface relay and replay are written against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StreamError(RuntimeError):
+    """The stream could not be reached or refused a request after retries."""
+
+
+class PositionExpired(StreamError):
+    """A read position is too old to use; ask for a new one from the checkpoint."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One event on its way to the stream."""
+
+    partition_key: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str
+    parents: tuple[str, ...] = ()
+    closed: bool = False
+
+
+@dataclass
+class Batch:
+    """What one read of a shard returned."""
+
+    records: list[tuple[str, bytes]]  # (sequence number, data)
+    next_position: str | None  # None once a closed shard has been read to its end
+    millis_behind: int
+
+
+class Stream:
+    """A partitioned, ordered-per-key, replayable log (Kinesis, or your own).
+
+    ``put`` returns the indexes of the records it could not deliver after its own
+    retries; the caller keeps those and tries again later.
+    """
+
+    name: str = ""
+    #: Largest record the stream accepts.
+    max_record_bytes: int = 1024 * 1024
+
+    def create(self) -> bool:
+        """Create the stream if missing; True when it was created."""
+        raise NotImplementedError
+
+    def put(self, records: list[Record]) -> list[int]:
+        raise NotImplementedError
+
+    def shards(self) -> list[Shard]:
+        raise NotImplementedError
+
+    def position(self, shard_id: str, after_sequence: str | None) -> str:
+        """An opaque read position just after ``after_sequence`` (or at the oldest record)."""
+        raise NotImplementedError
+
+    def read(self, shard_id: str, position: str, limit: int) -> Batch:
+        raise NotImplementedError

@@ -1,0 +1,207 @@
+"""Amazon Kinesis Data Streams through boto3 (or moto/localstack at ``endpoint_url``)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from django_mirror.streams.base import Batch, PositionExpired, Record, Shard, Stream, StreamError
+
+logger = logging.getLogger("django_mirror.streams")
+
+#: PutRecords limits: records and bytes (data plus partition keys) per request.
+MAX_PUT_RECORDS = 500
+MAX_PUT_BYTES = 5 * 1024 * 1024
+RETRYABLE_CODES = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "LimitExceededException",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "KMSThrottlingException",
+}
+
+
+class KinesisStream(Stream):
+    """A Kinesis stream; ``put`` retries throttling and partial failures with jittered backoff."""
+
+    def __init__(
+        self,
+        stream_name: str,
+        region_name: str = "us-east-1",
+        endpoint_url: str | None = None,
+        shard_count: int = 1,
+        max_attempts: int = 8,
+        base_delay: float = 0.05,
+        max_delay: float = 2.0,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = stream_name
+        self.region_name = region_name
+        self.endpoint_url = endpoint_url
+        self.shard_count = shard_count
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": 1, "mode": "standard"},
+        )
+        self._client_kwargs = client_kwargs or {}
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client (created once; boto3 clients are thread-safe)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = boto3.session.Session().client(
+                        "kinesis",
+                        region_name=self.region_name,
+                        endpoint_url=self.endpoint_url,
+                        config=self._config,
+                        **self._client_kwargs,
+                    )
+        return self._client
+
+    def _sleep(self, attempt: int) -> None:
+        """Full-jitter exponential backoff."""
+        time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
+
+    def create(self) -> bool:
+        try:
+            self.client.describe_stream_summary(StreamName=self.name)
+            return False
+        except self.client.exceptions.ResourceNotFoundException:
+            pass
+        try:
+            self.client.create_stream(StreamName=self.name, ShardCount=self.shard_count)
+        except self.client.exceptions.ResourceInUseException:
+            return False
+        self.client.get_waiter("stream_exists").wait(
+            StreamName=self.name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300}
+        )
+        return True
+
+    @staticmethod
+    def _requests(records: list[Record], indexes: list[int]) -> list[list[int]]:
+        """Split record indexes into PutRecords calls within the count and size limits."""
+        calls: list[list[int]] = []
+        current: list[int] = []
+        size = 0
+        for index in indexes:
+            record = records[index]
+            record_size = len(record.data) + len(record.partition_key.encode())
+            if current and (len(current) == MAX_PUT_RECORDS or size + record_size > MAX_PUT_BYTES):
+                calls.append(current)
+                current, size = [], 0
+            current.append(index)
+            size += record_size
+        if current:
+            calls.append(current)
+        return calls
+
+    def put(self, records: list[Record]) -> list[int]:
+        pending = list(range(len(records)))
+        for attempt in range(self.max_attempts):
+            failed: list[int] = []
+            for call in self._requests(records, pending):
+                failed.extend(self._put_once(records, call))
+            if not failed:
+                return []
+            logger.info(
+                "kinesis: %d of %d records not accepted, retrying", len(failed), len(pending)
+            )
+            pending = failed
+            if attempt + 1 < self.max_attempts:
+                self._sleep(attempt)
+        return pending
+
+    def _put_once(self, records: list[Record], call: list[int]) -> list[int]:
+        """One PutRecords request; the indexes it did not deliver."""
+        try:
+            response = self.client.put_records(
+                StreamName=self.name,
+                Records=[
+                    {"Data": records[i].data, "PartitionKey": records[i].partition_key}
+                    for i in call
+                ],
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in RETRYABLE_CODES:
+                logger.warning("kinesis: PutRecords failed: %s", exc)
+            return call
+        except BotoCoreError as exc:
+            logger.warning("kinesis: PutRecords failed: %s", exc)
+            return call
+        if not response.get("FailedRecordCount"):
+            return []
+        return [
+            i
+            for i, result in zip(call, response["Records"], strict=True)
+            if result.get("ErrorCode")
+        ]
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """A read-side call, retried on throttling and connection errors."""
+        for attempt in range(self.max_attempts):
+            try:
+                return getattr(self.client, method)(**kwargs)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "ExpiredIteratorException":
+                    raise PositionExpired(str(exc)) from exc
+                if code not in RETRYABLE_CODES or attempt + 1 == self.max_attempts:
+                    raise StreamError(f"kinesis {method}: {exc}") from exc
+            except BotoCoreError as exc:
+                if attempt + 1 == self.max_attempts:
+                    raise StreamError(f"kinesis {method}: {exc}") from exc
+            self._sleep(attempt)
+        raise StreamError(f"kinesis {method}: no attempts")  # pragma: no cover
+
+    def shards(self) -> list[Shard]:
+        shards: list[Shard] = []
+        kwargs: dict[str, Any] = {"StreamName": self.name}
+        while True:
+            response = self._call("list_shards", **kwargs)
+            for shard in response["Shards"]:
+                parents = tuple(
+                    p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
+                )
+                closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+                shards.append(Shard(shard["ShardId"], parents, closed))
+            token = response.get("NextToken")
+            if not token:
+                return shards
+            kwargs = {"NextToken": token}
+
+    def position(self, shard_id: str, after_sequence: str | None) -> str:
+        kwargs: dict[str, Any] = {"StreamName": self.name, "ShardId": shard_id}
+        if after_sequence:
+            kwargs.update(
+                ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after_sequence
+            )
+        else:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        return self._call("get_shard_iterator", **kwargs)["ShardIterator"]
+
+    def read(self, shard_id: str, position: str, limit: int) -> Batch:
+        response = self._call("get_records", ShardIterator=position, Limit=min(limit, 10_000))
+        return Batch(
+            records=[(r["SequenceNumber"], r["Data"]) for r in response["Records"]],
+            next_position=response.get("NextShardIterator"),
+            millis_behind=int(response.get("MillisBehindLatest") or 0),
+        )

@@ -1,0 +1,47 @@
+"""The contract every target store implements, whatever it is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django_mirror.events import Event
+
+
+@dataclass
+class ApplyResult:
+    """What one ``apply`` did; ``failed`` events go to the dead-letter table."""
+
+    applied: int = 0
+    stale: int = 0
+    failed: list[tuple[Event, str]] = field(default_factory=list)
+
+
+def latest_per_row(events: Sequence[Event]) -> list[Event]:
+    """Keep only the newest event of each row: duplicates and reorderings collapse here."""
+    newest: dict[tuple[str, str], Event] = {}
+    for event in events:
+        current = newest.get(event.key)
+        if current is None or event.version > current.version:
+            newest[event.key] = event
+    return list(newest.values())
+
+
+class Target:
+    """A store rows are mirrored into.
+
+    ``apply`` must be idempotent and order-free: it applies an event only when its
+    version is newer than the one the target holds for that row, and a delete leaves a
+    tombstone version so an older upsert arriving late cannot bring the row back.
+    """
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        raise NotImplementedError
+
+    def versions(self, model_label: str, pks: Sequence[Any]) -> dict[str, tuple[int, bool]]:
+        """``{pk_text: (version, deleted)}`` for the rows the target has seen."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__

@@ -1,0 +1,238 @@
+"""A ``DATABASES`` alias as target: same tables as the source, plus ``RowVersion``.
+
+Writes go through the database driver in batches (``executemany``) rather than
+model instances: replay is a bulk loader, and Django's per-object machinery would
+cost more than the database does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
+
+from django_mirror import conf
+from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
+from django_mirror.models import RowVersion
+from django_mirror.targets.base import ApplyResult, Target, latest_per_row
+
+logger = logging.getLogger("django_mirror.targets")
+
+
+class UnknownModel(LookupError):
+    """An event names a model that is not mirrored here."""
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+#: What one bad event can raise. Anything else (a lost connection, a missing table)
+#: means the target itself is broken: replay stops rather than dead-letter everything.
+APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, ValueError, TypeError)
+
+
+class DatabaseTarget(Target):
+    """Mirror rows into the ``DATABASES`` alias ``alias``."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    def describe(self) -> str:
+        return f"database {self.alias!r}"
+
+    @property
+    def connection(self) -> Any:
+        return connections[self.alias]
+
+    def _chunk_size(self) -> int:
+        return max(1, min(500, (self.connection.features.max_query_params or 1000) - 10))
+
+    def relax_foreign_keys(self) -> None:
+        """Rows arrive in order per row, not across rows, so the target cannot check FKs.
+
+        Like any logical replication, replay turns the session's foreign-key checks
+        off; ``mirror_verify`` catches what a check would have.
+        """
+        conn = self.connection
+        conn.ensure_connection()
+        if getattr(conn, "_mirror_fk_relaxed", None) is conn.connection or conn.in_atomic_block:
+            return
+        statement = {
+            "sqlite": "PRAGMA foreign_keys = OFF",
+            "mysql": "SET SESSION foreign_key_checks = 0",
+            "postgresql": "SET session_replication_role = replica",
+        }.get(conn.vendor)
+        if statement:
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(statement)
+            except DatabaseError as exc:
+                logger.warning(
+                    "django-mirror: could not turn off foreign-key checks on %r (%s); rows "
+                    "referencing rows not yet replayed will fail and be retried",
+                    self.alias,
+                    exc,
+                )
+        conn._mirror_fk_relaxed = conn.connection
+
+    # --- reading ------------------------------------------------------------------------
+
+    def versions(self, model_label: str, pks: Sequence[Any]) -> dict[str, tuple[int, bool]]:
+        return self._versions(model_label.lower(), [pk_text(pk) for pk in pks], lock=False)
+
+    def _versions(self, label: str, keys: list[str], lock: bool) -> dict[str, tuple[int, bool]]:
+        found: dict[str, tuple[int, bool]] = {}
+        for chunk in _chunks(keys, self._chunk_size()):
+            qs = RowVersion.objects.using(self.alias).filter(model=label, pk_value__in=chunk)
+            if lock and self.connection.features.has_select_for_update:
+                qs = qs.select_for_update()
+            for key, version, deleted in qs.values_list("pk_value", "version", "deleted"):
+                found[key] = (version, deleted)
+        return found
+
+    # --- writing ------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Apply a batch in one transaction; on failure, one event at a time to isolate it."""
+        self.relax_foreign_keys()
+        latest = latest_per_row(events)
+        result = ApplyResult(stale=len(events) - len(latest))
+        try:
+            with transaction.atomic(using=self.alias):
+                applied, stale = self._apply(latest)
+        except APPLY_ERRORS:
+            for event in sorted(latest, key=lambda e: e.version):
+                self._apply_one(event, result)
+            return result
+        result.applied += applied
+        result.stale += stale
+        return result
+
+    def _apply_one(self, event: Event, result: ApplyResult) -> None:
+        """One event on its own; a unique clash with a stale row evicts that row, once."""
+        error: Exception | None = None
+        for evict in (False, True):
+            try:
+                with transaction.atomic(using=self.alias):
+                    if evict:
+                        self._evict_unique_clashes(event)
+                    applied, stale = self._apply([event])
+            except APPLY_ERRORS as exc:
+                error = exc
+                if isinstance(exc, (EventDecodeError, UnknownModel)):
+                    break
+                continue
+            result.applied += applied
+            result.stale += stale
+            return
+        result.failed.append((event, f"{type(error).__name__}: {error}"))
+
+    def _model(self, event: Event) -> type[models.Model]:
+        config = conf.config_for_label(event.model)
+        if config is None or config.model is None:
+            raise UnknownModel(f"{event.model} is not a mirrored model")
+        return config.model
+
+    def _apply(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Apply newest-per-row events inside the caller's transaction: (applied, stale)."""
+        by_model: dict[type[models.Model], list[Event]] = defaultdict(list)
+        for event in events:
+            by_model[self._model(event)].append(event)
+        applied = stale = 0
+        for model, model_events in by_model.items():
+            label = model._meta.label_lower
+            current = self._versions(label, [e.key[1] for e in model_events], lock=True)
+            fresh = [e for e in model_events if e.version > current.get(e.key[1], (-1, False))[0]]
+            stale += len(model_events) - len(fresh)
+            if not fresh:
+                continue
+            rows = [
+                self._values(model, e) for e in fresh if e.op == UPSERT
+            ]  # decode first: a bad event must fail before anything is written
+            self._delete_rows(model, [e.pk for e in fresh])
+            self._insert_rows(model, rows)
+            self._write_versions(label, fresh, current)
+            applied += len(fresh)
+        return applied, stale
+
+    def _values(self, model: type[models.Model], event: Event) -> list[Any]:
+        values = decode_row(model, event.row or {})
+        values[model._meta.pk.attname] = model._meta.pk.to_python(event.pk)
+        conn = self.connection
+        params = []
+        for f in model._meta.concrete_fields:
+            value = values[f.attname] if f.attname in values else f.get_default()
+            params.append(f.get_db_prep_save(value, connection=conn))
+        return params
+
+    def _delete_rows(self, model: type[models.Model], pks: list[Any]) -> None:
+        qn = self.connection.ops.quote_name
+        pk = model._meta.pk
+        with self.connection.cursor() as cursor:
+            for chunk in _chunks(pks, self._chunk_size()):
+                cursor.execute(
+                    f"DELETE FROM {qn(model._meta.db_table)} WHERE {qn(pk.column)} IN "
+                    f"({', '.join(['%s'] * len(chunk))})",
+                    [pk.get_db_prep_value(pk.to_python(v), self.connection) for v in chunk],
+                )
+
+    def _insert_rows(self, model: type[models.Model], rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        qn = self.connection.ops.quote_name
+        fields = model._meta.concrete_fields
+        sql = (
+            f"INSERT INTO {qn(model._meta.db_table)} "
+            f"({', '.join(qn(f.column) for f in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))})"
+        )
+        with self.connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def _write_versions(
+        self, label: str, events: list[Event], current: dict[str, tuple[int, bool]]
+    ) -> None:
+        qn = self.connection.ops.quote_name
+        table = qn(RowVersion._meta.db_table)
+        known = [e for e in events if e.key[1] in current]
+        new = [e for e in events if e.key[1] not in current]
+        with self.connection.cursor() as cursor:
+            if known:
+                cursor.executemany(
+                    f"UPDATE {table} SET {qn('version')} = %s, {qn('deleted')} = %s "
+                    f"WHERE {qn('model')} = %s AND {qn('pk_value')} = %s",
+                    [(e.version, e.op != UPSERT, label, e.key[1]) for e in known],
+                )
+            if new:
+                cursor.executemany(
+                    f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
+                    f"{qn('deleted')}) VALUES (%s, %s, %s, %s)",
+                    [(label, e.key[1], e.version, e.op != UPSERT) for e in new],
+                )
+
+    def _evict_unique_clashes(self, event: Event) -> None:
+        """Delete target rows that hold this upsert's unique values under another key.
+
+        The source's own unique constraint means such a row has changed or gone there
+        since; its event is still on its way (it keeps its version, so it lands).
+        """
+        if event.op != UPSERT:
+            return
+        from django_mirror.query import unique_sets
+
+        model = self._model(event)
+        values = decode_row(model, event.row or {})
+        qs = models.QuerySet(model=model, using=self.alias)
+        for names in unique_sets(model):
+            lookup = {name: values.get(name) for name in names}
+            if None in lookup.values():
+                continue
+            clashing = qs.filter(**lookup).exclude(pk=model._meta.pk.to_python(event.pk))
+            pks = list(clashing.values_list("pk", flat=True))
+            if pks:
+                self._delete_rows(model, pks)

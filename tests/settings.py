@@ -1,0 +1,99 @@
+"""Test settings: two SQLite files by default; DATABASE_URL / TARGET_DATABASE_URL switch
+both aliases to PostgreSQL or MariaDB."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+
+HERE = Path(__file__).resolve().parent
+env = environ.Env()
+
+for name, value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}.items():
+    os.environ.setdefault(name, value)
+
+
+def _database(var: str, name: str) -> dict:
+    config = env.db_url(var, default=f"sqlite:///{HERE / (name + '.sqlite3')}")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Files, not memory: relay threads and replay subprocesses must see the data.
+        config["TEST"] = {"NAME": str(HERE / f"test_{name}.sqlite3")}
+        config["OPTIONS"] = {"timeout": 30}
+    if config["ENGINE"] == "django.db.backends.mysql":
+        config["OPTIONS"] = {"charset": "utf8mb4"}
+        config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_bin"}
+    return config
+
+
+DATABASES = {
+    "default": _database("DATABASE_URL", "source"),
+    "new": _database("TARGET_DATABASE_URL", "target"),
+}
+
+SECRET_KEY = "django-mirror-tests"
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_mirror",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+MIRRORED = {"target": "new", "phase": "capture"}
+DJANGO_MIRROR = {
+    "STREAM": {
+        "BACKEND": "django_mirror.streams.KinesisStream",
+        "OPTIONS": {
+            "stream_name": "mirror-test",
+            "region_name": "us-east-1",
+            "endpoint_url": None,
+            "base_delay": 0.001,
+            "max_delay": 0.01,
+        },
+    },
+    "SOURCE": "default",
+    "RELAY": {"ON_COMMIT": "off"},
+    "REPLAY": {"IDLE_SLEEP": 0.01},
+    "MODELS": {
+        "testapp.Author": MIRRORED,
+        "testapp.Tag": MIRRORED,
+        "testapp.Book": {**MIRRORED, "redact_fields": ["isbn"]},
+        "testapp.Shelf": MIRRORED,
+        "testapp.ShelfBook": MIRRORED,
+        "testapp.AllTypes": MIRRORED,
+        "testapp.BigKey": MIRRORED,
+        "testapp.Counter": MIRRORED,
+        "testapp.Secret": {**MIRRORED, "exclude_fields": ["token"]},
+    },
+}
