@@ -116,7 +116,7 @@ class Event:
 
     @property
     def partition_key(self) -> str:
-        return f"{self.model.lower()}:{pk_text(self.pk)}"
+        return partition_key(self.model, self.pk)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +176,11 @@ class Event:
 def pk_text(pk: Any) -> str:
     """The primary key as the text the version store and partition keys use."""
     return str(pk)
+
+
+def partition_key(model_label: str, pk: Any) -> str:
+    """Kinesis partition key: one row's events share a shard, so they stay in order."""
+    return f"{model_label.lower()}:{pk_text(pk)}"
 
 
 def row_image(model: type[models.Model], values: dict[str, Any], exclude: tuple[str, ...]) -> dict:

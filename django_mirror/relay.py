@@ -15,7 +15,7 @@ from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 
 from django_mirror import conf
-from django_mirror.events import VERSION_STRIDE, decode_value, pk_text
+from django_mirror.events import VERSION_STRIDE, decode_value, partition_key, pk_text
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
 
@@ -45,12 +45,13 @@ def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Recor
     for position, event in enumerate(json.loads(batch.payload)):
         event["version"] = batch.id * VERSION_STRIDE + position
         data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        key = pk_text(decode_value(event["pk"]))
-        if len(data) > stream.max_record_bytes:
+        pk = decode_value(event["pk"])
+        key = partition_key(event["model"], pk)
+        if len(data) + len(key.encode()) > stream.max_record_bytes:
             DeadLetter.objects.using(using).create(
                 stage="relay",
                 model=event["model"],
-                pk_value=key,
+                pk_value=pk_text(pk),
                 stream=stream.name,
                 reason=f"event of {len(data)} bytes exceeds the stream's record limit "
                 f"of {stream.max_record_bytes} bytes",
@@ -58,7 +59,7 @@ def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Recor
             )
             dead += 1
             continue
-        records.append(Record(f"{event['model'].lower()}:{key}", data))
+        records.append(Record(key, data))
     return records, dead
 
 
