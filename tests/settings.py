@@ -20,15 +20,21 @@ for name, value in {
     os.environ.setdefault(name, value)
 
 
+#: Test databases are named per test run (inherited by subprocesses through the
+#: environment), so runs side by side on one machine never share a database.
+RUN = os.environ.setdefault("MIRROR_TEST_RUN", str(os.getpid()))
+
+
 def _database(var: str, name: str) -> dict:
     config = env.db_url(var, default=f"sqlite:///{HERE / (name + '.sqlite3')}")
+    config["TEST"] = {"NAME": f"test_{name}_{RUN}"}
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # Files, not memory: relay threads and replay subprocesses must see the data.
-        config["TEST"] = {"NAME": str(HERE / f"test_{name}.sqlite3")}
+        config["TEST"]["NAME"] = str(HERE / f"test_{name}_{RUN}.sqlite3")
         config["OPTIONS"] = {"timeout": 30}
     if config["ENGINE"] == "django.db.backends.mysql":
         config["OPTIONS"] = {"charset": "utf8mb4"}
-        config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_bin"}
+        config["TEST"].update(CHARSET="utf8mb4", COLLATION="utf8mb4_bin")
     return config
 
 
