@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,8 @@ from django.db.models import signals
 from django.utils import timezone
 
 from django_mirror import conf
-from django_mirror.events import DELETE, UPSERT, encode_value, row_image
+from django_mirror.events import encode_column, encode_value
+from django_mirror.images import instance_image as _instance_image
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
 MAX_BATCH_EVENTS = 10_000
@@ -106,33 +108,28 @@ def read_rows(
     return rows
 
 
-def _event_dicts(
-    config: conf.ModelConfig,
-    model: type[models.Model],
-    using: str,
-    upserts: list[dict[str, Any]],
-    deletes: list[Any],
-) -> list[dict[str, Any]]:
-    txid = _transaction_id(using)
-    ts = timezone.now().isoformat()
-    label = model._meta.label
-    pk_attname = model._meta.pk.attname
-    base = {"schema": 1, "model": label, "source": using, "tx": txid, "ts": ts}
-    events = [
-        {
-            **base,
-            "id": str(uuid.uuid4()),
-            "op": UPSERT,
-            "pk": encode_value(values[pk_attname]),
-            "row": row_image(model, values, config.exclude_fields),
-        }
-        for values in upserts
+@functools.cache
+def _image_fields(model: type[models.Model], exclude: tuple[str, ...]) -> list[models.Field]:
+    """The concrete fields an event's row image carries, in column order."""
+    return [
+        f for f in model._meta.concrete_fields if f.name not in exclude and f.attname not in exclude
     ]
-    events.extend(
-        {**base, "id": str(uuid.uuid4()), "op": DELETE, "pk": encode_value(pk), "row": None}
-        for pk in deletes
-    )
-    return events
+
+
+def _pending(using: str, model: type[models.Model], fields: list[models.Field]) -> dict[str, Any]:
+    """The open outbox payload of ``model`` in this ORM call or statement."""
+    connection = connections[using]
+    payload = {
+        "tx": _transaction_id(using),
+        "ts": timezone.now().isoformat(),
+        "source": using,
+        "columns": [f.column for f in fields],
+        "ops": [],
+    }
+    batches = getattr(connection, "_mirror_batch", None)
+    if batches is None:
+        return payload
+    return batches.setdefault(model._meta.label, payload)
 
 
 def record(
@@ -141,40 +138,65 @@ def record(
     upsert_pks: Iterable[Any] = (),
     delete_pks: Iterable[Any] = (),
     lock: bool = False,
+    instances: Iterable[models.Model] = (),
 ) -> None:
-    """Capture writes to ``model`` on ``using``: re-read upserted rows, queue their events."""
+    """Capture writes to ``model`` on ``using`` as outbox events.
+
+    ``instances`` were written whole from their attribute values (a plain ``save()`` or
+    ``bulk_create()``): their image comes from those values when each is a plain value
+    of a built-in field, else from a re-read. ``upsert_pks`` are always re-read, under
+    ``lock`` when the rows might not be locked by this transaction yet.
+    """
     config = active_config(model, using)
     if config is None:
         return
     model = model._meta.concrete_model  # proxies write their concrete model's table
-    upserts = read_rows(model, upsert_pks, using, lock=lock)
-    deletes = list(delete_pks)
+    fields = _image_fields(model, config.exclude_fields)
+    pk_field = model._meta.pk
+    upserts: list[list[Any]] = []
+    reread = list(upsert_pks)
+    for obj in instances:
+        image = _instance_image(obj, fields)
+        if image is None:
+            reread.append(obj.pk)
+        else:
+            upserts.append(["u", encode_value(obj.pk), image])
+    for values in read_rows(model, reread, using, lock=lock):
+        image = [encode_column(f, values[f.attname]) for f in fields]
+        upserts.append(["u", encode_value(values[pk_field.attname]), image])
+    deletes = [["d", encode_value(pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
-    events = _event_dicts(config, model, using, upserts, deletes)
-    pending = getattr(connections[using], "_mirror_batch", None)
-    if pending is not None:
-        pending.setdefault(model._meta.label, []).extend(events)
-    else:
-        _write_outbox(using, model._meta.label, events)
+    payload = _pending(using, model, fields)
+    payload["ops"].extend(upserts)
+    payload["ops"].extend(deletes)
+    if getattr(connections[using], "_mirror_batch", None) is None:
+        _write_outbox(using, model._meta.label, payload)
 
 
-def _write_outbox(using: str, label: str, events: list[dict[str, Any]]) -> None:
-    import json
-
+def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
+    """Insert the payload's ops as outbox rows: one SQL statement, no ORM on the hot path."""
     from django_mirror.models import OutboxBatch
 
-    with paused():
-        OutboxBatch.objects.using(using).bulk_create(
-            [
-                OutboxBatch(
-                    model=label,
-                    count=len(chunk),
-                    payload=json.dumps(chunk, separators=(",", ":"), ensure_ascii=False),
-                )
-                for chunk in _chunks(events, MAX_BATCH_EVENTS)
-            ]
-        )
+    connection = connections[using]
+    ops = payload["ops"]
+    qn = connection.ops.quote_name
+    table = qn(OutboxBatch._meta.db_table)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = []
+    for start in range(0, len(ops), MAX_BATCH_EVENTS):
+        chunk = {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
+        text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        rows.append((now, label, len(chunk["ops"]), text, 0))
+    sql = (
+        f"INSERT INTO {table} ({qn('created_at')}, {qn('model')}, {qn('count')}, "
+        f"{qn('payload')}, {qn('attempts')}) VALUES (%s, %s, %s, %s, %s)"
+    )
+    with connection.cursor() as cursor:
+        if len(rows) == 1:
+            cursor.execute(sql, rows[0])
+        else:
+            cursor.executemany(sql, rows)
 
 
 @contextmanager
@@ -189,17 +211,25 @@ def batch(using: str) -> Iterator[None]:
         yield
     finally:
         connection._mirror_batch = None  # type: ignore[attr-defined]
-    for label, events in pending.items():
-        _write_outbox(using, label, events)
+    for label, payload in pending.items():
+        _write_outbox(using, label, payload)
 
 
 # --- signal receivers -------------------------------------------------------------------
 
 
 def _on_post_save(
-    sender: type[models.Model], instance: models.Model, using: str, **kw: Any
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str,
+    update_fields: Any = None,
+    raw: bool = False,
+    **kw: Any,
 ) -> None:
-    record(sender, using, upsert_pks=[instance.pk])
+    if update_fields is None and not raw:
+        record(sender, using, instances=[instance])
+    else:  # a partial save leaves the other columns as the database has them
+        record(sender, using, upsert_pks=[instance.pk])
 
 
 def _on_post_delete(
@@ -247,12 +277,14 @@ _NO_REWRITE = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHIN
 
 
 def _rewriting_relations(parent: type[models.Model]) -> list[models.ForeignKey]:
-    """Foreign keys of mirrored models that Django rewrites (SET_NULL etc.) when ``parent`` goes."""
+    """Foreign keys of mirrored models that Django rewrites (SET_NULL etc.) when ``parent`` goes,
+    and those of auto-created M2M tables, whose rows it fast-deletes without a signal."""
     return [
         rel.field
-        for rel in parent._meta.related_objects
-        if not rel.many_to_many
-        and rel.on_delete not in _NO_REWRITE
+        for rel in parent._meta.get_fields(include_hidden=True)
+        if isinstance(rel, models.ForeignObjectRel)
+        and not rel.many_to_many
+        and (rel.on_delete not in _NO_REWRITE or rel.related_model._meta.auto_created)
         and conf.model_config(rel.related_model) is not None
     ]
 
@@ -277,7 +309,10 @@ def _on_parent_pre_delete(sender, instance, using, **kw) -> None:  # type: ignor
 
 def _on_parent_post_delete(sender, instance, using, **kw) -> None:  # type: ignore[no-untyped-def]
     for f, pks in instance.__dict__.pop("_mirror_set_null_pending", {}).items():
-        record(f.model, using, upsert_pks=pks)
+        if f.model._meta.auto_created:  # M2M rows cascade-deleted with the parent
+            record(f.model, using, delete_pks=pks)
+        else:
+            record(f.model, using, upsert_pks=pks)
 
 
 #: (signal, sender, dispatch_uid) of every receiver connected, so a settings change
@@ -319,6 +354,8 @@ def connect_signals() -> None:
     for model in conf.mirrored_models():
         if model._meta.auto_created:
             _connect(signals.m2m_changed, _on_m2m_changed, model)
+            # Deleting either end fast-deletes its rows here without a signal.
+            parents.update(f.related_model for f in model._meta.concrete_fields if f.many_to_one)
             continue
         _connect(signals.post_save, _on_post_save, model)
         _connect(signals.post_delete, _on_post_delete, model)

@@ -183,14 +183,33 @@ def partition_key(model_label: str, pk: Any) -> str:
     return f"{model_label.lower()}:{pk_text(pk)}"
 
 
-def row_image(model: type[models.Model], values: dict[str, Any], exclude: tuple[str, ...]) -> dict:
-    """Encode one row read as ``{attname: value}`` into the event's column-keyed image."""
-    image = {}
-    for f in model._meta.concrete_fields:
-        if f.name in exclude or f.attname in exclude:
-            continue
-        image[f.column] = encode_column(f, values[f.attname])
-    return image
+#: Event ids are UUIDv5s of (transaction, version): stable when a batch is shipped twice.
+EVENT_ID_NAMESPACE = uuid.UUID("5d0b9f0e-6c1a-4d7e-9a43-2f6f3f0b8e21")
+
+
+def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand one outbox payload into wire events, numbering versions by position."""
+    base = {
+        "schema": SCHEMA_VERSION,
+        "model": model_label,
+        "source": payload["source"],
+        "tx": payload["tx"],
+        "ts": payload["ts"],
+    }
+    columns = payload["columns"]
+    events = []
+    for position, op in enumerate(payload["ops"]):
+        version = batch_id * VERSION_STRIDE + position
+        event = {
+            **base,
+            "id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{payload['tx']}/{version}")),
+            "op": UPSERT if op[0] == "u" else DELETE,
+            "pk": op[1],
+            "version": version,
+            "row": dict(zip(columns, op[2], strict=True)) if op[0] == "u" else None,
+        }
+        events.append(event)
+    return events
 
 
 def decode_row(model: type[models.Model], row: dict[str, Any]) -> dict[str, Any]:

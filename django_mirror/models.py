@@ -7,6 +7,9 @@ lives in every database target (it is what makes replay idempotent and order-fre
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import models
 from django.utils import timezone
 
@@ -23,7 +26,7 @@ class OutboxBatch(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     model = models.CharField(max_length=200, help_text="Label of the model written.")
     count = models.PositiveIntegerField(help_text="Events in this batch.")
-    payload = models.TextField(help_text="JSON list of events, each without its version.")
+    payload = models.TextField(help_text="JSON: transaction, time, columns and operations.")
     attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -32,6 +35,16 @@ class OutboxBatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} ×{self.count} (#{self.pk})"
+
+    def events(self) -> list[dict[str, Any]]:
+        """The batch's operations as wire events (see ``docs/events.md``), in order.
+
+        Versions and ids derive from the batch id and position, so shipping a batch
+        twice yields the same events twice, which replay recognises.
+        """
+        from django_mirror.events import event_dicts
+
+        return event_dicts(self.id, self.model, json.loads(self.payload))
 
 
 class RowVersion(models.Model):

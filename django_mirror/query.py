@@ -111,15 +111,17 @@ class MirroredQuerySet(models.QuerySet):
             created = super().bulk_create(
                 objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
             )
-            pks = [obj.pk for obj in created if obj.pk is not None]
+            known = [obj for obj in created if obj.pk is not None]
             unknown = [obj for obj in created if obj.pk is None]
-            if unknown:
-                pks.extend(_pks_by_unique_values(self.model, unknown, self.db))
-            # Rows that conflicted were not written by us: lock them so their image is
-            # the committed one, not a snapshot a concurrent writer is about to replace.
-            capture.record(
-                self.model, self.db, upsert_pks=pks, lock=ignore_conflicts or update_conflicts
-            )
+            pks = _pks_by_unique_values(self.model, unknown, self.db) if unknown else []
+            if ignore_conflicts or update_conflicts:
+                # A conflicting row holds what the database kept, not the instance: lock
+                # and re-read it, so its image is committed state no concurrent writer
+                # is about to replace.
+                pks.extend(obj.pk for obj in known)
+                capture.record(self.model, self.db, upsert_pks=pks, lock=True)
+            else:
+                capture.record(self.model, self.db, upsert_pks=pks, instances=known)
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]

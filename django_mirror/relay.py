@@ -15,7 +15,7 @@ from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 
 from django_mirror import conf
-from django_mirror.events import VERSION_STRIDE, decode_value, partition_key, pk_text
+from django_mirror.events import decode_value, partition_key, pk_text
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
 
@@ -42,8 +42,7 @@ def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Recor
     """The batch's events as stream records, versioned; oversized ones are dead-lettered."""
     records = []
     dead = 0
-    for position, event in enumerate(json.loads(batch.payload)):
-        event["version"] = batch.id * VERSION_STRIDE + position
+    for event in batch.events():
         data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
         pk = decode_value(event["pk"])
         key = partition_key(event["model"], pk)

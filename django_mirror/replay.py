@@ -147,7 +147,12 @@ class Replayer:
         for shard in shards:
             cp = checkpoints[shard.shard_id]
             parents_done = all(p not in listed or checkpoints[p].finished for p in shard.parents)
-            if cp.finished or not parents_done:
+            if cp.finished:
+                # Read to its end by an earlier run: counts as done for --until-caught-up.
+                self.stats.shards.setdefault(shard.shard_id, ShardProgress(shard.shard_id))
+                self.stats.shards[shard.shard_id].finished = True
+                continue
+            if not parents_done:
                 continue
             free = Q(lease_owner="") | Q(lease_owner=self.owner) | Q(lease_expires__lt=now)
             if cp.lease_owner and _owner_is_dead(cp.lease_owner):

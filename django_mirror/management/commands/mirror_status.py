@@ -58,7 +58,9 @@ class Command(MirrorCommand):
 
         backlog = {
             row["model"].lower(): row["events"]
-            for row in OutboxBatch.objects.using(using).values("model").annotate(events=Sum("count"))
+            for row in OutboxBatch.objects.using(using)
+            .values("model")
+            .annotate(events=Sum("count"))
         }
         dead = counts(DeadLetter.objects.using(using).filter(resolved_at__isnull=True))
         mismatches = counts(MismatchRecord.objects.using(using).exclude(status="resolved"))

@@ -1,0 +1,153 @@
+"""After-images taken from a just-saved instance instead of re-reading its row.
+
+A whole-row ``save()`` or ``bulk_create()`` writes the instance's attribute values, so
+when every value is a plain value of a built-in field the row the database committed
+is known without another query. Anything else — an expression, a deferred field, a
+custom or database-computed field, a value the database would normalise in a way we
+do not reproduce — returns None and the caller re-reads the row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.backends.utils import format_number
+
+from django_mirror.events import encode_column
+
+_NOT_PLAIN = object()
+
+
+def _int(field: models.Field, value: Any) -> Any:
+    return value if type(value) is int else _NOT_PLAIN
+
+
+def _str(field: models.Field, value: Any) -> Any:
+    return value if type(value) is str else _NOT_PLAIN
+
+
+def _bool(field: models.Field, value: Any) -> Any:
+    return value if type(value) is bool else _NOT_PLAIN
+
+
+def _float(field: models.Field, value: Any) -> Any:
+    """Signed zeros and NaN are stored differently by different databases: re-read them."""
+    if type(value) is not float or value == 0.0 and math.copysign(1.0, value) < 0:
+        return _NOT_PLAIN
+    return value if math.isfinite(value) else _NOT_PLAIN
+
+
+def _decimal(field: models.Field, value: Any) -> Any:
+    """Django quantises to the field's places before writing; so do we."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return _NOT_PLAIN
+    if len(value.as_tuple().digits) > 15:  # SQLite keeps only 15 significant digits
+        return _NOT_PLAIN
+    return Decimal(format_number(value, field.max_digits, field.decimal_places))  # type: ignore[attr-defined]
+
+
+def _datetime(field: models.Field, value: Any) -> Any:
+    if type(value) is not dt.datetime:
+        return _NOT_PLAIN
+    if settings.USE_TZ:
+        return value.astimezone(dt.UTC) if value.tzinfo is not None else _NOT_PLAIN
+    return value if value.tzinfo is None else _NOT_PLAIN
+
+
+def _date(field: models.Field, value: Any) -> Any:
+    return value if type(value) is dt.date else _NOT_PLAIN
+
+
+def _time(field: models.Field, value: Any) -> Any:
+    return value if type(value) is dt.time and value.tzinfo is None else _NOT_PLAIN
+
+
+def _duration(field: models.Field, value: Any) -> Any:
+    return value if type(value) is dt.timedelta else _NOT_PLAIN
+
+
+def _uuid(field: models.Field, value: Any) -> Any:
+    return value if type(value) is uuid.UUID else _NOT_PLAIN
+
+
+def _bytes(field: models.Field, value: Any) -> Any:
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else _NOT_PLAIN
+
+
+def _json(field: models.Field, value: Any) -> Any:
+    """Exactly what ``json`` makes of it, as a re-read would return."""
+    if field.encoder is not None or field.decoder is not None:  # type: ignore[attr-defined]
+        return _NOT_PLAIN
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        return _NOT_PLAIN
+
+
+Normaliser = Callable[[models.Field, Any], Any]
+
+#: Built-in field classes (exactly these, not subclasses) whose written value we know.
+_NORMALISERS: dict[type[models.Field], Normaliser] = {
+    models.AutoField: _int,
+    models.BigAutoField: _int,
+    models.SmallAutoField: _int,
+    models.IntegerField: _int,
+    models.BigIntegerField: _int,
+    models.SmallIntegerField: _int,
+    models.PositiveIntegerField: _int,
+    models.PositiveBigIntegerField: _int,
+    models.PositiveSmallIntegerField: _int,
+    models.CharField: _str,
+    models.TextField: _str,
+    models.SlugField: _str,
+    models.EmailField: _str,
+    models.URLField: _str,
+    models.BooleanField: _bool,
+    models.FloatField: _float,
+    models.DecimalField: _decimal,
+    models.DateTimeField: _datetime,
+    models.DateField: _date,
+    models.TimeField: _time,
+    models.DurationField: _duration,
+    models.UUIDField: _uuid,
+    models.BinaryField: _bytes,
+    models.JSONField: _json,
+}
+
+
+def _normaliser(field: models.Field) -> Normaliser | None:
+    if isinstance(field, models.ForeignKey):
+        target = field.target_field
+        return _normaliser(target) if not isinstance(target, models.ForeignKey) else None
+    return _NORMALISERS.get(type(field))
+
+
+def instance_image(obj: models.Model, fields: list[models.Field]) -> list[Any] | None:
+    """The encoded row image of a wholly written instance, or None to re-read it."""
+    image = []
+    values = obj.__dict__
+    for f in fields:
+        if f.attname not in values:  # deferred: not written
+            return None
+        value = values[f.attname]
+        if value is None:
+            if not f.null:
+                return None
+            image.append(None)
+            continue
+        normalise = _normaliser(f)
+        if normalise is None:
+            return None
+        value = normalise(f, value)
+        if value is _NOT_PLAIN:
+            return None
+        image.append(encode_column(f, value))
+    return image
