@@ -55,6 +55,8 @@ def encode_value(value: Any) -> Any:
         return {"$uuid": str(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (list, tuple)):  # PostgreSQL ArrayField and the like
+        return {"$list": [encode_value(item) for item in value]}
     raise TypeError(f"cannot encode {type(value).__name__} value in a mirror event")
 
 
@@ -68,6 +70,7 @@ _DECODERS: dict[str, Any] = {
     "$uuid": uuid.UUID,
     "$b64": base64.b64decode,
     "$json": lambda value: value,
+    "$list": lambda items: [decode_value(item) for item in items],
 }
 
 

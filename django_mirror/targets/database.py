@@ -197,23 +197,22 @@ class DatabaseTarget(Target):
     def _write_versions(
         self, label: str, events: list[Event], current: dict[str, tuple[int, bool]]
     ) -> None:
+        """Replace the version rows of these keys (delete + insert: portable and batched)."""
         qn = self.connection.ops.quote_name
         table = qn(RowVersion._meta.db_table)
-        known = [e for e in events if e.key[1] in current]
-        new = [e for e in events if e.key[1] not in current]
+        known = [e.key[1] for e in events if e.key[1] in current]
         with self.connection.cursor() as cursor:
-            if known:
-                cursor.executemany(
-                    f"UPDATE {table} SET {qn('version')} = %s, {qn('deleted')} = %s "
-                    f"WHERE {qn('model')} = %s AND {qn('pk_value')} = %s",
-                    [(e.version, e.op != UPSERT, label, e.key[1]) for e in known],
+            for chunk in _chunks(known, self._chunk_size()):
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE {qn('model')} = %s AND {qn('pk_value')} IN "
+                    f"({', '.join(['%s'] * len(chunk))})",
+                    [label, *chunk],
                 )
-            if new:
-                cursor.executemany(
-                    f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
-                    f"{qn('deleted')}) VALUES (%s, %s, %s, %s)",
-                    [(label, e.key[1], e.version, e.op != UPSERT) for e in new],
-                )
+            cursor.executemany(
+                f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
+                f"{qn('deleted')}) VALUES (%s, %s, %s, %s)",
+                [(label, e.key[1], e.version, e.op != UPSERT) for e in events],
+            )
 
     def _evict_unique_clashes(self, event: Event) -> None:
         """Delete target rows that hold this upsert's unique values under another key.
