@@ -93,6 +93,9 @@ def _merged(default: dict[str, Any], override: dict[str, Any] | None) -> dict[st
 def get_settings() -> MirrorSettings:
     """The whole setting merged over defaults (raw per-model dicts, unvalidated)."""
     raw: dict[str, Any] = getattr(settings, "DJANGO_MIRROR", None) or {}
+    if not isinstance(raw, dict):  # check E001 reports it; do not crash before checks run
+        raw = {}
+    raw_models = raw.get("MODELS") if isinstance(raw.get("MODELS"), dict) else {}
     stream = _merged(DEFAULT_STREAM, raw.get("STREAM"))
     stream["OPTIONS"] = _merged(DEFAULT_STREAM["OPTIONS"], (raw.get("STREAM") or {}).get("OPTIONS"))
     return MirrorSettings(
@@ -101,18 +104,22 @@ def get_settings() -> MirrorSettings:
         shadow=_merged(DEFAULT_SHADOW, raw.get("SHADOW")),
         relay=_merged(DEFAULT_RELAY, raw.get("RELAY")),
         replay=_merged(DEFAULT_REPLAY, raw.get("REPLAY")),
-        models={label: dict(opts or {}) for label, opts in (raw.get("MODELS") or {}).items()},
+        models={
+            label: dict(opts or {}) if isinstance(opts or {}, dict) else opts
+            for label, opts in raw_models.items()
+        },
     )
 
 
 def _config(label: str, model: type[models.Model] | None, opts: dict[str, Any]) -> ModelConfig:
     merged = _merged(DEFAULT_MODEL, opts)
+    rate = merged["shadow_read_rate"]
     return ModelConfig(
         label=label,
         model=model,
         target=merged["target"],
         phase=merged["phase"],
-        shadow_read_rate=float(merged["shadow_read_rate"] or 0.0),
+        shadow_read_rate=float(rate) if isinstance(rate, int | float) else 0.0,  # else E007
         exclude_fields=tuple(merged["exclude_fields"] or ()),
         redact_fields=tuple(merged["redact_fields"] or ()),
         compare=merged["compare"],
@@ -127,6 +134,8 @@ def mirrored_models() -> dict[type[models.Model], ModelConfig]:
     """
     result: dict[type[models.Model], ModelConfig] = {}
     for label, opts in get_settings().models.items():
+        if not isinstance(opts, dict):  # check E001 reports it
+            continue
         try:
             model = apps.get_model(label)
         except (LookupError, ValueError):

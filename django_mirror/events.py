@@ -68,7 +68,7 @@ _DECODERS: dict[str, Any] = {
     "$time": dt.time.fromisoformat,
     "$td": lambda micros: dt.timedelta(microseconds=micros),
     "$uuid": uuid.UUID,
-    "$b64": base64.b64decode,
+    "$b64": lambda text: base64.b64decode(text, validate=True),
     "$json": lambda value: value,
     "$list": lambda items: [decode_value(item) for item in items],
 }

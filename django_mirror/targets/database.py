@@ -119,8 +119,9 @@ class DatabaseTarget(Target):
         for evict in (False, True):
             try:
                 with transaction.atomic(using=self.alias):
-                    if evict:
-                        self._evict_unique_clashes(event)
+                    if evict and self._evict_unique_clashes(event):
+                        result.stale += 1  # a newer row holds its unique value: superseded
+                        return
                     applied, stale = self._apply([event])
             except APPLY_ERRORS as exc:
                 error = exc
@@ -214,24 +215,33 @@ class DatabaseTarget(Target):
                 [(label, e.key[1], e.version, e.op != UPSERT) for e in events],
             )
 
-    def _evict_unique_clashes(self, event: Event) -> None:
-        """Delete target rows that hold this upsert's unique values under another key.
+    def _evict_unique_clashes(self, event: Event) -> bool:
+        """Delete target rows that hold this upsert's unique values under another key;
+        True, deleting nothing, when one of them is newer than the event.
 
-        The source's own unique constraint means such a row has changed or gone there
-        since; its event is still on its way (it keeps its version, so it lands).
+        The source's own unique constraint means that of two rows holding one value, the
+        older one changed or went before the newer one took it; that change's event is
+        still on its way (it keeps its version, so it lands). So an older row is evicted,
+        and against a newer one this event is already superseded (shards interleave).
         """
         if event.op != UPSERT:
-            return
+            return False
         from django_mirror.query import unique_sets
 
         model = self._model(event)
         values = decode_row(model, event.row or {})
         qs = models.QuerySet(model=model, using=self.alias)
+        pks: list[Any] = []
         for names in unique_sets(model):
             lookup = {name: values.get(name) for name in names}
             if None in lookup.values():
                 continue
             clashing = qs.filter(**lookup).exclude(pk=model._meta.pk.to_python(event.pk))
-            pks = list(clashing.values_list("pk", flat=True))
-            if pks:
-                self._delete_rows(model, pks)
+            pks.extend(clashing.values_list("pk", flat=True))
+        if not pks:
+            return False
+        held = self._versions(model._meta.label_lower, [pk_text(pk) for pk in pks], lock=True)
+        if any(version > event.version for version, _ in held.values()):
+            return True
+        self._delete_rows(model, pks)
+        return False

@@ -87,3 +87,10 @@ class Secret(models.Model):
 
 class Unmirrored(models.Model):
     name = models.CharField(max_length=50)
+
+
+class Reading(models.Model):
+    """A date as primary key: not mirrorable, so system check E012 has a model to refuse."""
+
+    day = models.DateField(primary_key=True)
+    value = models.IntegerField(default=0)

@@ -1,0 +1,186 @@
+"""System checks: each bad ``DJANGO_MIRROR`` setting is reported under its own id before
+anything runs, and a valid configuration reports nothing."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.checks import Error, Warning
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test.utils import override_settings
+
+from django_mirror.checks import check_settings
+
+VALID: dict[str, Any] = copy.deepcopy(settings.DJANGO_MIRROR)
+
+
+def config(change: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """A copy of the test suite's valid setting, altered by ``change``."""
+    value = copy.deepcopy(VALID)
+    if change is not None:
+        change(value)
+    return value
+
+
+def model(label: str, **options: Any) -> Callable[[dict[str, Any]], Any]:
+    """Mirror one more model with these options."""
+    return lambda c: c["MODELS"].__setitem__(label, {"target": "new", **options})
+
+
+def found(setting: Any) -> list[str]:
+    with override_settings(DJANGO_MIRROR=setting):
+        return [message.id for message in check_settings()]
+
+
+def test_the_valid_test_configuration_passes():
+    assert check_settings() == []
+    assert found(config()) == []
+
+
+def test_a_minimal_configuration_passes():
+    """Defaults fill everything a user leaves out."""
+    assert found({"MODELS": {"testapp.Author": {"target": "new"}}}) == []
+
+
+def test_a_full_configuration_passes():
+    full = config(
+        model(
+            "testapp.Counter",
+            phase="mirror",
+            shadow_read_rate=1,
+            exclude_fields=["value"],
+            redact_fields=["name"],
+            compare="django_mirror.checks.check_settings",
+        )
+    )
+    full["MODELS"]["testapp.Tag"] = {"target": "new", "phase": "off"}
+    full["MODELS"]["testapp.Author"] = {
+        "target": {"BACKEND": "django_mirror.targets.database.DatabaseTarget", "OPTIONS": {}}
+    }
+    full["SHADOW"] = {"TIMEOUT": 1.0}
+    full["RELAY"] = {"ON_COMMIT": "sync"}
+    assert found(full) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        # E001: the setting, MODELS or one model's options are not dicts
+        ("capture everything", ["django_mirror.E001"]),
+        ({"MODELS": ["testapp.Author"]}, ["django_mirror.E001"]),
+        (
+            config(lambda c: c["MODELS"].__setitem__("testapp.Author", "new")),
+            ["django_mirror.E001"],
+        ),
+        # E002: a label that names no installed model
+        (config(model("testapp.Nope")), ["django_mirror.E002"]),
+        (config(model("Author")), ["django_mirror.E002"]),
+        (config(model("nosuchapp.Author")), ["django_mirror.E002"]),
+        # E003: SOURCE is not a DATABASES alias
+        (config(lambda c: c.__setitem__("SOURCE", "legacy")), ["django_mirror.E003"]),
+        # E004: target missing, or not a DATABASES alias
+        (
+            config(lambda c: c["MODELS"].__setitem__("testapp.Author", {"phase": "capture"})),
+            ["django_mirror.E004"],
+        ),
+        (config(model("testapp.Author", target=None)), ["django_mirror.E004"]),
+        (config(model("testapp.Author", target="newdb")), ["django_mirror.E004"]),
+        # E005: target equal to the source
+        (config(model("testapp.Author", target="default")), ["django_mirror.E005"]),
+        # E006: unknown phase
+        (config(model("testapp.Author", phase="paused")), ["django_mirror.E006"]),
+        (config(model("testapp.Author", phase="Capture")), ["django_mirror.E006"]),
+        # E007: shadow_read_rate outside 0..1
+        (config(model("testapp.Author", shadow_read_rate=1.5)), ["django_mirror.E007"]),
+        (config(model("testapp.Author", shadow_read_rate=-0.1)), ["django_mirror.E007"]),
+        (config(model("testapp.Author", shadow_read_rate="half")), ["django_mirror.E007"]),
+        (config(model("testapp.Author", shadow_read_rate=True)), ["django_mirror.E007"]),
+        # E008: a backend path that cannot be imported (stream or target)
+        (
+            config(lambda c: c["STREAM"].__setitem__("BACKEND", "django_mirror.streams.Nope")),
+            ["django_mirror.E008"],
+        ),
+        (
+            config(model("testapp.Author", target={"BACKEND": "no.such.Target"})),
+            ["django_mirror.E008"],
+        ),
+        (config(model("testapp.Author", target={"OPTIONS": {}})), ["django_mirror.E008"]),
+        (config(model("testapp.Author", target=42)), ["django_mirror.E008"]),
+        # E009: Kinesis without stream name or region
+        (
+            config(lambda c: c["STREAM"]["OPTIONS"].__setitem__("stream_name", "")),
+            ["django_mirror.E009"],
+        ),
+        (
+            config(lambda c: c["STREAM"]["OPTIONS"].__setitem__("region_name", None)),
+            ["django_mirror.E009"],
+        ),
+        # E010: exclude_fields / redact_fields naming no field, or excluding the key
+        (config(model("testapp.Author", exclude_fields=["nickname"])), ["django_mirror.E010"]),
+        (config(model("testapp.Author", redact_fields=["nickname"])), ["django_mirror.E010"]),
+        (config(model("testapp.Author", exclude_fields=["id"])), ["django_mirror.E010"]),
+        # E011: default manager without MirroredQuerySet
+        (config(model("testapp.Unmirrored")), ["django_mirror.E011"]),
+        # E012: a primary key the pipeline cannot carry
+        (config(model("testapp.Reading")), ["django_mirror.E011", "django_mirror.E012"]),
+        # E013: unknown per-model option
+        (config(model("testapp.Author", targets="new")), ["django_mirror.E013"]),
+        # E014: compare callable that cannot be imported
+        (config(model("testapp.Author", compare="tests.nowhere.compare")), ["django_mirror.E014"]),
+        # E015: unknown after-commit relay mode
+        (config(lambda c: c.__setitem__("RELAY", {"ON_COMMIT": "later"})), ["django_mirror.E015"]),
+        # W001: an explicit through model that is not mirrored
+        (config(lambda c: c["MODELS"].pop("testapp.ShelfBook")), ["django_mirror.W001"]),
+        # W002: nothing configured at all
+        (None, ["django_mirror.W002"]),
+    ],
+)
+def test_each_bad_setting_has_its_own_id(setting: Any, expected: list[str]):
+    assert found(setting) == expected
+
+
+def test_every_check_id_is_exercised():
+    """Keeps this file honest when checks.py gains an id."""
+    import re
+    from pathlib import Path
+
+    import django_mirror.checks
+
+    source = Path(django_mirror.checks.__file__).read_text()
+    declared = set(re.findall(r"django_mirror\.[EW]\d{3}", source))
+    tested = set(re.findall(r"django_mirror\.[EW]\d{3}", Path(__file__).read_text()))
+    assert declared <= tested
+
+
+def test_errors_are_errors_and_warnings_warnings():
+    """Errors stop manage.py commands; warnings only inform."""
+    with override_settings(DJANGO_MIRROR=config(model("testapp.Author", target="default"))):
+        (message,) = check_settings()
+        assert type(message) is Error and message.is_serious()
+    with override_settings(DJANGO_MIRROR=config(lambda c: c["MODELS"].pop("testapp.ShelfBook"))):
+        (message,) = check_settings()
+        assert type(message) is Warning and not message.is_serious()
+        assert "testapp.ShelfBook" in message.msg and "testapp.ShelfBook" in message.hint
+
+
+def test_one_model_with_several_problems_reports_each():
+    bad = config(
+        model("testapp.Author", target="default", phase="later", shadow_read_rate=2, extra=1)
+    )
+    assert sorted(found(bad)) == [
+        "django_mirror.E005",
+        "django_mirror.E006",
+        "django_mirror.E007",
+        "django_mirror.E013",
+    ]
+
+
+def test_manage_py_check_refuses_a_bad_setting():
+    with override_settings(DJANGO_MIRROR=config(model("testapp.Author", target="newdb"))):
+        with pytest.raises(SystemCheckError, match=r"django_mirror\.E004"):
+            call_command("check")
