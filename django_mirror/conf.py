@@ -34,7 +34,6 @@ DEFAULT_RELAY: dict[str, Any] = {
     # the committing thread; "off": leave it all to ``mirror_relay``.
     "ON_COMMIT": "thread",
     "BATCH_SIZE": 500,
-    "MAX_ATTEMPTS": 8,
 }
 DEFAULT_REPLAY: dict[str, Any] = {
     "BATCH_SIZE": 1000,

@@ -155,3 +155,26 @@ class MirrorState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model}: {self.phase}"
+
+
+class CopyProgress(models.Model):
+    """Where ``mirror_copy`` of one model got to, so a killed copy resumes there."""
+
+    model = models.CharField(max_length=200)
+    target = models.CharField(max_length=200)
+    last_pk = models.CharField(max_length=255, blank=True, default="")
+    rows_read = models.BigIntegerField(default=0)
+    rows_copied = models.BigIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "copy progress"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "target"], name="mirror_copyprogress_key")
+        ]
+
+    def __str__(self) -> str:
+        state = "done" if self.finished_at else f"at {self.last_pk or 'start'}"
+        return f"copy {self.model} -> {self.target}: {self.rows_copied} rows, {state}"

@@ -109,6 +109,12 @@ class Replayer:
         progress_every: float = 1.0,
     ) -> None:
         self.labels = {label.lower() for label in models or ()}
+        # A model's auto-created many-to-many tables are mirrored, so replayed, with it.
+        self.labels |= {
+            c.label.lower()
+            for c in conf.mirrored_models().values()
+            if c.owner is not None and c.owner.lower() in self.labels
+        }
         self.consumer = consumer_name(self.labels)
         self.batch_size = batch_size or conf.get_settings().replay["BATCH_SIZE"]
         self.lease = dt.timedelta(seconds=conf.get_settings().replay["LEASE_SECONDS"])
@@ -217,7 +223,11 @@ class Replayer:
             position = self.stream.position(cp.shard_id, cp.sequence_number or None)
             batch = self.stream.read(cp.shard_id, position, self.batch_size)
         self.apply_records(batch.records, cp.shard_id)
-        last_sequence = batch.records[-1][0] if batch.records else cp.sequence_number
+        last_sequence = (
+            max((sequence for sequence, _ in batch.records), key=int)
+            if batch.records
+            else cp.sequence_number
+        )
         finished = batch.next_position is None
         kept = (
             self._checkpoints()

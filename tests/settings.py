@@ -35,6 +35,9 @@ def _database(var: str, name: str) -> dict:
     if config["ENGINE"] == "django.db.backends.mysql":
         config["OPTIONS"] = {"charset": "utf8mb4"}
         config["TEST"].update(CHARSET="utf8mb4", COLLATION="utf8mb4_bin")
+    if os.environ.get("MIRROR_TEST_USE_TEST_DB"):
+        # Commands a test runs in a subprocess (tests/test_crash.py) use its test databases.
+        config["NAME"] = config["TEST"]["NAME"]
     return config
 
 
@@ -81,9 +84,9 @@ DJANGO_MIRROR = {
     "STREAM": {
         "BACKEND": "django_mirror.streams.KinesisStream",
         "OPTIONS": {
-            "stream_name": "mirror-test",
+            "stream_name": os.environ.get("MIRROR_STREAM_NAME", "mirror-test"),
             "region_name": "us-east-1",
-            "endpoint_url": None,
+            "endpoint_url": os.environ.get("MIRROR_STREAM_ENDPOINT") or None,
             "base_delay": 0.001,
             "max_delay": 0.01,
         },

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import models
+
 from django_mirror.events import Event
 
 
@@ -16,6 +18,16 @@ class ApplyResult:
     applied: int = 0
     stale: int = 0
     failed: list[tuple[Event, str]] = field(default_factory=list)
+
+
+@dataclass
+class CopyResult:
+    """What one ``copy`` did: rows inserted, rows the target already had or had seen,
+    and rows skipped because a newer row holds one of their unique values."""
+
+    copied: int = 0
+    skipped: int = 0
+    clashed: int = 0
 
 
 def latest_per_row(events: Sequence[Event]) -> list[Event]:
@@ -37,6 +49,11 @@ class Target:
     """
 
     def apply(self, events: Sequence[Event]) -> ApplyResult:
+        raise NotImplementedError
+
+    def copy(self, model: type[models.Model], rows: Sequence[dict[str, Any]]) -> CopyResult:
+        """Insert rows (``{attname: value}``) only where the target has no row, version
+        or tombstone for them: a copy must never undo what replay applied."""
         raise NotImplementedError
 
     def versions(self, model_label: str, pks: Sequence[Any]) -> dict[str, tuple[int, bool]]:

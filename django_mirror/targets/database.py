@@ -15,9 +15,9 @@ from typing import Any
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 
 from django_mirror import conf
-from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
+from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
 from django_mirror.models import RowVersion
-from django_mirror.targets.base import ApplyResult, Target, latest_per_row
+from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
 
 logger = logging.getLogger("django_mirror.targets")
 
@@ -131,7 +131,23 @@ class DatabaseTarget(Target):
             result.applied += applied
             result.stale += stale
             return
-        result.failed.append((event, f"{type(error).__name__}: {error}"))
+        result.failed.append((event, self._redacted(event, f"{type(error).__name__}: {error}")))
+
+    def _redacted(self, event: Event, reason: str) -> str:
+        """The reason with the model's ``redact_fields`` values hidden: database errors
+        quote them (PostgreSQL's "Failing row contains", MySQL's "Duplicate entry")."""
+        config = conf.config_for_label(event.model)
+        if config is None or config.model is None or not isinstance(event.row, dict):
+            return reason
+        for f in config.model._meta.concrete_fields:
+            if f.name in config.redact_fields or f.attname in config.redact_fields:
+                try:
+                    value = str(decode_value(event.row.get(f.column)))
+                except EventDecodeError:
+                    continue
+                if event.row.get(f.column) not in (None, ""):
+                    reason = reason.replace(value, "<redacted>")
+        return reason
 
     def _model(self, event: Event) -> type[models.Model]:
         config = conf.config_for_label(event.model)
@@ -164,12 +180,74 @@ class DatabaseTarget(Target):
     def _values(self, model: type[models.Model], event: Event) -> list[Any]:
         values = decode_row(model, event.row or {})
         values[model._meta.pk.attname] = model._meta.pk.to_python(event.pk)
+        return self._params(model, values)
+
+    def _params(self, model: type[models.Model], values: dict[str, Any]) -> list[Any]:
+        """Driver parameters of one row; excluded fields get their default."""
         conn = self.connection
         params = []
         for f in model._meta.concrete_fields:
             value = values[f.attname] if f.attname in values else f.get_default()
             params.append(f.get_db_prep_save(value, connection=conn))
         return params
+
+    # --- copy ---------------------------------------------------------------------------
+
+    def copy(self, model: type[models.Model], rows: Sequence[dict[str, Any]]) -> CopyResult:
+        """Insert the rows the target neither has nor holds a version or tombstone for.
+
+        Copied rows get version 0: any captured write is newer and wins. A row that
+        clashes with a unique value replay already applied changed in the source since
+        it was read; its event is on its way, so it is skipped, not forced.
+        """
+        self.relax_foreign_keys()
+        result = CopyResult()
+        try:
+            with transaction.atomic(using=self.alias):
+                self._copy(model, rows, result)
+            return result
+        except IntegrityError:
+            result = CopyResult()
+        for row in rows:
+            try:
+                with transaction.atomic(using=self.alias):
+                    self._copy(model, [row], result)
+            except IntegrityError:
+                result.clashed += 1
+        return result
+
+    def _copy(
+        self, model: type[models.Model], rows: Sequence[dict[str, Any]], result: CopyResult
+    ) -> None:
+        label = model._meta.label_lower
+        pk = model._meta.pk
+        keys = [pk_text(row[pk.attname]) for row in rows]
+        held = self._versions(label, keys, lock=True)
+        present = {
+            pk_text(value) for value in self._existing_pks(model, [r[pk.attname] for r in rows])
+        }
+        fresh = [
+            row
+            for row, key in zip(rows, keys, strict=True)
+            if key not in held and key not in present
+        ]
+        self._insert_rows(model, [self._params(model, row) for row in fresh])
+        qn = self.connection.ops.quote_name
+        with self.connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {qn(RowVersion._meta.db_table)} ({qn('model')}, {qn('pk_value')}, "
+                f"{qn('version')}, {qn('deleted')}) VALUES (%s, %s, %s, %s)",
+                [(label, pk_text(row[pk.attname]), 0, False) for row in fresh],
+            )
+        result.copied += len(fresh)
+        result.skipped += len(rows) - len(fresh)
+
+    def _existing_pks(self, model: type[models.Model], pks: list[Any]) -> list[Any]:
+        found: list[Any] = []
+        for chunk in _chunks(pks, self._chunk_size()):
+            qs = models.QuerySet(model=model, using=self.alias).filter(pk__in=chunk)
+            found.extend(qs.values_list("pk", flat=True))
+        return found
 
     def _delete_rows(self, model: type[models.Model], pks: list[Any]) -> None:
         qn = self.connection.ops.quote_name
