@@ -232,15 +232,32 @@ class DatabaseTarget(Target):
             if key not in held and key not in present
         ]
         self._insert_rows(model, [self._params(model, row) for row in fresh])
-        qn = self.connection.ops.quote_name
-        with self.connection.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {qn(RowVersion._meta.db_table)} ({qn('model')}, {qn('pk_value')}, "
-                f"{qn('version')}, {qn('deleted')}) VALUES (%s, %s, %s, %s)",
-                [(label, pk_text(row[pk.attname]), 0, False) for row in fresh],
-            )
+        self._store_versions(label, [(pk_text(row[pk.attname]), 0, False) for row in fresh])
         result.copied += len(fresh)
         result.skipped += len(rows) - len(fresh)
+
+    def repair(
+        self, model: type[models.Model], rows: Sequence[dict[str, Any]], pks: Sequence[Any]
+    ) -> None:
+        """Make the rows ``pks`` what the source holds (``rows``; absent ones are deleted).
+
+        Versions replay applied are kept, so a newer event still wins and an older one is
+        still skipped; rows without one get version 0, deleted ones a tombstone.
+        """
+        self.relax_foreign_keys()
+        label = model._meta.label_lower
+        pk = model._meta.pk
+        keys = [pk_text(value) for value in pks]
+        live = {pk_text(row[pk.attname]) for row in rows}
+        with transaction.atomic(using=self.alias):
+            held = self._versions(label, keys, lock=True)
+            self._delete_rows(model, list(pks))
+            self._insert_rows(model, [self._params(model, row) for row in rows])
+            self._store_versions(
+                label,
+                [(key, held.get(key, (0, False))[0], key not in live) for key in keys],
+                replace=keys,
+            )
 
     def _existing_pks(self, model: type[models.Model], pks: list[Any]) -> list[Any]:
         found: list[Any] = []
@@ -276,22 +293,32 @@ class DatabaseTarget(Target):
     def _write_versions(
         self, label: str, events: list[Event], current: dict[str, tuple[int, bool]]
     ) -> None:
-        """Replace the version rows of these keys (delete + insert: portable and batched)."""
+        self._store_versions(
+            label,
+            [(e.key[1], e.version, e.op != UPSERT) for e in events],
+            replace=[e.key[1] for e in events if e.key[1] in current],
+        )
+
+    def _store_versions(
+        self, label: str, entries: list[tuple[str, int, bool]], replace: Sequence[str] = ()
+    ) -> None:
+        """Write ``(pk text, version, deleted)`` rows, first dropping those of ``replace``
+        (delete + insert: portable, and two statements per batch)."""
         qn = self.connection.ops.quote_name
         table = qn(RowVersion._meta.db_table)
-        known = [e.key[1] for e in events if e.key[1] in current]
         with self.connection.cursor() as cursor:
-            for chunk in _chunks(known, self._chunk_size()):
+            for chunk in _chunks(replace, self._chunk_size()):
                 cursor.execute(
                     f"DELETE FROM {table} WHERE {qn('model')} = %s AND {qn('pk_value')} IN "
                     f"({', '.join(['%s'] * len(chunk))})",
                     [label, *chunk],
                 )
-            cursor.executemany(
-                f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
-                f"{qn('deleted')}) VALUES (%s, %s, %s, %s)",
-                [(label, e.key[1], e.version, e.op != UPSERT) for e in events],
-            )
+            if entries:
+                cursor.executemany(
+                    f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
+                    f"{qn('deleted')}) VALUES (%s, %s, %s, %s)",
+                    [(label, key, version, deleted) for key, version, deleted in entries],
+                )
 
     def _evict_unique_clashes(self, event: Event) -> bool:
         """Delete target rows that hold this upsert's unique values under another key;

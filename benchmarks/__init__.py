@@ -1,0 +1,1 @@
+"""django-mirror's benchmarks: ratios measured side by side in one run (``make bench``)."""

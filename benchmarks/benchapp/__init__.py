@@ -1,0 +1,1 @@
+"""Two models of the same shape: ``Follow`` is mirrored, ``PlainFollow`` is not."""
