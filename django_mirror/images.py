@@ -130,6 +130,11 @@ def _normaliser(field: models.Field) -> Normaliser | None:
     return _NORMALISERS.get(type(field))
 
 
+def passes_unchanged(field: models.Field) -> bool:
+    """Whether a decoded value of this field goes to the database driver as it is."""
+    return _normaliser(field) in (_int, _str, _bool, _float)
+
+
 def instance_image(obj: models.Model, fields: list[models.Field]) -> list[Any] | None:
     """The encoded row image of a wholly written instance, or None to re-read it."""
     image = []

@@ -7,6 +7,7 @@ cost more than the database does.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 
-from django_mirror import conf
+from django_mirror import conf, images
 from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
@@ -36,11 +37,20 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, ValueError, TypeError)
 
 
+#: Backends with ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING``.
+UPSERT_VENDORS = ("postgresql", "sqlite")
+
+
+def _prepare(field: models.Field, connection: Any, value: Any) -> Any:
+    return field.get_db_prep_save(value, connection=connection)
+
+
 class DatabaseTarget(Target):
     """Mirror rows into the ``DATABASES`` alias ``alias``."""
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
+        self._prepare_cache: dict[type[models.Model], list[tuple[str, Any, Any]]] = {}
 
     def describe(self) -> str:
         return f"database {self.alias!r}"
@@ -161,21 +171,87 @@ class DatabaseTarget(Target):
         for event in events:
             by_model[self._model(event)].append(event)
         applied = stale = 0
+        apply = (
+            self._apply_upserting
+            if self.connection.vendor in UPSERT_VENDORS
+            else self._apply_locking
+        )
         for model, model_events in by_model.items():
-            label = model._meta.label_lower
-            current = self._versions(label, [e.key[1] for e in model_events], lock=True)
-            fresh = [e for e in model_events if e.version > current.get(e.key[1], (-1, False))[0]]
-            stale += len(model_events) - len(fresh)
-            if not fresh:
-                continue
-            rows = [
-                self._values(model, e) for e in fresh if e.op == UPSERT
-            ]  # decode first: a bad event must fail before anything is written
-            self._delete_rows(model, [e.pk for e in fresh])
-            self._insert_rows(model, rows)
-            self._write_versions(label, fresh, current)
-            applied += len(fresh)
+            done = apply(model, model_events)
+            applied += done
+            stale += len(model_events) - done
         return applied, stale
+
+    def _apply_locking(self, model: type[models.Model], events: list[Event]) -> int:
+        """Portable: lock the stored versions, then delete and insert the newer rows."""
+        label = model._meta.label_lower
+        current = self._versions(label, [e.key[1] for e in events], lock=True)
+        fresh = [e for e in events if e.version > current.get(e.key[1], (-1, False))[0]]
+        if not fresh:
+            return 0
+        # Decode first: a bad event must fail before anything is written.
+        rows = [self._values(model, e) for e in fresh if e.op == UPSERT]
+        self._delete_rows(model, [e.pk for e in fresh])
+        self._insert_rows(model, rows)
+        self._write_versions(label, fresh, current)
+        return len(fresh)
+
+    def _apply_upserting(self, model: type[models.Model], events: list[Event]) -> int:
+        """PostgreSQL and SQLite: one conditional version upsert names the events that are
+        newer than what the target holds; then one row upsert and one delete apply them."""
+        rows = {e.key[1]: self._values(model, e) for e in events if e.op == UPSERT}
+        won = self._claim_versions(model._meta.label_lower, events)
+        self._delete_rows(model, [e.pk for e in events if e.op != UPSERT and e.key[1] in won])
+        self._upsert_rows(model, [params for key, params in rows.items() if key in won])
+        return len(won)
+
+    def _claim_versions(self, label: str, events: list[Event]) -> set[str]:
+        qn = self.connection.ops.quote_name
+        table = qn(RowVersion._meta.db_table)
+        version = qn("version")
+        won: set[str] = set()
+        with self.connection.cursor() as cursor:
+            for chunk in _chunks(events, self._row_chunk(4)):
+                sql = (
+                    f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {version}, "
+                    f"{qn('deleted')}) VALUES {', '.join(['(%s, %s, %s, %s)'] * len(chunk))} "
+                    f"ON CONFLICT ({qn('model')}, {qn('pk_value')}) DO UPDATE SET "
+                    f"{version} = EXCLUDED.{version}, {qn('deleted')} = EXCLUDED.{qn('deleted')} "
+                    f"WHERE {table}.{version} < EXCLUDED.{version} RETURNING {qn('pk_value')}"
+                )
+                params: list[Any] = []
+                for e in chunk:
+                    params += (label, e.key[1], e.version, e.op != UPSERT)
+                cursor.execute(sql, params)
+                won.update(key for (key,) in cursor.fetchall())
+        return won
+
+    def _upsert_rows(self, model: type[models.Model], rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        qn = self.connection.ops.quote_name
+        fields = model._meta.concrete_fields
+        pk = model._meta.pk
+        others = [qn(f.column) for f in fields if f is not pk]
+        action = (
+            f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in others)}"
+            if others
+            else "DO NOTHING"
+        )
+        row = f"({', '.join(['%s'] * len(fields))})"
+        with self.connection.cursor() as cursor:
+            for chunk in _chunks(rows, self._row_chunk(len(fields))):
+                cursor.execute(
+                    f"INSERT INTO {qn(model._meta.db_table)} "
+                    f"({', '.join(qn(f.column) for f in fields)}) "
+                    f"VALUES {', '.join([row] * len(chunk))} ON CONFLICT ({qn(pk.column)}) {action}",
+                    [value for params in chunk for value in params],
+                )
+
+    def _row_chunk(self, columns: int) -> int:
+        """Rows per multi-row statement within the backend's parameter limit."""
+        limit = self.connection.features.max_query_params or 10_000
+        return max(1, min(1000, limit // columns))
 
     def _values(self, model: type[models.Model], event: Event) -> list[Any]:
         values = decode_row(model, event.row or {})
@@ -184,12 +260,25 @@ class DatabaseTarget(Target):
 
     def _params(self, model: type[models.Model], values: dict[str, Any]) -> list[Any]:
         """Driver parameters of one row; excluded fields get their default."""
-        conn = self.connection
         params = []
-        for f in model._meta.concrete_fields:
-            value = values[f.attname] if f.attname in values else f.get_default()
-            params.append(f.get_db_prep_save(value, connection=conn))
+        for attname, prepare, default in self._preparers(model):
+            value = values[attname] if attname in values else default()
+            params.append(value if prepare is None or value is None else prepare(value))
         return params
+
+    def _preparers(self, model: type[models.Model]) -> list[tuple[str, Any, Any]]:
+        """Per field: attname, the driver conversion (None where the value passes as it
+        is) and the default; built once per model, since replay calls it per row."""
+        cached = self._prepare_cache.get(model)
+        if cached is None:
+            conn = self.connection
+            cached = []
+            for f in model._meta.concrete_fields:
+                passes = images.passes_unchanged(f)
+                prepare = None if passes else functools.partial(_prepare, f, conn)
+                cached.append((f.attname, prepare, f.get_default))
+            self._prepare_cache[model] = cached
+        return cached
 
     # --- copy ---------------------------------------------------------------------------
 
