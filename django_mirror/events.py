@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import math
 import uuid
@@ -112,7 +113,7 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     schema: int = SCHEMA_VERSION
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str]:
         """Identity of the row across stores: lower-cased label and the pk's text form."""
         return (self.model.lower(), pk_text(self.pk))

@@ -7,12 +7,15 @@ cost more than the database does.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 
 from django_mirror import conf, images
@@ -41,8 +44,37 @@ APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, Value
 UPSERT_VENDORS = ("postgresql", "sqlite")
 
 
+@dataclass(frozen=True)
+class _RowSpec:
+    columns: frozenset[str]
+    fields: list[tuple[str, Any, Any]]  # column, driver conversion or None, default
+    pk_column: str
+    pk_to_python: Any
+
+
 def _prepare(field: models.Field, connection: Any, value: Any) -> Any:
     return field.get_db_prep_save(value, connection=connection)
+
+
+def _utc_text(value: dt.datetime) -> Any:
+    """What Django's SQLite backend stores for an aware datetime on a UTC connection."""
+    return str(value.astimezone(dt.UTC).replace(tzinfo=None))
+
+
+def _preparer(field: models.Field, connection: Any) -> Any:
+    """The driver conversion of one field's decoded values, or None when none is needed.
+
+    Aware datetimes, the common case, skip Django's per-value checks on PostgreSQL
+    (the driver adapts them) and on SQLite in UTC (text in Django's own format)."""
+    if images.passes_unchanged(field):
+        return None
+    generic = functools.partial(_prepare, field, connection)
+    if type(field) is models.DateTimeField and settings.USE_TZ:
+        if connection.vendor == "postgresql":
+            return lambda value: value if value.tzinfo is not None else generic(value)
+        if connection.vendor == "sqlite" and connection.timezone_name == "UTC":
+            return lambda value: _utc_text(value) if value.tzinfo is not None else generic(value)
+    return generic
 
 
 class DatabaseTarget(Target):
@@ -50,7 +82,7 @@ class DatabaseTarget(Target):
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        self._prepare_cache: dict[type[models.Model], list[tuple[str, Any, Any]]] = {}
+        self._specs: dict[type[models.Model], _RowSpec] = {}
 
     def describe(self) -> str:
         return f"database {self.alias!r}"
@@ -208,45 +240,68 @@ class DatabaseTarget(Target):
     def _claim_versions(self, label: str, events: list[Event]) -> set[str]:
         qn = self.connection.ops.quote_name
         table = qn(RowVersion._meta.db_table)
-        version = qn("version")
-        won: set[str] = set()
-        with self.connection.cursor() as cursor:
-            for chunk in _chunks(events, self._row_chunk(4)):
-                sql = (
-                    f"INSERT INTO {table} ({qn('model')}, {qn('pk_value')}, {version}, "
-                    f"{qn('deleted')}) VALUES {', '.join(['(%s, %s, %s, %s)'] * len(chunk))} "
-                    f"ON CONFLICT ({qn('model')}, {qn('pk_value')}) DO UPDATE SET "
-                    f"{version} = EXCLUDED.{version}, {qn('deleted')} = EXCLUDED.{qn('deleted')} "
-                    f"WHERE {table}.{version} < EXCLUDED.{version} RETURNING {qn('pk_value')}"
-                )
-                params: list[Any] = []
-                for e in chunk:
-                    params += (label, e.key[1], e.version, e.op != UPSERT)
-                cursor.execute(sql, params)
-                won.update(key for (key,) in cursor.fetchall())
-        return won
+        version, deleted = qn("version"), qn("deleted")
+        rows = [(label, e.key[1], e.version, e.op != UPSERT) for e in events]
+        found = self._insert_many(
+            RowVersion,
+            ["model", "pk_value", "version", "deleted"],
+            rows,
+            f"ON CONFLICT ({qn('model')}, {qn('pk_value')}) DO UPDATE SET "
+            f"{version} = EXCLUDED.{version}, {deleted} = EXCLUDED.{deleted} "
+            f"WHERE {table}.{version} < EXCLUDED.{version} RETURNING {qn('pk_value')}",
+        )
+        return {key for (key,) in found}
 
     def _upsert_rows(self, model: type[models.Model], rows: list[list[Any]]) -> None:
         if not rows:
             return
         qn = self.connection.ops.quote_name
-        fields = model._meta.concrete_fields
         pk = model._meta.pk
-        others = [qn(f.column) for f in fields if f is not pk]
+        others = [qn(f.column) for f in model._meta.concrete_fields if f is not pk]
         action = (
             f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in others)}"
             if others
             else "DO NOTHING"
         )
-        row = f"({', '.join(['%s'] * len(fields))})"
-        with self.connection.cursor() as cursor:
-            for chunk in _chunks(rows, self._row_chunk(len(fields))):
+        columns = [f.column for f in model._meta.concrete_fields]
+        self._insert_many(model, columns, rows, f"ON CONFLICT ({qn(pk.column)}) {action}")
+
+    def _insert_many(
+        self,
+        model: type[models.Model],
+        columns: list[str],
+        rows: Sequence[Sequence[Any]],
+        tail: str,
+    ) -> list[tuple[Any, ...]]:
+        """``INSERT INTO table (columns) <rows> tail``, returning what ``tail`` returns.
+
+        PostgreSQL gets one array per column through ``unnest``: a short statement the
+        driver converts once, where thousands of placeholders would cost more than the
+        insert. Elsewhere, multi-row ``VALUES`` within the parameter limit.
+        """
+        conn = self.connection
+        qn = conn.ops.quote_name
+        into = f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(c) for c in columns)})"
+        found: list[tuple[Any, ...]] = []
+        with conn.cursor() as cursor:
+            if conn.vendor == "postgresql":
+                by_column = {f.column: f for f in model._meta.concrete_fields}
+                arrays = ", ".join(f"%s::{by_column[c].db_type(conn)}[]" for c in columns)
+                for chunk in _chunks(rows, 10_000):
+                    cursor.execute(
+                        f"{into} SELECT * FROM unnest({arrays}) {tail}",
+                        [list(values) for values in zip(*chunk, strict=True)],
+                    )
+                    found.extend(cursor.fetchall() if "RETURNING" in tail else ())
+                return found
+            placeholders = f"({', '.join(['%s'] * len(columns))})"
+            for chunk in _chunks(rows, self._row_chunk(len(columns))):
                 cursor.execute(
-                    f"INSERT INTO {qn(model._meta.db_table)} "
-                    f"({', '.join(qn(f.column) for f in fields)}) "
-                    f"VALUES {', '.join([row] * len(chunk))} ON CONFLICT ({qn(pk.column)}) {action}",
+                    f"{into} VALUES {', '.join([placeholders] * len(chunk))} {tail}",
                     [value for params in chunk for value in params],
                 )
+                found.extend(cursor.fetchall() if "RETURNING" in tail else ())
+        return found
 
     def _row_chunk(self, columns: int) -> int:
         """Rows per multi-row statement within the backend's parameter limit."""
@@ -254,31 +309,53 @@ class DatabaseTarget(Target):
         return max(1, min(1000, limit // columns))
 
     def _values(self, model: type[models.Model], event: Event) -> list[Any]:
-        values = decode_row(model, event.row or {})
-        values[model._meta.pk.attname] = model._meta.pk.to_python(event.pk)
-        return self._params(model, values)
-
-    def _params(self, model: type[models.Model], values: dict[str, Any]) -> list[Any]:
-        """Driver parameters of one row; excluded fields get their default."""
+        """Driver parameters of an upsert event's row, decoded and converted in one pass."""
+        row = event.row or {}
+        spec = self._spec(model)
+        if not row.keys() <= spec.columns:
+            unknown = sorted(set(row) - spec.columns)
+            raise EventDecodeError(f"{model._meta.label} has no column {unknown[0]!r}")
         params = []
-        for attname, prepare, default in self._preparers(model):
-            value = values[attname] if attname in values else default()
+        for column, prepare, default in spec.fields:
+            if column == spec.pk_column:
+                value = spec.pk_to_python(event.pk)
+            elif column in row:
+                value = row[column]
+                if type(value) is dict or type(value) is list:
+                    value = decode_value(value)
+            else:
+                value = default()
             params.append(value if prepare is None or value is None else prepare(value))
         return params
 
-    def _preparers(self, model: type[models.Model]) -> list[tuple[str, Any, Any]]:
-        """Per field: attname, the driver conversion (None where the value passes as it
-        is) and the default; built once per model, since replay calls it per row."""
-        cached = self._prepare_cache.get(model)
-        if cached is None:
+    def _params(self, model: type[models.Model], values: dict[str, Any]) -> list[Any]:
+        """Driver parameters of a row read as ``{attname: value}``."""
+        params = []
+        for (_, prepare, default), f in zip(
+            self._spec(model).fields, model._meta.concrete_fields, strict=True
+        ):
+            value = values[f.attname] if f.attname in values else default()
+            params.append(value if prepare is None or value is None else prepare(value))
+        return params
+
+    def _spec(self, model: type[models.Model]) -> _RowSpec:
+        """How to turn a model's rows into driver parameters; built once per model, since
+        replay needs it for every row."""
+        spec = self._specs.get(model)
+        if spec is None:
             conn = self.connection
-            cached = []
-            for f in model._meta.concrete_fields:
-                passes = images.passes_unchanged(f)
-                prepare = None if passes else functools.partial(_prepare, f, conn)
-                cached.append((f.attname, prepare, f.get_default))
-            self._prepare_cache[model] = cached
-        return cached
+            pk = model._meta.pk
+            spec = _RowSpec(
+                columns=frozenset(f.column for f in model._meta.concrete_fields),
+                fields=[
+                    (f.column, _preparer(f, conn), f.get_default)
+                    for f in model._meta.concrete_fields
+                ],
+                pk_column=pk.column,
+                pk_to_python=pk.to_python,
+            )
+            self._specs[model] = spec
+        return spec
 
     # --- copy ---------------------------------------------------------------------------
 
