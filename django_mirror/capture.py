@@ -21,9 +21,8 @@ from django.db import connections, models, router, transaction
 from django.db.models import signals
 from django.utils import timezone
 
-from django_mirror import conf
+from django_mirror import conf, images
 from django_mirror.events import encode_column, encode_value
-from django_mirror.images import instance_image as _instance_image
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
 MAX_BATCH_EVENTS = 10_000
@@ -109,19 +108,23 @@ def read_rows(
 
 
 @functools.cache
-def _image_fields(model: type[models.Model], exclude: tuple[str, ...]) -> list[models.Field]:
+def _image_fields(model: type[models.Model], exclude: tuple[str, ...]) -> tuple[models.Field, ...]:
     """The concrete fields an event's row image carries, in column order."""
-    return [
+    return tuple(
         f for f in model._meta.concrete_fields if f.name not in exclude and f.attname not in exclude
-    ]
+    )
 
 
-def _pending(using: str, model: type[models.Model], fields: list[models.Field]) -> dict[str, Any]:
+def _pending(
+    using: str, model: type[models.Model], fields: tuple[models.Field, ...]
+) -> dict[str, Any]:
     """The open outbox payload of ``model`` in this ORM call or statement."""
     connection = connections[using]
+    now = timezone.now()
     payload = {
         "tx": _transaction_id(using),
-        "ts": timezone.now().isoformat(),
+        "ts": now.isoformat(),
+        "now": now,
         "source": using,
         "columns": [f.column for f in fields],
         "ops": [],
@@ -155,8 +158,9 @@ def record(
     pk_field = model._meta.pk
     upserts: list[list[Any]] = []
     reread = list(upsert_pks)
+    steps = images.plan(model, fields)
     for obj in instances:
-        image = _instance_image(obj, fields)
+        image = images.instance_image(obj, steps) if steps is not None else None
         if image is None:
             reread.append(obj.pk)
         else:
@@ -174,29 +178,42 @@ def record(
         _write_outbox(using, model._meta.label, payload)
 
 
-def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
-    """Insert the payload's ops as outbox rows: one SQL statement, no ORM on the hot path."""
+@functools.cache
+def _outbox_insert(using: str, vendor: str) -> str:
+    """The outbox ``INSERT`` in the driver's own parameter style."""
     from django_mirror.models import OutboxBatch
 
+    qn = connections[using].ops.quote_name
+    columns = ", ".join(qn(c) for c in ("created_at", "model", "count", "payload", "attempts"))
+    values = ", ".join(["?" if vendor == "sqlite" else "%s"] * 5)
+    return f"INSERT INTO {qn(OutboxBatch._meta.db_table)} ({columns}) VALUES ({values})"
+
+
+def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
+    """Insert the payload's ops as outbox rows.
+
+    This runs on every captured write, so it skips the ORM and Django's cursor wrapper
+    and hands one prepared statement to the driver.
+    """
     connection = connections[using]
     ops = payload["ops"]
-    qn = connection.ops.quote_name
-    table = qn(OutboxBatch._meta.db_table)
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    now = connection.ops.adapt_datetimefield_value(payload["now"])
     rows = []
     for start in range(0, len(ops), MAX_BATCH_EVENTS):
         chunk = {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
+        del chunk["now"]
         text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
         rows.append((now, label, len(chunk["ops"]), text, 0))
-    sql = (
-        f"INSERT INTO {table} ({qn('created_at')}, {qn('model')}, {qn('count')}, "
-        f"{qn('payload')}, {qn('attempts')}) VALUES (%s, %s, %s, %s, %s)"
-    )
-    with connection.cursor() as cursor:
+    connection.ensure_connection()
+    sql = _outbox_insert(using, connection.vendor)
+    cursor = connection.connection.cursor()
+    try:
         if len(rows) == 1:
             cursor.execute(sql, rows[0])
         else:
             cursor.executemany(sql, rows)
+    finally:
+        cursor.close()
 
 
 @contextmanager

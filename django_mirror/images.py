@@ -10,6 +10,7 @@ do not reproduce — returns None and the caller re-reads the row.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import uuid
@@ -135,24 +136,54 @@ def passes_unchanged(field: models.Field) -> bool:
     return _normaliser(field) in (_int, _str, _bool, _float)
 
 
-def instance_image(obj: models.Model, fields: list[models.Field]) -> list[Any] | None:
-    """The encoded row image of a wholly written instance, or None to re-read it."""
-    image = []
-    values = obj.__dict__
+#: Plain types that are their own encoding: only their exact type needs checking.
+_SELF_ENCODING = {_int: int, _str: str, _bool: bool}
+
+#: Per field: attname, nullable, and either the exact type that is its own encoding or
+#: a function from value to encoded value (``_NOT_PLAIN`` when it cannot tell).
+Plan = list[tuple[str, bool, Any]]
+
+
+@functools.cache
+def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Plan | None:
+    """How to image ``fields`` of ``model`` from an instance; None when some field's
+    written value cannot be known without reading it back."""
+    steps: Plan = []
     for f in fields:
-        if f.attname not in values:  # deferred: not written
-            return None
-        value = values[f.attname]
-        if value is None:
-            if not f.null:
-                return None
-            image.append(None)
-            continue
         normalise = _normaliser(f)
         if normalise is None:
             return None
-        value = normalise(f, value)
-        if value is _NOT_PLAIN:
+        if normalise in _SELF_ENCODING:
+            steps.append((f.attname, f.null, _SELF_ENCODING[normalise]))
+        else:
+            steps.append((f.attname, f.null, functools.partial(_encoded, f, normalise)))
+    return steps
+
+
+def _encoded(field: models.Field, normalise: Normaliser, value: Any) -> Any:
+    value = normalise(field, value)
+    return value if value is _NOT_PLAIN else encode_column(field, value)
+
+
+def instance_image(obj: models.Model, steps: Plan) -> list[Any] | None:
+    """The encoded row image of a wholly written instance, or None to re-read it."""
+    image = []
+    values = obj.__dict__
+    for attname, null, step in steps:
+        if attname not in values:  # deferred: not written
             return None
-        image.append(encode_column(f, value))
+        value = values[attname]
+        if value is None:
+            if not null:
+                return None
+            image.append(None)
+        elif type(step) is type:
+            if type(value) is not step:
+                return None
+            image.append(value)
+        else:
+            value = step(value)
+            if value is _NOT_PLAIN:
+                return None
+            image.append(value)
     return image
