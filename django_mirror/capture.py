@@ -115,6 +115,11 @@ def _image_fields(model: type[models.Model], exclude: tuple[str, ...]) -> tuple[
     )
 
 
+@functools.cache
+def _columns(fields: tuple[models.Field, ...]) -> list[str]:
+    return [f.column for f in fields]
+
+
 def _pending(
     using: str, model: type[models.Model], fields: tuple[models.Field, ...]
 ) -> dict[str, Any]:
@@ -126,7 +131,7 @@ def _pending(
         "ts": now.isoformat(),
         "now": now,
         "source": using,
-        "columns": [f.column for f in fields],
+        "columns": _columns(fields),
         "ops": [],
     }
     batches = getattr(connection, "_mirror_batch", None)

@@ -155,9 +155,18 @@ def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Plan | 
             return None
         if normalise in _SELF_ENCODING:
             steps.append((f.attname, f.null, _SELF_ENCODING[normalise]))
+        elif normalise is _datetime and settings.USE_TZ:
+            steps.append((f.attname, f.null, _aware_datetime_encoded))
         else:
             steps.append((f.attname, f.null, functools.partial(_encoded, f, normalise)))
     return steps
+
+
+def _aware_datetime_encoded(value: Any) -> Any:
+    """The common case, inlined: an aware datetime, stored and encoded in UTC."""
+    if type(value) is not dt.datetime or value.tzinfo is None:
+        return _NOT_PLAIN
+    return {"$dt": value.astimezone(dt.UTC).isoformat()}
 
 
 def _encoded(field: models.Field, normalise: Normaliser, value: Any) -> Any:
