@@ -13,6 +13,21 @@ from django_mirror import conf
 class MirrorCommand(BaseCommand):
     requires_system_checks = ["models"]
 
+    def add_models_argument(self, parser: CommandParser, verb: str) -> None:
+        """Positional ``app_label.Model`` labels, as ``mirror_copy`` and ``mirror_verify`` take."""
+        parser.add_argument(
+            "models",
+            nargs="*",
+            metavar="app_label.Model",
+            help=f"Models to {verb} (default: every mirrored model).",
+        )
+
+    def add_model_filter_argument(self, parser: CommandParser, help: str) -> None:
+        """A repeatable ``--model app_label.Model``, as ``mirror_replay`` and ``mirror_status`` take."""
+        parser.add_argument(
+            "--model", action="append", dest="models", metavar="app_label.Model", help=help
+        )
+
     def add_json_argument(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
 

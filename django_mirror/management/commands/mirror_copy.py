@@ -25,12 +25,7 @@ class Command(MirrorCommand):
     help = "Copy the existing rows of mirrored models into their targets (insert-if-absent)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "models",
-            nargs="*",
-            metavar="app_label.Model",
-            help="Models to copy (default: every mirrored model).",
-        )
+        self.add_models_argument(parser, "copy")
         parser.add_argument("--chunk-size", type=int, help="Rows per chunk (default: adaptive).")
         parser.add_argument(
             "--throttle",

@@ -15,12 +15,8 @@ class Command(MirrorCommand):
     help = "Apply the stream's events to each mirrored model's target."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--model",
-            action="append",
-            dest="models",
-            metavar="app_label.Model",
-            help="Replay only this model (repeatable); kept on its own checkpoints.",
+        self.add_model_filter_argument(
+            parser, "Replay only this model (repeatable); kept on its own checkpoints."
         )
         parser.add_argument(
             "--from-start",

@@ -15,13 +15,7 @@ class Command(MirrorCommand):
     help = "Show per model its phase, relay backlog, dead letters and mismatches, and replay lag."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--model",
-            action="append",
-            dest="models",
-            metavar="app_label.Model",
-            help="Only this model (repeatable).",
-        )
+        self.add_model_filter_argument(parser, "Only this model (repeatable).")
         self.add_json_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -13,12 +13,7 @@ class Command(MirrorCommand):
     help = "Compare mirrored models in source and target; exit 1 when differences remain."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "models",
-            nargs="*",
-            metavar="app_label.Model",
-            help="Models to verify (default: every mirrored model).",
-        )
+        self.add_models_argument(parser, "verify")
         parser.add_argument("--chunk-size", type=int, default=1000, help="Rows per checksum range.")
         parser.add_argument(
             "--recheck-delay",
