@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from typing import Any
 
+from django.apps import apps
 from django.contrib import admin, messages
-from django.db.models import F, QuerySet
-from django.http import HttpRequest
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError
+from django.db.models import F, Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from django_mirror import conf
+from django_mirror.events import pk_text
 from django_mirror.models import DeadLetter, MirrorState, MismatchRecord, OutboxBatch
+from django_mirror.verify import CHANGED, EXTRA, MISSING, REDACTED, Difference, Verifier
 
 
 def _redacted_payload(payload: bytes) -> str:
@@ -83,15 +91,298 @@ class DeadLetterAdmin(admin.ModelAdmin):
             self.message_user(request, f"{failed} record(s) failed again.", messages.ERROR)
 
 
+def _guarding_model(label: str) -> type[Model] | None:
+    """The model whose permissions guard a mismatch record's rows (an M2M table's owner)."""
+    config = conf.config_for_label(label)
+    model = config.model if config is not None else None
+    if model is None:
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            return None
+    owner = model._meta.auto_created
+    return owner if isinstance(owner, type) else model
+
+
+def _may(user: Any, label: str, action: str) -> bool:
+    """Whether ``user`` may ``view`` or ``change`` the rows of the mirrored model ``label``."""
+    if user.is_active and user.is_superuser:
+        return True
+    model = _guarding_model(label)
+    if model is None:
+        return False
+    opts = model._meta
+
+    def has(name: str) -> bool:
+        return bool(user.has_perm(f"{opts.app_label}.{get_permission_codename(name, opts)}"))
+
+    return has("view") or has("change") if action == "view" else has(action)
+
+
+def _redact(value: Any, hidden: set[str]) -> Any:
+    """``value`` with every key named in ``redact_fields`` hidden, at any depth.
+
+    Verify stores records already redacted; this also covers records written otherwise.
+    """
+    if isinstance(value, dict):
+        return {k: REDACTED if k in hidden else _redact(v, hidden) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, hidden) for v in value]
+    return value
+
+
+def _shown(value: Any) -> str:
+    """One value as a table cell: JSON, so NULL, "" and 0 look different."""
+    if value == REDACTED:
+        return REDACTED
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
 @admin.register(MismatchRecord)
 class MismatchRecordAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "kind", "status", "model", "pk_value", "request_path")
-    list_filter = ("kind", "status", "model")
-    search_fields = ("pk_value",)
-    readonly_fields = [f.name for f in MismatchRecord._meta.fields]
+    """Mismatch records, seen as side-by-side diffs, re-checked and repaired in place.
+
+    Staff see only the records of models they may view, and act only on models they
+    may change: the records describe those models' rows.
+    """
+
+    list_display = ("created_at", "kind", "status", "model", "pk_value", "difference")
+    list_filter = ("model", "kind", "status")
+    search_fields = ("=pk_value",)
+    fields = ("created_at", "kind", "status", "model", "pk_value", "request_path", "query")
+    readonly_fields = fields
+    actions = ["recheck", "repair"]
+
+    # --- access ---------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MismatchRecord]:
+        queryset = super().get_queryset(request)
+        user = request.user
+        if user.is_active and user.is_superuser:
+            return queryset
+        labels = queryset.order_by().values_list("model", flat=True).distinct()
+        return queryset.filter(model__in=[label for label in labels if _may(user, label, "view")])
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_view_permission(request, obj)
+        return allowed and (obj is None or _may(request.user, obj.model, "view"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # read-only: records change only through the actions
+
+    def has_recheck_permission(self, request: HttpRequest) -> bool:
+        """Change permission on mismatch records; each model's rows are checked per record."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    has_repair_permission = has_recheck_permission
+
+    # --- list and change view -------------------------------------------------------------
+
+    @admin.display(description="difference")
+    def difference(self, obj: MismatchRecord) -> str:
+        diff = obj.diff if isinstance(obj.diff, dict) else {}
+        kind = str(diff.get("kind", ""))
+        if kind in (MISSING, EXTRA):
+            return f"{kind} in target"
+        names = diff.get("fields") if isinstance(diff.get("fields"), dict) else {}
+        return f"{kind}: {', '.join(names)}" if names else kind
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: MismatchRecord | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(self._diff_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _diff_context(self, request: HttpRequest, obj: MismatchRecord) -> dict[str, Any]:
+        """The side-by-side table: one row per field, differing ones flagged."""
+        config = conf.config_for_label(obj.model)
+        hidden = set(config.redact_fields) if config is not None else set()
+        source, target = _redact(obj.source_value, hidden), _redact(obj.target_value, hidden)
+        diff = _redact(obj.diff, hidden) if isinstance(obj.diff, dict) else {}
+        pairs = diff.get("fields") if isinstance(diff.get("fields"), dict) else {}
+        rows: list[dict[str, Any]] = []
+        if all(isinstance(side, dict | None) for side in (source, target)):
+            names = list(source or {})
+            names += [n for n in (target or {}) if n not in names]
+            names += [n for n in pairs if n not in names]
+            for name in names:
+                pair = pairs.get(name) if isinstance(pairs.get(name), list) else None
+                cells = []
+                for side, index in ((source, 0), (target, 1)):
+                    if isinstance(side, dict) and name in side:
+                        cells.append((True, side[name]))
+                    elif side is not None and pair is not None and len(pair) == 2:
+                        cells.append((True, pair[index]))
+                    else:
+                        cells.append((side is not None, None))
+                (s_has, s_value), (t_has, t_value) = cells
+                rows.append(
+                    {
+                        "name": name,
+                        "source": _shown(s_value) if s_has else None,
+                        "target": _shown(t_value) if t_has else None,
+                        "differs": name in pairs or s_has != t_has or s_value != t_value,
+                    }
+                )
+        else:  # not one row per side (a shadow read's result set, say): the whole value
+            rows.append(
+                {
+                    "name": "value",
+                    "source": _shown(source),
+                    "target": _shown(target),
+                    "differs": source != target,
+                }
+            )
+        kind = str(diff.get("kind", ""))
+        opts = self.opts
+        return {
+            "mismatch_rows": rows,
+            "mismatch_kind": f"{kind} in target" if kind in (MISSING, EXTRA) else kind,
+            "mismatch_source_alias": conf.source_alias(),
+            "mismatch_target_alias": config.target_alias if config is not None else "",
+            "mismatch_can_act": self.has_recheck_permission(request)
+            and _may(request.user, obj.model, "change"),
+            "mismatch_actions": [("recheck", "Re-check"), ("repair", "Repair")],
+            "mismatch_changelist_url": reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_changelist",
+                current_app=self.admin_site.name,
+            ),
+        }
+
+    # --- actions --------------------------------------------------------------------------
+
+    @admin.action(
+        description="Re-check the selected rows in source and target", permissions=["recheck"]
+    )
+    def recheck(
+        self, request: HttpRequest, queryset: QuerySet[MismatchRecord]
+    ) -> HttpResponse | None:
+        return self._settle(request, queryset, repair=False)
+
+    @admin.action(
+        description="Repair the selected rows in the target from the source", permissions=["repair"]
+    )
+    def repair(
+        self, request: HttpRequest, queryset: QuerySet[MismatchRecord]
+    ) -> HttpResponse | None:
+        return self._settle(request, queryset, repair=True)
+
+    def _settle(
+        self, request: HttpRequest, queryset: QuerySet[MismatchRecord], repair: bool
+    ) -> HttpResponse | None:
+        """Compare the records' rows again (after rewriting them, for repair); a record
+        whose difference is gone is resolved, the others get what differs now."""
+        records = list(queryset)
+        by_label: dict[str, list[MismatchRecord]] = defaultdict(list)
+        for record in records:
+            by_label[record.model].append(record)
+        skipped: list[str] = []
+        repaired = resolved = remaining = 0
+        for label, group in by_label.items():
+            config = conf.config_for_label(label)
+            if not _may(request.user, label, "change"):
+                skipped.append(f"{label}: you may not change its rows")
+                continue
+            if config is None or config.model is None or config.target_alias is None:
+                skipped.append(f"{label}: not mirrored to a database target")
+                continue
+            keyed: dict[str, list[MismatchRecord]] = defaultdict(list)
+            differences: dict[str, Difference] = {}
+            for record in group:
+                try:
+                    pk = config.model._meta.pk.to_python(record.pk_value)
+                except ValidationError:
+                    pk = None
+                if pk is None or record.pk_value == "":
+                    skipped.append(f"{label}: record {record.pk} names no row")
+                    continue
+                key = pk_text(pk)
+                keyed[key].append(record)
+                kind = record.diff.get("kind") if isinstance(record.diff, dict) else None
+                differences.setdefault(key, Difference(config.label, pk, str(kind or CHANGED)))
+            if not differences:
+                continue
+            verifier = Verifier(config, recheck_delay=0)
+            try:
+                left = verifier.recheck(list(differences.values()))
+                if repair and left:
+                    verifier.stats.differences = left
+                    repaired += verifier.repair()
+                    left = verifier.stats.differences
+                now = {pk_text(d.pk): d for d in left}
+                values = self._current_values(verifier, [d.pk for d in left])
+            except DatabaseError as exc:
+                skipped.append(f"{label}: {exc}")
+                continue
+            for key, found in keyed.items():
+                for record in found:
+                    if key in now:
+                        record.status = MismatchRecord.Status.CONFIRMED
+                        record.diff = now[key].as_dict()
+                        record.source_value, record.target_value = values[key]
+                        record.save(
+                            update_fields=["status", "diff", "source_value", "target_value"]
+                        )
+                        remaining += 1
+                    else:
+                        record.status = MismatchRecord.Status.RESOLVED
+                        record.save(update_fields=["status"])
+                        resolved += 1
+        done = resolved + remaining
+        if repair and done:
+            self.message_user(
+                request, f"{repaired} row(s) rewritten in the target.", messages.SUCCESS
+            )
+        if done:
+            level = messages.SUCCESS if not remaining else messages.WARNING
+            self.message_user(
+                request,
+                f"{done} record(s) re-checked: {resolved} resolved, {remaining} still differ.",
+                level,
+            )
+        for reason in skipped:
+            self.message_user(request, f"Skipped {reason}.", messages.ERROR)
+        if request.POST.get("_from_change") and len(records) == 1:
+            opts = self.opts
+            return HttpResponseRedirect(
+                reverse(
+                    f"admin:{opts.app_label}_{opts.model_name}_change",
+                    args=[records[0].pk],
+                    current_app=self.admin_site.name,
+                )
+            )
+        return None
+
+    @staticmethod
+    def _current_values(
+        verifier: Verifier, pks: list[Any]
+    ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """Both sides' rows now, redacted as ``Verifier.record`` stores them."""
+        names = [f.name for f in verifier.fields]
+        hidden = set(verifier.config.redact_fields)
+        source = verifier._rows_by_pk(verifier.source, pks)
+        target = verifier._rows_by_pk(verifier.target, pks)
+
+        def shown(values: list[Any] | None) -> dict[str, Any] | None:
+            if values is None:
+                return None
+            return {n: REDACTED if n in hidden else v for n, v in zip(names, values, strict=True)}
+
+        return {
+            pk_text(pk): (shown(source.get(pk_text(pk))), shown(target.get(pk_text(pk))))
+            for pk in pks
+        }
 
 
 @admin.register(MirrorState)

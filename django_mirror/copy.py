@@ -121,7 +121,12 @@ class Copier:
     def run(self, restart: bool = False) -> CopyStats:
         state = self._progress_row(restart)
         pk = self.model._meta.pk
-        attnames = [f.attname for f in self.model._meta.concrete_fields]
+        exclude = self.config.exclude_fields
+        attnames = [  # excluded fields never leave the source: the target gets defaults
+            f.attname
+            for f in self.model._meta.concrete_fields
+            if f.name not in exclude and f.attname not in exclude
+        ]
         source = models.QuerySet(model=self.model, using=self.alias).order_by("pk")
         last = pk.to_python(state.last_pk) if state.last_pk else None
         self.stats.resumed_from = state.last_pk

@@ -276,7 +276,7 @@ class Verifier:
         rows = list(
             models.QuerySet(model=self.model, using=self.source)
             .filter(pk__in=pks)
-            .values(*[f.attname for f in self.model._meta.concrete_fields])
+            .values(*[f.attname for f in self.fields])  # exclude_fields never leave the source
         )
         with paused():
             DatabaseTarget(self.target).repair(self.model, rows, pks)

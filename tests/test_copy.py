@@ -12,7 +12,7 @@ from django.test import override_settings
 from django_mirror import paused
 from django_mirror.models import CopyProgress
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
-from tests.testapp.models import Author, Counter
+from tests.testapp.models import Author, Counter, Secret
 
 
 def _copy(*args: str) -> dict:
@@ -70,3 +70,13 @@ def test_copy_rejects_unknown_models_and_bad_flags():
         call_command("mirror_copy", "testapp.Unmirrored")
     with pytest.raises(CommandError, match="--chunk-size"):
         call_command("mirror_copy", "--chunk-size", "0")
+
+
+@both_databases
+def test_copy_never_sends_excluded_fields(kinesis):
+    with paused():
+        Secret.objects.create(name="vault", token="hunter2")
+    (report,) = _copy("testapp.Secret")
+    assert report["copied"] == 1
+    copied = Secret.objects.using("new").get()
+    assert (copied.name, copied.token) == ("vault", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,26 @@ APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, Value
 
 #: Backends with ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING``.
 UPSERT_VENDORS = ("postgresql", "sqlite")
+
+
+def _array_types(
+    model: type[models.Model], columns: list[str], connection: Any
+) -> list[str] | None:
+    """Column types for ``unnest`` arrays, or None where arrays cannot carry the column.
+
+    Length and precision modifiers are dropped: an explicit ``::varchar(20)`` cast would
+    silently truncate a value the column must refuse (so that it is dead-lettered), while
+    the assignment to the column still enforces them. Array columns are left to plain
+    ``VALUES``, as ``unnest`` would flatten them.
+    """
+    by_column = {f.column: f for f in model._meta.concrete_fields}
+    types = []
+    for column in columns:
+        db_type = by_column[column].db_type(connection)
+        if not db_type or "[" in db_type:
+            return None
+        types.append(re.sub(r"\([^)]*\)", "", db_type).strip())
+    return types
 
 
 @dataclass(frozen=True)
@@ -284,9 +305,9 @@ class DatabaseTarget(Target):
         into = f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(c) for c in columns)})"
         found: list[tuple[Any, ...]] = []
         with conn.cursor() as cursor:
-            if conn.vendor == "postgresql":
-                by_column = {f.column: f for f in model._meta.concrete_fields}
-                arrays = ", ".join(f"%s::{by_column[c].db_type(conn)}[]" for c in columns)
+            types = _array_types(model, columns, conn) if conn.vendor == "postgresql" else None
+            if types is not None:
+                arrays = ", ".join(f"%s::{t}[]" for t in types)
                 for chunk in _chunks(rows, 10_000):
                     cursor.execute(
                         f"{into} SELECT * FROM unnest({arrays}) {tail}",
