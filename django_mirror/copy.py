@@ -150,6 +150,7 @@ class Copier:
                 last_pk=pk_text(last),
                 rows_read=state.rows_read + self.stats.read,
                 rows_copied=state.rows_copied + self.stats.copied,
+                updated_at=timezone.now(),  # update() skips auto_now
             )
             self._pace(len(rows), time.monotonic() - began)
             if self.progress:

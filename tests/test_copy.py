@@ -12,7 +12,7 @@ from django.test import override_settings
 from django_mirror import paused
 from django_mirror.models import CopyProgress
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
-from tests.testapp.models import Author, Counter, Secret
+from tests.testapp.models import Author, Book, Counter, Secret, Tag
 
 
 def _copy(*args: str) -> dict:
@@ -80,3 +80,17 @@ def test_copy_never_sends_excluded_fields(kinesis):
     assert report["copied"] == 1
     copied = Secret.objects.using("new").get()
     assert (copied.name, copied.token) == ("vault", "")
+
+
+@both_databases
+def test_copy_brings_the_many_to_many_rows_of_the_models_copied(kinesis):
+    with paused():
+        ada = Author.objects.create(name="Ada")
+        book = Book.objects.create(author=ada, title="Notes")
+        book.tags.add(*Tag.objects.bulk_create([Tag(name="a"), Tag(name="b")]))
+    reports = _copy("testapp.Author", "testapp.Book", "testapp.Tag")
+    assert {r["model"]: r["copied"] for r in reports}["testapp.Book_tags"] == 2
+    assert_mirrored(Author, Book, Tag, Book.tags.through)
+    out = StringIO()
+    call_command("mirror_copy", "testapp.Book", "--dry-run", "--json", stdout=out)
+    assert json.loads(out.getvalue())[0] == {"model": "testapp.Book", "rows": 1}

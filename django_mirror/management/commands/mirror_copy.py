@@ -5,8 +5,9 @@ import sys
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, models
 
+from django_mirror import conf
 from django_mirror.copy import Copier, CopyRefused, CopyStats, check_capturing
 from django_mirror.management.commands._base import MirrorCommand
 
@@ -47,7 +48,7 @@ class Command(MirrorCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configs = self.resolve_models(options["models"])
+        configs = self.resolve_models(options["models"], with_m2m=True)
         if options["chunk_size"] is not None and options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
         if options["throttle"] is not None and options["throttle"] <= 0:
@@ -63,13 +64,10 @@ class Command(MirrorCommand):
         reports = []
         for config in configs:
             if options["dry_run"]:
-                from django.db import models
-
-                from django_mirror import conf
-
                 count = models.QuerySet(model=config.model, using=conf.source_alias()).count()
                 reports.append({"model": config.label, "rows": count})
-                self.stdout.write(f"{config.label}: {count} rows would be copied")
+                if not options["json"]:
+                    self.stdout.write(f"{config.label}: {count} rows would be copied")
                 continue
 
             def progress(stats: CopyStats) -> None:
@@ -95,7 +93,7 @@ class Command(MirrorCommand):
             signal.signal(signal.SIGTERM, request_stop)
             try:
                 stats = copier.run(restart=options["restart"])
-            except (DatabaseError, CopyRefused) as exc:
+            except (DatabaseError, CopyRefused, NotImplementedError) as exc:
                 raise CommandError(f"copy of {config.label} failed: {exc}") from exc
             if tty:
                 self.stdout.write("")

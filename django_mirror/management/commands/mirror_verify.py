@@ -32,7 +32,7 @@ class Command(MirrorCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
-        configs = self.resolve_models(options["models"])
+        configs = self.resolve_models(options["models"], with_m2m=True)
         unverifiable = [c.label for c in configs if c.target_alias is None]
         if unverifiable and options["models"]:
             raise CommandError(f"no database target to verify: {', '.join(unverifiable)}")
