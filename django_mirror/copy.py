@@ -20,6 +20,7 @@ from django_mirror.capture import paused
 from django_mirror.events import pk_text
 from django_mirror.models import CopyProgress
 from django_mirror.targets import Target, get_target
+from django_mirror.targets.base import CopyResult
 
 #: Chunks are sized towards this many seconds each, unless fixed.
 CHUNK_SECONDS = 0.5
@@ -135,14 +136,11 @@ class Copier:
             self.stats.total -= source.filter(pk__lte=last).count()
         while not self.stop:
             began = time.monotonic()
-            page = source.filter(pk__gt=last) if last is not None else source
-            rows = list(page.values(*attnames)[: self.chunk])
-            if not rows:
-                break
             with paused():
-                result = self.target.copy(self.model, rows)
-            last = rows[-1][pk.attname]
-            self.stats.read += len(rows)
+                result, last, count = self._chunk(source, attnames, last)
+            if not count:
+                break
+            self.stats.read += count
             self.stats.copied += result.copied
             self.stats.skipped += result.skipped
             self.stats.clashed += result.clashed
@@ -152,7 +150,7 @@ class Copier:
                 rows_copied=state.rows_copied + self.stats.copied,
                 updated_at=timezone.now(),  # update() skips auto_now
             )
-            self._pace(len(rows), time.monotonic() - began)
+            self._pace(count, time.monotonic() - began)
             if self.progress:
                 self.progress(self.stats)
         else:
@@ -164,6 +162,21 @@ class Copier:
         if self.progress:
             self.progress(self.stats)
         return self.stats
+
+    def _chunk(
+        self, source: models.QuerySet, attnames: list[str], last: Any
+    ) -> tuple[CopyResult, Any, int]:
+        """Copy the next chunk after key ``last``: (result, new last key, rows read)."""
+        fast = getattr(self.target, "copy_from_postgres", None)
+        if fast is not None:
+            done = fast(self.model, self.alias, last, self.chunk)
+            if done is not None:
+                return done
+        page = source.filter(pk__gt=last) if last is not None else source
+        rows = list(page.values(*attnames)[: self.chunk])
+        if not rows:
+            return CopyResult(), last, 0
+        return self.target.copy(self.model, rows), rows[-1][self.model._meta.pk.attname], len(rows)
 
     def _pace(self, rows: int, seconds: float) -> None:
         """Size the next chunk towards CHUNK_SECONDS, and hold to ``throttle`` rows/s."""

@@ -423,6 +423,68 @@ class DatabaseTarget(Target):
         result.copied += len(fresh)
         result.skipped += len(rows) - len(fresh)
 
+    def copy_from_postgres(
+        self, model: type[models.Model], source_alias: str, after: Any, limit: int
+    ) -> tuple[CopyResult, Any, int] | None:
+        """PostgreSQL to PostgreSQL: stream up to ``limit`` rows after key ``after`` with
+        binary ``COPY`` into a scratch table, then insert-if-absent in one statement.
+
+        Returns the result, the chunk's last key and the rows read; None when this path
+        does not apply (other databases, excluded fields) or a concurrent replay raced
+        for a row, so the caller copies the chunk the portable way.
+        """
+        source = connections[source_alias]
+        target = self.connection
+        config = conf.model_config(model)
+        if source.vendor != "postgresql" or target.vendor != "postgresql":
+            return None
+        if config is not None and config.exclude_fields:
+            return None
+        qn = target.ops.quote_name
+        table, pk = qn(model._meta.db_table), qn(model._meta.pk.column)
+        columns = ", ".join(qn(f.column) for f in model._meta.concrete_fields)
+        where = f"WHERE {pk} > %s" if after is not None else ""
+        params = [model._meta.pk.get_db_prep_value(after, source)] if after is not None else []
+        label = model._meta.label_lower
+        versions = qn(RowVersion._meta.db_table)
+        self.relax_foreign_keys()
+        try:
+            with transaction.atomic(using=self.alias), target.cursor() as out:
+                out.execute(f"CREATE TEMP TABLE mirror_copy_chunk (LIKE {table}) ON COMMIT DROP")
+                with (
+                    source.cursor() as read,
+                    read.copy(
+                        f"COPY (SELECT {columns} FROM {table} {where} ORDER BY {pk} "
+                        f"LIMIT {int(limit)}) TO STDOUT (FORMAT BINARY)",
+                        params,
+                    ) as rows_out,
+                    out.copy(
+                        f"COPY mirror_copy_chunk ({columns}) FROM STDIN (FORMAT BINARY)"
+                    ) as rows_in,
+                ):
+                    for data in rows_out:
+                        rows_in.write(data)
+                out.execute(
+                    f"SELECT count(*), (SELECT {pk} FROM mirror_copy_chunk ORDER BY {pk} DESC LIMIT 1) FROM mirror_copy_chunk"
+                )
+                read_count, last = out.fetchone()
+                if not read_count:
+                    return CopyResult(), after, 0
+                out.execute(
+                    f"WITH copied AS (INSERT INTO {table} ({columns}) "
+                    f"SELECT {columns} FROM mirror_copy_chunk chunk WHERE NOT EXISTS ("
+                    f"SELECT 1 FROM {versions} v WHERE v.{qn('model')} = %s "
+                    f"AND v.{qn('pk_value')} = chunk.{pk}::text) "
+                    f"ON CONFLICT DO NOTHING RETURNING {pk}) "
+                    f"INSERT INTO {versions} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
+                    f"{qn('deleted')}) SELECT %s, {pk}::text, 0, false FROM copied",
+                    [label, label],
+                )
+                copied = out.rowcount
+        except IntegrityError:
+            return None
+        return CopyResult(copied=copied, skipped=read_count - copied), last, read_count
+
     def repair(
         self, model: type[models.Model], rows: Sequence[dict[str, Any]], pks: Sequence[Any]
     ) -> None:
