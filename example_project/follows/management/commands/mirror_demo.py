@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models
 from django.test.utils import override_settings
 
-from django_mirror import conf, relay
+from django_mirror import conf, paused, relay
 from django_mirror.models import DeadLetter
 from django_mirror.streams import get_stream
 from follows.models import Channel, Follow, Tag, User
@@ -112,11 +112,12 @@ class Command(BaseCommand):
         try:
             with self.step("capture", f"{operations} operations, seed {seed}") as note:
                 workload = Workload(seed)
-                workload.seed()
+                with paused():  # rows that existed before capture was switched on
+                    workload.seed()
                 workload.run(operations, lambda n: self.stdout.write(f"  {n} operations"))
                 seeded = workload.done.pop("seed")
                 note(
-                    f"{seeded} rows seeded, then {operations} operations "
+                    f"{seeded} rows seeded before capture, then {operations} operations "
                     f"({workload.rolled_back} rolled back on purpose); "
                     f"{relay.backlog(source)} events left in the outbox, the rest already "
                     "shipped by the after-commit thread"
@@ -139,6 +140,12 @@ class Command(BaseCommand):
 
             with self.step("replay", "mirror_replay --until-caught-up"):
                 call_command("mirror_replay", until_caught_up=True, stdout=self.stdout)
+
+            with self.step("copy", "mirror_copy: the rows that existed before capture"):
+                call_command("mirror_copy", stdout=self.stdout)
+
+            with self.step("verify", "mirror_verify: checksums, then row by row"):
+                call_command("mirror_verify", recheck_delay=0, stdout=self.stdout)
 
             with self.step("compare", "every row of every mirrored table, both directions"):
                 differing = self.compare(source)
