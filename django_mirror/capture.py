@@ -21,7 +21,7 @@ from django.db import connections, models, router, transaction
 from django.db.models import signals
 from django.utils import timezone
 
-from django_mirror import conf, images
+from django_mirror import conf, images, reporting
 from django_mirror.events import encode_column, encode_value
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
@@ -70,22 +70,37 @@ def _param_chunk(using: str) -> int:
     return max(1, min(500, (connections[using].features.max_query_params or 1000) - 10))
 
 
-def _transaction_id(using: str) -> str:
-    """An id shared by the events of one transaction; also arms the after-commit ship."""
+class _Transaction:
+    """What capture keeps per source transaction: its id and what it captured, reported
+    (and shipped) only once it commits."""
+
+    __slots__ = ("id", "counts", "after_commit")
+
+    def __init__(self, using: str) -> None:
+        self.id = uuid.uuid4().hex
+        self.counts: dict[str, int] = {}
+        self.after_commit = functools.partial(_after_commit, using, self.counts)
+
+
+def _transaction(using: str) -> _Transaction:
+    """The capture state of the open transaction; also arms the after-commit hook."""
     connection = connections[using]
     state = getattr(connection, "_mirror_tx", None)
-    if state is not None and any(entry[1] is state[1] for entry in connection.run_on_commit):
-        return state[0]
-    txid = uuid.uuid4().hex
-    marker = functools.partial(_after_commit, using)
-    transaction.on_commit(marker, using=using)
-    connection._mirror_tx = (txid, marker)  # type: ignore[attr-defined]
-    return txid
+    if state is not None and any(
+        entry[1] is state.after_commit for entry in connection.run_on_commit
+    ):
+        return state
+    state = _Transaction(using)
+    transaction.on_commit(state.after_commit, using=using)
+    connection._mirror_tx = state  # type: ignore[attr-defined]
+    return state
 
 
-def _after_commit(using: str) -> None:
+def _after_commit(using: str, counts: dict[str, int]) -> None:
     from django_mirror import relay
 
+    for label, count in counts.items():
+        reporting.incr("captured", count, label)
     relay.after_commit(using)
 
 
@@ -121,13 +136,13 @@ def _columns(fields: tuple[models.Field, ...]) -> list[str]:
 
 
 def _pending(
-    using: str, model: type[models.Model], fields: tuple[models.Field, ...]
+    using: str, tx: _Transaction, model: type[models.Model], fields: tuple[models.Field, ...]
 ) -> dict[str, Any]:
     """The open outbox payload of ``model`` in this ORM call or statement."""
     connection = connections[using]
     now = timezone.now()
     payload = {
-        "tx": _transaction_id(using),
+        "tx": tx.id,
         "ts": now.isoformat(),
         "now": now,
         "source": using,
@@ -176,9 +191,12 @@ def record(
     deletes = [["d", encode_value(pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
-    payload = _pending(using, model, fields)
+    tx = _transaction(using)
+    payload = _pending(using, tx, model, fields)
     payload["ops"].extend(upserts)
     payload["ops"].extend(deletes)
+    counts = tx.counts
+    counts[model._meta.label] = counts.get(model._meta.label, 0) + len(upserts) + len(deletes)
     if getattr(connections[using], "_mirror_batch", None) is None:
         _write_outbox(using, model._meta.label, payload)
 

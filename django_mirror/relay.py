@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 
-from django_mirror import conf
+from django_mirror import conf, reporting
 from django_mirror.events import decode_value, partition_key, pk_text
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
@@ -57,6 +57,7 @@ def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Recor
                 payload=data,
             )
             dead += 1
+            reporting.incr("dead_letters", 1, event["model"])
             continue
         records.append(Record(key, data))
     return records, dead
@@ -93,6 +94,13 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
         result.events = sum(b.count for b in batches if b.id not in failed)
         result.failed_batches = len(failed)
         result.kept = sorted(failed)
+    relayed: dict[str, int] = {}
+    for batch in batches:
+        if batch.id not in failed:
+            relayed[batch.model] = relayed.get(batch.model, 0) + batch.count
+    for label, count in relayed.items():
+        reporting.incr("relayed", count, label)
+    reporting.incr("relay.failed_batches", len(failed))
     return result
 
 
@@ -110,9 +118,11 @@ def drain(using: str | None = None, max_rounds: int | None = None) -> RelayResul
 
 
 def backlog(using: str | None = None) -> int:
-    """Events waiting in the outbox."""
+    """Events waiting in the outbox; also reported as the ``relay.backlog`` gauge."""
     using = using or conf.source_alias()
-    return sum(OutboxBatch.objects.using(using).values_list("count", flat=True))
+    waiting = sum(OutboxBatch.objects.using(using).values_list("count", flat=True))
+    reporting.gauge("relay.backlog", waiting)
+    return waiting
 
 
 class _Shipper(threading.Thread):

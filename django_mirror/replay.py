@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from django_mirror import conf
+from django_mirror import conf, reporting
 from django_mirror.capture import paused
 from django_mirror.events import Event, EventDecodeError
 from django_mirror.models import DeadLetter, ShardCheckpoint
@@ -92,6 +92,7 @@ def _owner_is_dead(owner: str) -> bool:
 def dead_letter(
     reason: str, payload: bytes, *, model: str = "", pk_value: str = "", **where: str
 ) -> None:
+    reporting.incr("dead_letters", 1, model or "unknown")
     DeadLetter.objects.using(conf.source_alias()).create(
         reason=reason, payload=payload, model=model, pk_value=pk_value[:255], **where
     )
@@ -246,6 +247,7 @@ class Replayer:
         cp.sequence_number = last_sequence
         self._positions[cp.shard_id] = batch.next_position
         progress.millis_behind = batch.millis_behind
+        reporting.gauge("replay.lag_ms", batch.millis_behind, cp.shard_id)
         progress.finished = finished
         progress.caught_up = not batch.records and batch.millis_behind == 0
         return len(batch.records)
@@ -282,6 +284,9 @@ class Replayer:
                 result = target.apply(events)
                 self.stats.applied += result.applied
                 self.stats.stale += result.stale
+                for label, count in result.applied_by_model.items():
+                    reporting.incr("replayed", count, label)
+                reporting.incr("replay.stale", result.stale)
                 for event, reason in result.failed:
                     dead_letter(
                         f"{target.describe()} refused the event: {reason}",

@@ -18,6 +18,12 @@ class ApplyResult:
     applied: int = 0
     stale: int = 0
     failed: list[tuple[Event, str]] = field(default_factory=list)
+    #: Applied events per model label, for the per-model metrics.
+    applied_by_model: dict[str, int] = field(default_factory=dict)
+
+    def count(self, model_label: str, applied: int) -> None:
+        self.applied += applied
+        self.applied_by_model[model_label] = self.applied_by_model.get(model_label, 0) + applied
 
 
 @dataclass

@@ -172,7 +172,8 @@ class DatabaseTarget(Target):
             for event in sorted(latest, key=lambda e: e.version):
                 self._apply_one(event, result)
             return result
-        result.applied += applied
+        for label, count in applied.items():
+            result.count(label, count)
         result.stale += stale
         return result
 
@@ -191,7 +192,8 @@ class DatabaseTarget(Target):
                 if isinstance(exc, (EventDecodeError, UnknownModel)):
                     break
                 continue
-            result.applied += applied
+            for label, count in applied.items():
+                result.count(label, count)
             result.stale += stale
             return
         result.failed.append((event, self._redacted(event, f"{type(error).__name__}: {error}")))
@@ -218,12 +220,14 @@ class DatabaseTarget(Target):
             raise UnknownModel(f"{event.model} is not a mirrored model")
         return config.model
 
-    def _apply(self, events: Sequence[Event]) -> tuple[int, int]:
-        """Apply newest-per-row events inside the caller's transaction: (applied, stale)."""
+    def _apply(self, events: Sequence[Event]) -> tuple[dict[str, int], int]:
+        """Apply newest-per-row events inside the caller's transaction:
+        (applied per model label, stale)."""
         by_model: dict[type[models.Model], list[Event]] = defaultdict(list)
         for event in events:
             by_model[self._model(event)].append(event)
-        applied = stale = 0
+        applied: dict[str, int] = {}
+        stale = 0
         apply = (
             self._apply_upserting
             if self.connection.vendor in UPSERT_VENDORS
@@ -231,7 +235,7 @@ class DatabaseTarget(Target):
         )
         for model, model_events in by_model.items():
             done = apply(model, model_events)
-            applied += done
+            applied[model._meta.label] = done
             stale += len(model_events) - done
         return applied, stale
 

@@ -1,0 +1,87 @@
+"""Metrics reach a real statsd listener over UDP, and never break what they measure."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+
+from django_mirror import reporting
+from tests.conftest import both_databases, drain_and_replay
+from tests.testapp.models import Author, Counter
+
+
+class StatsdListener:
+    """A UDP socket on 127.0.0.1 that collects statsd lines."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+
+    def lines(self) -> list[str]:
+        received = []
+        while True:
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                return received
+            received += data.decode().splitlines()
+
+    def total(self, lines: list[str], name: str, kind: str = "c") -> float:
+        """Sum of one counter (or last value of a gauge) across the collected lines."""
+        values = [
+            float(line.split(":", 1)[1].split("|")[0])
+            for line in lines
+            if line.split(":", 1)[0] == name and line.endswith(f"|{kind}")
+        ]
+        return values[-1] if kind == "g" and values else sum(values)
+
+
+@pytest.fixture
+def statsd() -> Iterator[StatsdListener]:
+    listener = StatsdListener()
+    with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT=listener.port):
+        yield listener
+    listener.sock.close()
+
+
+@both_databases
+def test_pipeline_reports_captured_relayed_replayed_backlog_and_lag(kinesis, statsd):
+    with transaction.atomic():
+        Author.objects.bulk_create([Author(name=f"a{i}") for i in range(5)])
+    with transaction.atomic():
+        Author.objects.create(name="never")
+        transaction.set_rollback(True)
+    Counter.objects.create(name="c")
+    drain_and_replay()
+    lines = statsd.lines()
+    assert statsd.total(lines, "django_mirror.captured.testapp_author") == 5  # not the rollback
+    assert statsd.total(lines, "django_mirror.captured.testapp_counter") == 1
+    assert statsd.total(lines, "django_mirror.relayed.testapp_author") == 5
+    assert statsd.total(lines, "django_mirror.replayed.testapp_author") == 5
+    assert statsd.total(lines, "django_mirror.replayed.testapp_counter") == 1
+    assert statsd.total(lines, "django_mirror.relay.backlog", "g") == 0
+    shard = kinesis.shards()[0].shard_id.lower()
+    assert statsd.total(lines, f"django_mirror.replay.lag_ms.{shard}", "g") == 0
+
+
+@both_databases
+def test_prefix_is_honoured(kinesis, statsd):
+    with override_settings(STATSD_PREFIX="web"):
+        Author.objects.create(name="x")
+    assert statsd.total(statsd.lines(), "web.django_mirror.captured.testapp_author") == 1
+
+
+@both_databases
+def test_a_broken_statsd_never_breaks_a_write(kinesis):
+    before = reporting.failures
+    with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT="not-a-port"):
+        Author.objects.create(name="still saved")
+        drain_and_replay()
+    assert Author.objects.using("new").filter(name="still saved").exists()
+    assert reporting.failures > before
