@@ -266,7 +266,9 @@ class DatabaseTarget(Target):
         qn = self.connection.ops.quote_name
         table = qn(RowVersion._meta.db_table)
         version, deleted = qn("version"), qn("deleted")
-        rows = [(label, e.key[1], e.version, e.op != UPSERT) for e in events]
+        # In key order, as copy claims them: two writers of one set of keys then wait for
+        # each other in one direction only, never in a deadlock.
+        rows = sorted((label, e.key[1], e.version, e.op != UPSERT) for e in events)
         found = self._insert_many(
             RowVersion,
             ["model", "pk_value", "version", "deleted"],
@@ -413,7 +415,7 @@ class DatabaseTarget(Target):
         label = model._meta.label_lower
         pk = model._meta.pk
         keys = [pk_text(row[pk.attname]) for row in rows]
-        held = self._versions(label, keys, lock=True)
+        held = self._versions(label, keys, lock=False)
         present = {
             pk_text(value) for value in self._existing_pks(model, [r[pk.attname] for r in rows])
         }
@@ -422,8 +424,11 @@ class DatabaseTarget(Target):
             for row, key in zip(rows, keys, strict=True)
             if key not in held and key not in present
         ]
+        # Versions before rows, in key order, as replay claims them: a concurrent replay
+        # of one of these rows then either waits for this chunk or makes its version
+        # insert fail (IntegrityError: the rows are retried one by one), never deadlocks.
+        self._store_versions(label, sorted((pk_text(row[pk.attname]), 0, False) for row in fresh))
         self._insert_rows(model, [self._params(model, row) for row in fresh])
-        self._store_versions(label, [(pk_text(row[pk.attname]), 0, False) for row in fresh])
         result.copied += len(fresh)
         result.skipped += len(rows) - len(fresh)
 
@@ -474,15 +479,18 @@ class DatabaseTarget(Target):
                 read_count, last = out.fetchone()
                 if not read_count:
                     return CopyResult(), after, 0
+                # Versions first, in key order, as replay claims them (no deadlock with
+                # a concurrent replay); then the rows whose version this chunk claimed.
                 out.execute(
-                    f"WITH copied AS (INSERT INTO {table} ({columns}) "
-                    f"SELECT {columns} FROM mirror_copy_chunk chunk WHERE NOT EXISTS ("
-                    f"SELECT 1 FROM {versions} v WHERE v.{qn('model')} = %s "
-                    f"AND v.{qn('pk_value')} = chunk.{pk}::text) "
-                    f"ON CONFLICT DO NOTHING RETURNING {pk}) "
-                    f"INSERT INTO {versions} ({qn('model')}, {qn('pk_value')}, {qn('version')}, "
-                    f"{qn('deleted')}) SELECT %s, {pk}::text, 0, false FROM copied",
-                    [label, label],
+                    f"WITH claimed AS (INSERT INTO {versions} ({qn('model')}, "
+                    f"{qn('pk_value')}, {qn('version')}, {qn('deleted')}) "
+                    f"SELECT %s, chunk.{pk}::text, 0, false FROM mirror_copy_chunk chunk "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{pk} = chunk.{pk}) "
+                    f'ORDER BY chunk.{pk}::text COLLATE "C" '
+                    f"ON CONFLICT DO NOTHING RETURNING {qn('pk_value')}) "
+                    f"INSERT INTO {table} ({columns}) SELECT {columns} FROM mirror_copy_chunk "
+                    f"WHERE {pk}::text IN (SELECT {qn('pk_value')} FROM claimed)",
+                    [label],
                 )
                 copied = out.rowcount
         except IntegrityError:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
@@ -9,7 +8,7 @@ from django.db import DatabaseError, models
 
 from django_mirror import conf
 from django_mirror.copy import Copier, CopyRefused, CopyStats, check_capturing
-from django_mirror.management.commands._base import MirrorCommand
+from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 
 
 def _bar(stats: CopyStats, width: int = 30) -> str:
@@ -86,13 +85,12 @@ class Command(MirrorCommand):
                 progress=progress,
             )
 
-            def request_stop(signum: int, frame: Any, copier: Copier = copier) -> None:
+            def request_stop(copier: Copier = copier) -> None:
                 copier.stop = True
 
-            signal.signal(signal.SIGINT, request_stop)
-            signal.signal(signal.SIGTERM, request_stop)
             try:
-                stats = copier.run(restart=options["restart"])
+                with stopping_on_signals(request_stop):
+                    stats = copier.run(restart=options["restart"])
             except (DatabaseError, CopyRefused, NotImplementedError) as exc:
                 raise CommandError(f"copy of {config.label} failed: {exc}") from exc
             if tty:

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from django_mirror import conf, relay
-from django_mirror.management.commands._base import MirrorCommand
+from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 from django_mirror.streams import StreamError
 
 
@@ -33,16 +32,22 @@ class Command(MirrorCommand):
                 self.stdout.write(f"{backlog} events waiting in the outbox of {using!r}")
             return
         stop = {"now": False}
-
-        def request_stop(signum: int, frame: Any) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
         total = relay.RelayResult()
-        try:
+        failures = 0
+        with stopping_on_signals(lambda: stop.update(now=True)):
             while not stop["now"]:
-                result = relay.ship_once(using, options["batch_size"])
+                try:
+                    result = relay.ship_once(using, options["batch_size"])
+                except (StreamError, DatabaseError) as exc:
+                    if options["once"]:
+                        raise CommandError(f"relay failed: {exc}") from exc
+                    # A long-running relay rides out deadlocks, restarts and outages.
+                    failures += 1
+                    self.stderr.write(f"relay round failed ({exc}); retrying")
+                    close_old_connections()
+                    time.sleep(min(30.0, options["interval"] * 2 ** min(failures, 6)))
+                    continue
+                failures = 0
                 total.add(result)
                 if result.batches and options["verbosity"] >= 2:
                     self.stdout.write(f"shipped {result.events} events in {result.batches} batches")
@@ -50,8 +55,6 @@ class Command(MirrorCommand):
                     if options["once"]:
                         break
                     time.sleep(options["interval"])
-        except (StreamError, DatabaseError) as exc:
-            raise CommandError(f"relay failed: {exc}") from exc
         remaining = relay.backlog(using)
         if options["json"]:
             self.emit_json({**total.__dict__, "backlog": remaining})

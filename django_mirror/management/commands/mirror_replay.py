@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
-from django_mirror.management.commands._base import MirrorCommand
+from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 from django_mirror.replay import Replayer, ReplayStats
 from django_mirror.streams import StreamError
 
@@ -54,15 +53,14 @@ class Command(MirrorCommand):
             )
             return
 
-        def request_stop(signum: int, frame: Any) -> None:
+        def request_stop() -> None:
             replayer.stop = True
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
         try:
             if options["from_start"]:
                 replayer.reset()
-            stats = replayer.run(until_caught_up=options["until_caught_up"])
+            with stopping_on_signals(request_stop):
+                stats = replayer.run(until_caught_up=options["until_caught_up"])
         except (StreamError, DatabaseError) as exc:
             raise CommandError(f"replay failed: {exc}") from exc
         if options["json"]:
