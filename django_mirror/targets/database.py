@@ -485,12 +485,16 @@ class DatabaseTarget(Target):
                     f"WITH claimed AS (INSERT INTO {versions} ({qn('model')}, "
                     f"{qn('pk_value')}, {qn('version')}, {qn('deleted')}) "
                     f"SELECT %s, chunk.{pk}::text, 0, false FROM mirror_copy_chunk chunk "
-                    f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{pk} = chunk.{pk}) "
+                    # The key range keeps the planner on the primary-key index: the
+                    # chunk only ever meets target rows within it.
+                    f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{pk} = chunk.{pk} "
+                    f"{'AND t.' + pk + ' > %s ' if after is not None else ''}"
+                    f"AND t.{pk} <= %s) "
                     f'ORDER BY chunk.{pk}::text COLLATE "C" '
                     f"ON CONFLICT DO NOTHING RETURNING {qn('pk_value')}) "
                     f"INSERT INTO {table} ({columns}) SELECT {columns} FROM mirror_copy_chunk "
                     f"WHERE {pk}::text IN (SELECT {qn('pk_value')} FROM claimed)",
-                    [label],
+                    [label, *params, last],
                 )
                 copied = out.rowcount
         except IntegrityError:
