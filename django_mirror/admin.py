@@ -321,7 +321,7 @@ class MismatchRecordAdmin(admin.ModelAdmin):
                     repaired += verifier.repair()
                     left = verifier.stats.differences
                 now = {pk_text(d.pk): d for d in left}
-                values = self._current_values(verifier, [d.pk for d in left])
+                values = verifier.current_values([d.pk for d in left])
             except DatabaseError as exc:
                 skipped.append(f"{label}: {exc}")
                 continue
@@ -363,26 +363,6 @@ class MismatchRecordAdmin(admin.ModelAdmin):
                 )
             )
         return None
-
-    @staticmethod
-    def _current_values(
-        verifier: Verifier, pks: list[Any]
-    ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """Both sides' rows now, redacted as ``Verifier.record`` stores them."""
-        names = [f.name for f in verifier.fields]
-        hidden = set(verifier.config.redact_fields)
-        source = verifier._rows_by_pk(verifier.source, pks)
-        target = verifier._rows_by_pk(verifier.target, pks)
-
-        def shown(values: list[Any] | None) -> dict[str, Any] | None:
-            if values is None:
-                return None
-            return {n: REDACTED if n in hidden else v for n, v in zip(names, values, strict=True)}
-
-        return {
-            pk_text(pk): (shown(source.get(pk_text(pk))), shown(target.get(pk_text(pk))))
-            for pk in pks
-        }
 
 
 @admin.register(MirrorState)

@@ -254,12 +254,13 @@ class Verifier:
 
     # --- reporting and repair -------------------------------------------------------------
 
-    def record(self) -> list[MismatchRecord]:
-        """Store each difference as a ``MismatchRecord`` of kind ``verify``, redacted."""
-        records = []
+    def current_values(
+        self, pks: list[Any]
+    ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """``{pk text: (source row, target row)}`` as they are now, ``redact_fields``
+        hidden; None for a side without the row."""
         names = [f.name for f in self.fields]
         hidden = set(self.config.redact_fields)
-        pks = [d.pk for d in self.stats.differences]
         source = self._rows_by_pk(self.source, pks)
         target = self._rows_by_pk(self.target, pks)
 
@@ -268,18 +269,25 @@ class Verifier:
                 return None
             return {n: REDACTED if n in hidden else v for n, v in zip(names, values, strict=True)}
 
-        for difference in self.stats.differences:
-            key = pk_text(difference.pk)
-            records.append(
-                MismatchRecord(
-                    kind=MismatchRecord.Kind.VERIFY,
-                    model=self.config.label,
-                    pk_value=key[:255],
-                    source_value=shown(source.get(key)),
-                    target_value=shown(target.get(key)),
-                    diff=difference.as_dict(),
-                )
+        return {
+            pk_text(pk): (shown(source.get(pk_text(pk))), shown(target.get(pk_text(pk))))
+            for pk in pks
+        }
+
+    def record(self) -> list[MismatchRecord]:
+        """Store each difference as a ``MismatchRecord`` of kind ``verify``, redacted."""
+        values = self.current_values([d.pk for d in self.stats.differences])
+        records = [
+            MismatchRecord(
+                kind=MismatchRecord.Kind.VERIFY,
+                model=self.config.label,
+                pk_value=pk_text(difference.pk)[:255],
+                source_value=values[pk_text(difference.pk)][0],
+                target_value=values[pk_text(difference.pk)][1],
+                diff=difference.as_dict(),
             )
+            for difference in self.stats.differences
+        ]
         return MismatchRecord.objects.using(self.source).bulk_create(records)
 
     def repair(self) -> int:

@@ -3,11 +3,12 @@ compare source and target row by row."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import models
+from django.db import connections, models
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
@@ -39,6 +40,23 @@ def moto_server() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+def in_thread(target: Callable[[], object], errors: list[BaseException]) -> threading.Thread:
+    """A started thread with its own database connections, closed when it ends; what it
+    raises lands in ``errors`` for the test to report."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
 
 
 def drain_and_replay(**replayer_options: Any) -> Any:

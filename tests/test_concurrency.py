@@ -9,17 +9,17 @@ import random
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 from moto import mock_aws
 
 from django_mirror import relay
 from django_mirror.models import DeadLetter
 from django_mirror.replay import Replayer
-from tests.conftest import assert_mirrored, both_databases
+from tests.conftest import assert_mirrored, both_databases, in_thread
 from tests.faults import (
     DuplicateAndShuffle,
     ShardReads,
@@ -74,22 +74,6 @@ def write_once(rng: random.Random) -> None:
         else:
             Counter.objects.filter(name=name).delete()
             Counter.objects.create(name=name, value=-rng.randrange(100))
-
-
-def in_thread(target: Callable[[], None], errors: list[BaseException]) -> threading.Thread:
-    """A thread with its own database connection, closed when it ends."""
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 @both_databases

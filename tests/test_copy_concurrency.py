@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from io import StringIO
 
 import pytest
@@ -22,7 +22,7 @@ from moto import mock_aws
 from django_mirror import paused, relay
 from django_mirror.models import DeadLetter
 from django_mirror.replay import Replayer
-from tests.conftest import assert_mirrored, both_databases, drain_and_replay
+from tests.conftest import assert_mirrored, both_databases, drain_and_replay, in_thread
 from tests.faults import configured_stream, unique_stream_name
 from tests.testapp.models import Author, Counter
 
@@ -74,22 +74,6 @@ def write_once(rng: random.Random, author_pks: list[int]) -> None:
             Author.objects.get_or_create(pk=author_pk, defaults={"name": "back"})
         else:
             Author.objects.create(name="new")
-
-
-def in_thread(target: Callable[[], object], errors: list[BaseException]) -> threading.Thread:
-    """A thread with its own database connections, closed when it ends."""
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            errors.append(exc)
-        finally:
-            connections.close_all()  # this thread's connections only
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 @both_databases
