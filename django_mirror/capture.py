@@ -22,6 +22,7 @@ from django.db.models import signals
 from django.utils import timezone
 
 from django_mirror import conf, images, reporting
+from django_mirror.batching import chunks, keys_per_statement
 from django_mirror.events import encode_column, encode_value
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
@@ -59,15 +60,6 @@ def active_config(model: type[models.Model], using: str | None) -> conf.ModelCon
     if (using or router.db_for_write(model)) != capture_alias(config):
         return None
     return config
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _param_chunk(using: str) -> int:
-    return max(1, min(500, (connections[using].features.max_query_params or 1000) - 10))
 
 
 class _Transaction:
@@ -114,7 +106,7 @@ def read_rows(
     attnames = [f.attname for f in model._meta.concrete_fields]
     lock = lock and connections[using].features.has_select_for_update
     rows: list[dict[str, Any]] = []
-    for chunk in _chunks(pk_list, _param_chunk(using)):
+    for chunk in chunks(pk_list, keys_per_statement(using)):
         qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).values(*attnames)
         if lock:
             qs = qs.select_for_update()

@@ -14,6 +14,7 @@ from django.db import connections, models, transaction
 from django.db.models import Q
 
 from django_mirror import capture
+from django_mirror.batching import chunks, keys_per_statement
 
 
 def unique_sets(model: type[models.Model]) -> list[tuple[str, ...]]:
@@ -48,7 +49,7 @@ def _pks_by_unique_values(
                 "identifies; set the primary keys before bulk_create()."
             )
     pks: list[Any] = []
-    for chunk in capture._chunks(lookups, 100):
+    for chunk in chunks(lookups, 100):
         condition = Q()
         for lookup in chunk:
             condition |= lookup
@@ -71,7 +72,7 @@ class MirroredQuerySet(models.QuerySet):
                 locked = locked.select_for_update()
             pks = list(locked)
             rows = 0
-            for chunk in capture._chunks(pks, capture._param_chunk(self.db)):
+            for chunk in chunks(pks, keys_per_statement(self.db)):
                 rows += super(MirroredQuerySet, self.filter(pk__in=chunk)).update(**kwargs)
             capture.record(self.model, self.db, upsert_pks=pks)
         return rows

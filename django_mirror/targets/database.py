@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
 
 from django_mirror import conf, images
+from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
 from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
@@ -29,11 +30,6 @@ logger = logging.getLogger("django_mirror.targets")
 
 class UnknownModel(LookupError):
     """An event names a model that is not mirrored here."""
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 #: What one bad event can raise. Anything else (a lost connection, a missing table)
@@ -112,9 +108,6 @@ class DatabaseTarget(Target):
     def connection(self) -> Any:
         return connections[self.alias]
 
-    def _chunk_size(self) -> int:
-        return max(1, min(500, (self.connection.features.max_query_params or 1000) - 10))
-
     def relax_foreign_keys(self) -> None:
         """Rows arrive in order per row, not across rows, so the target cannot check FKs.
 
@@ -150,7 +143,7 @@ class DatabaseTarget(Target):
 
     def _versions(self, label: str, keys: list[str], lock: bool) -> dict[str, tuple[int, bool]]:
         found: dict[str, tuple[int, bool]] = {}
-        for chunk in _chunks(keys, self._chunk_size()):
+        for chunk in chunks(keys, keys_per_statement(self.alias)):
             qs = RowVersion.objects.using(self.alias).filter(model=label, pk_value__in=chunk)
             if lock and self.connection.features.has_select_for_update:
                 qs = qs.select_for_update()
@@ -314,7 +307,7 @@ class DatabaseTarget(Target):
             types = _array_types(model, columns, conn) if conn.vendor == "postgresql" else None
             if types is not None:
                 arrays = ", ".join(f"%s::{t}[]" for t in types)
-                for chunk in _chunks(rows, 10_000):
+                for chunk in chunks(rows, 10_000):
                     cursor.execute(
                         f"{into} SELECT * FROM unnest({arrays}) {tail}",
                         [list(values) for values in zip(*chunk, strict=True)],
@@ -322,18 +315,13 @@ class DatabaseTarget(Target):
                     found.extend(cursor.fetchall() if "RETURNING" in tail else ())
                 return found
             placeholders = f"({', '.join(['%s'] * len(columns))})"
-            for chunk in _chunks(rows, self._row_chunk(len(columns))):
+            for chunk in chunks(rows, rows_per_statement(self.alias, len(columns))):
                 cursor.execute(
                     f"{into} VALUES {', '.join([placeholders] * len(chunk))} {tail}",
                     [value for params in chunk for value in params],
                 )
                 found.extend(cursor.fetchall() if "RETURNING" in tail else ())
         return found
-
-    def _row_chunk(self, columns: int) -> int:
-        """Rows per multi-row statement within the backend's parameter limit."""
-        limit = self.connection.features.max_query_params or 10_000
-        return max(1, min(1000, limit // columns))
 
     def _values(self, model: type[models.Model], event: Event) -> list[Any]:
         """Driver parameters of an upsert event's row, decoded and converted in one pass."""
@@ -526,7 +514,7 @@ class DatabaseTarget(Target):
 
     def _existing_pks(self, model: type[models.Model], pks: list[Any]) -> list[Any]:
         found: list[Any] = []
-        for chunk in _chunks(pks, self._chunk_size()):
+        for chunk in chunks(pks, keys_per_statement(self.alias)):
             qs = models.QuerySet(model=model, using=self.alias).filter(pk__in=chunk)
             found.extend(qs.values_list("pk", flat=True))
         return found
@@ -535,7 +523,7 @@ class DatabaseTarget(Target):
         qn = self.connection.ops.quote_name
         pk = model._meta.pk
         with self.connection.cursor() as cursor:
-            for chunk in _chunks(pks, self._chunk_size()):
+            for chunk in chunks(pks, keys_per_statement(self.alias)):
                 cursor.execute(
                     f"DELETE FROM {qn(model._meta.db_table)} WHERE {qn(pk.column)} IN "
                     f"({', '.join(['%s'] * len(chunk))})",
@@ -572,7 +560,7 @@ class DatabaseTarget(Target):
         qn = self.connection.ops.quote_name
         table = qn(RowVersion._meta.db_table)
         with self.connection.cursor() as cursor:
-            for chunk in _chunks(replace, self._chunk_size()):
+            for chunk in chunks(replace, keys_per_statement(self.alias)):
                 cursor.execute(
                     f"DELETE FROM {table} WHERE {qn('model')} = %s AND {qn('pk_value')} IN "
                     f"({', '.join(['%s'] * len(chunk))})",
