@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.db import connections, models
 from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
 from moto.server import ThreadedMotoServer
 
 from django_mirror import conf, relay
@@ -21,10 +24,38 @@ BOTH = ["default", "new"]
 both_databases = pytest.mark.django_db(databases=BOTH, transaction=True)
 
 
+_moto_calls = threading.Lock()
+
+
+@contextmanager
+def threadsafe_mock_aws() -> Iterator[None]:
+    """In-process moto taking one AWS call at a time, as the real services appear to.
+
+    moto's Kinesis iterates a shard's records while another thread's PutRecords may
+    grow them ("OrderedDict mutated during iteration"); relay and replay threads in one
+    test would otherwise fail on moto's race, not ours.
+    """
+    unlocked = BotocoreStubber.__call__
+
+    def one_at_a_time(self: BotocoreStubber, *args: Any, **kwargs: Any) -> Any:
+        with _moto_calls:
+            return unlocked(self, *args, **kwargs)
+
+    with mock.patch.object(BotocoreStubber, "__call__", one_at_a_time), mock_aws():
+        yield
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    """In-process moto; each test configures the stream it needs inside."""
+    with threadsafe_mock_aws():
+        yield
+
+
 @pytest.fixture
 def kinesis() -> Iterator[KinesisStream]:
     """An in-process moto Kinesis with the configured stream created."""
-    with mock_aws():
+    with threadsafe_mock_aws():
         get_stream.cache_clear()
         stream = get_stream()
         stream.create()

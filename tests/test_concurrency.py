@@ -9,12 +9,10 @@ import random
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
 
 import pytest
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
-from moto import mock_aws
 
 from django_mirror import relay
 from django_mirror.models import DeadLetter
@@ -43,12 +41,6 @@ def postgres() -> None:
             f"PostgreSQL only (this pass runs on {vendor}): set DATABASE_URL and "
             "TARGET_DATABASE_URL to postgres:// URLs to hammer rows with real row locks"
         )
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
 
 
 def write_once(rng: random.Random) -> None:

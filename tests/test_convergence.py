@@ -13,11 +13,10 @@ import json
 import queue
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from io import StringIO
 from typing import Any
 
-import pytest
 from django.apps import apps
 from django.core.management import call_command
 from django.core.management.color import no_style
@@ -33,7 +32,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from moto import mock_aws
 
 from django_mirror import conf, paused, relay
 from django_mirror.copy import Copier, CopyStats
@@ -61,12 +59,6 @@ MODELS: tuple[type[models.Model], ...] = (Counter, Author)
 names = st.sampled_from(NAMES)
 model_choice = st.sampled_from(MODELS)
 picks = st.integers(min_value=0, max_value=1_000)
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
 
 
 def reset_databases() -> None:

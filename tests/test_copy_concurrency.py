@@ -10,14 +10,12 @@ import random
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
-from moto import mock_aws
 
 from django_mirror import paused, relay
 from django_mirror.models import DeadLetter
@@ -41,12 +39,6 @@ def postgres() -> None:
             "TARGET_DATABASE_URL to postgres:// URLs for writers, copy and replay that "
             "really run at the same time"
         )
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
 
 
 def write_once(rng: random.Random, author_pks: list[int]) -> None:

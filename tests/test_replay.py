@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections, transaction
 from django.db.models import F
-from moto import mock_aws
 
 from django_mirror import relay
 from django_mirror.models import DeadLetter, RowVersion, ShardCheckpoint
@@ -32,13 +30,6 @@ from tests.faults import (
 from tests.testapp.models import Author, Book, Counter
 
 SPLIT_AT = str(2**127)
-
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    """In-process moto; each test configures the stream it needs inside."""
-    with mock_aws():
-        yield
 
 
 def churn(rng: random.Random, rounds: int, names: int = 40) -> None:
