@@ -18,9 +18,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from django_mirror import conf
+from django_mirror.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
 from django_mirror.events import pk_text
 from django_mirror.models import DeadLetter, MirrorState, MismatchRecord, OutboxBatch
-from django_mirror.verify import CHANGED, EXTRA, MISSING, REDACTED, Difference, Verifier
+from django_mirror.verify import Verifier
 
 
 def _redacted_payload(payload: bytes) -> str:

@@ -21,7 +21,7 @@ from django.db import connections, models, router, transaction
 from django.db.models import signals
 from django.utils import timezone
 
-from django_mirror import conf, images, reporting
+from django_mirror import conf, images, live, reporting
 from django_mirror.batching import chunks, keys_per_statement
 from django_mirror.events import encode_column, encode_value
 
@@ -66,12 +66,14 @@ class _Transaction:
     """What capture keeps per source transaction: its id and what it captured, reported
     (and shipped) only once it commits."""
 
-    __slots__ = ("id", "counts", "after_commit")
+    __slots__ = ("id", "counts", "live", "after_commit")
 
     def __init__(self, using: str) -> None:
         self.id = uuid.uuid4().hex
         self.counts: dict[str, int] = {}
-        self.after_commit = functools.partial(_after_commit, using, self.counts)
+        #: Outbox batches of models in phase ``mirror``, applied to the target on commit.
+        self.live: list[live.CommittedBatch] = []
+        self.after_commit = functools.partial(_after_commit, using, self.counts, self.live)
 
 
 def _transaction(using: str) -> _Transaction:
@@ -88,11 +90,24 @@ def _transaction(using: str) -> _Transaction:
     return state
 
 
-def _after_commit(using: str, counts: dict[str, int]) -> None:
+def uncommitted_events(using: str) -> bool:
+    """The open transaction on ``using`` has captured writes not yet committed."""
+    connection = connections[using]
+    state = getattr(connection, "_mirror_tx", None)
+    return (
+        state is not None
+        and connection.in_atomic_block
+        and any(entry[1] is state.after_commit for entry in connection.run_on_commit)
+    )
+
+
+def _after_commit(using: str, counts: dict[str, int], batches: list[live.CommittedBatch]) -> None:
     from django_mirror import relay
 
     for label, count in counts.items():
         reporting.incr("captured", count, label)
+    if batches:
+        live.apply_committed(batches)
     relay.after_commit(using)
 
 
@@ -194,37 +209,49 @@ def record(
 
 
 @functools.cache
-def _outbox_insert(using: str, vendor: str) -> str:
+def _outbox_insert(using: str, vendor: str, returning: bool = False) -> str:
     """The outbox ``INSERT`` in the driver's own parameter style."""
     from django_mirror.models import OutboxBatch
 
     qn = connections[using].ops.quote_name
     columns = ", ".join(qn(c) for c in ("created_at", "model", "count", "payload", "attempts"))
     values = ", ".join(["?" if vendor == "sqlite" else "%s"] * 5)
-    return f"INSERT INTO {qn(OutboxBatch._meta.db_table)} ({columns}) VALUES ({values})"
+    sql = f"INSERT INTO {qn(OutboxBatch._meta.db_table)} ({columns}) VALUES ({values})"
+    return sql + " RETURNING id" if returning else sql
 
 
 def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
     """Insert the payload's ops as outbox rows.
 
     This runs on every captured write, so it skips the ORM and Django's cursor wrapper
-    and hands one prepared statement to the driver.
+    and hands one prepared statement to the driver. For a model mirrored live, the new
+    batch ids (which number the events' versions) are kept for the after-commit apply.
     """
     connection = connections[using]
     ops = payload["ops"]
     now = connection.ops.adapt_datetimefield_value(payload["now"])
-    rows = []
+    parts = []
     for start in range(0, len(ops), MAX_BATCH_EVENTS):
         chunk = {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
         del chunk["now"]
-        text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
-        rows.append((now, label, len(chunk["ops"]), text, 0))
+        parts.append(chunk)
+    rows = [
+        (now, label, len(c["ops"]), json.dumps(c, separators=(",", ":"), ensure_ascii=False), 0)
+        for c in parts
+    ]
+    config = conf.config_for_label(label)
+    keep_ids = config is not None and config.live
     connection.ensure_connection()
-    sql = _outbox_insert(using, connection.vendor)
+    returning = keep_ids and connection.vendor == "postgresql"
+    sql = _outbox_insert(using, connection.vendor, returning)
     cursor = connection.connection.cursor()
     try:
-        if len(rows) == 1:
-            cursor.execute(sql, rows[0])
+        if len(rows) == 1 or keep_ids:
+            for row, chunk in zip(rows, parts, strict=True):
+                cursor.execute(sql, row)
+                if keep_ids:
+                    batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+                    _transaction(using).live.append((batch_id, label, chunk))
         else:
             cursor.executemany(sql, rows)
     finally:

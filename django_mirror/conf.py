@@ -18,6 +18,8 @@ from django.db import models
 
 PHASES = ("off", "capture", "mirror", "promoted")
 CAPTURING_PHASES = frozenset({"capture", "mirror", "promoted"})
+#: Phases in which reads are shadowed on the other store.
+SHADOWING_PHASES = frozenset({"mirror", "promoted"})
 
 DEFAULT_STREAM: dict[str, Any] = {
     "BACKEND": "django_mirror.streams.KinesisStream",
@@ -28,6 +30,10 @@ DEFAULT_SHADOW: dict[str, Any] = {
     "TIMEOUT": 2.0,
     "POOL_SIZE": 4,
     "QUEUE_SIZE": 1000,
+    # Share of sampled reads compared source against source instead, for the noise floor.
+    "CONTROL_RATE": 0.0,
+    # Seconds between writes of the dashboard's per-minute figures to the database.
+    "STATS_INTERVAL": 10.0,
 }
 DEFAULT_RELAY: dict[str, Any] = {
     # "thread": ship from a background thread right after commit; "sync": ship in
@@ -67,6 +73,15 @@ class ModelConfig:
     @property
     def capturing(self) -> bool:
         return self.phase in CAPTURING_PHASES
+
+    @property
+    def live(self) -> bool:
+        """Committed writes are applied to the target at once (phase ``mirror``)."""
+        return self.phase == "mirror"
+
+    @property
+    def shadowing(self) -> bool:
+        return self.phase in SHADOWING_PHASES and self.shadow_read_rate > 0
 
     @property
     def target_alias(self) -> str | None:

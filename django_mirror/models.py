@@ -178,3 +178,31 @@ class CopyProgress(models.Model):
     def __str__(self) -> str:
         state = "done" if self.finished_at else f"at {self.last_pk or 'start'}"
         return f"copy {self.model} -> {self.target}: {self.rows_copied} rows, {state}"
+
+
+class MetricWindow(models.Model):
+    """One process's figures for one model over one minute, for the dashboard.
+
+    statsd is where metrics live; these rows let the admin show the same figures
+    without a metrics server. Each process writes only its own rows, so no two
+    processes ever contend for one.
+    """
+
+    model = models.CharField(max_length=200)
+    minute = models.DateTimeField(help_text="Start of the minute (UTC).")
+    process = models.CharField(max_length=100)
+    counts = models.JSONField(default=dict, help_text="Counter name -> total in the minute.")
+    latency = models.JSONField(
+        default=dict, help_text="Store ('source'/'target') -> {histogram bucket: reads}."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "minute", "process"], name="mirror_metricwindow_key"
+            )
+        ]
+        indexes = [models.Index(fields=["minute"], name="mirror_metricwindow_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.minute:%Y-%m-%d %H:%M} ({self.process})"

@@ -1,20 +1,28 @@
-"""``MirroredQuerySet`` and ``MirroredManager``: the write paths that send no signals.
+"""``MirroredQuerySet`` and ``MirroredManager``: the write paths that send no signals,
+and the reads that shadow-read sampling sees.
 
 ``update()``, ``bulk_create()`` and ``bulk_update()`` bypass ``post_save``; a mirrored
 model's default manager must use this queryset so they are captured too (system check
-``django_mirror.E011`` enforces it).
+``django_mirror.E011`` enforces it). Reads end in ``_fetch_all`` (iteration, ``get``,
+``first``/``last``, ``values``/``values_list``, ``in_bulk``), ``count``, ``exists`` and
+``aggregate``, which is where a sampled read is timed and handed to the shadow pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+import functools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from django.db import connections, models, transaction
 from django.db.models import Q
 
 from django_mirror import capture
 from django_mirror.batching import chunks, keys_per_statement
+from django_mirror.shadow import reads
+
+T = TypeVar("T")
 
 
 def unique_sets(model: type[models.Model]) -> list[tuple[str, ...]]:
@@ -59,7 +67,45 @@ def _pks_by_unique_values(
 
 
 class MirroredQuerySet(models.QuerySet):
-    """A ``QuerySet`` whose bulk write methods record operation events."""
+    """A ``QuerySet`` whose bulk write methods record operation events and whose reads,
+    in a sampled shadow-read scope, also run on the other store."""
+
+    # --- reads ----------------------------------------------------------------------
+    # Iteration, get(), first()/last(), values()/values_list() and in_bulk() all end in
+    # _fetch_all; count(), exists() and aggregate() ask the database directly.
+
+    def _shadowed(self, kind: str, run: Callable[[], T], **details: Any) -> T:
+        """``run()`` the read; when sampled, time it and hand the result to a shadow read."""
+        read = reads.begin(self, kind)
+        if read is None:
+            return run()
+        for name, value in details.items():
+            setattr(read, name, value)
+        started = time.perf_counter()
+        result = run()
+        elapsed = (time.perf_counter() - started) * 1000
+        read.submit(self._result_cache if kind == reads.ROWS else result, elapsed)
+        return result
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            self._shadowed(reads.ROWS, super()._fetch_all)
+
+    def count(self) -> int:
+        if self._result_cache is not None:
+            return len(self._result_cache)
+        return self._shadowed(reads.COUNT, super().count)
+
+    def exists(self) -> bool:
+        if self._result_cache is not None:
+            return bool(self._result_cache)
+        return self._shadowed(reads.EXISTS, super().exists)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        run = functools.partial(super().aggregate, *args, **kwargs)
+        return self._shadowed(reads.AGGREGATE, run, aggregate=(args, kwargs))
+
+    # --- writes ---------------------------------------------------------------------
 
     def update(self, **kwargs: Any) -> int:
         if capture.active_config(self.model, self.db) is None:

@@ -1,7 +1,8 @@
-"""Metrics to statsd, configured by the statsd package's own Django settings.
+"""Metrics to statsd (configured by the statsd package's own Django settings), the
+dashboard's per-minute figures, and mismatch events to Sentry.
 
 Every call is guarded: a metric that cannot be sent is counted and dropped, never
-raised into the write, relay or replay that reported it. Names are listed in
+raised into the write, relay, replay or read that reported it. Names are listed in
 ``docs/metrics.md``.
 """
 
@@ -15,6 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
+
+from django_mirror import stats
 
 logger = logging.getLogger("django_mirror.reporting")
 
@@ -39,13 +42,20 @@ def _client() -> Any:
 
 
 @contextmanager
-def _guarded() -> Iterator[None]:
+def guarded(what: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Swallow and count what goes wrong inside: instrumentation and mirroring never
+    break the request or command they serve (like sentry-sdk's
+    ``capture_internal_exceptions``)."""
     global failures
     try:
         yield
-    except Exception:  # instrumentation never breaks what it measures
+    except Exception:
         failures += 1
-        logger.debug("django-mirror: a metric could not be sent", exc_info=True)
+        logger.log(level, "django-mirror: %s", what, exc_info=True)
+
+
+def _metric_guard() -> Any:
+    return guarded("a metric could not be sent", logging.DEBUG)
 
 
 def metric_name(name: str, model: str | None = None) -> str:
@@ -57,18 +67,60 @@ def metric_name(name: str, model: str | None = None) -> str:
 
 def incr(name: str, count: int = 1, model: str | None = None) -> None:
     if count:
-        with _guarded():
+        with _metric_guard():
             _client().incr(metric_name(name, model), count)
+            if model is not None:
+                stats.add(model, name, count)
 
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
-    with _guarded():
+    with _metric_guard():
         _client().gauge(metric_name(name, model), value)
 
 
 def timing(name: str, milliseconds: float, model: str | None = None) -> None:
-    with _guarded():
+    with _metric_guard():
         _client().timing(metric_name(name, model), milliseconds)
+
+
+def read_latency(store: str, milliseconds: float, model: str) -> None:
+    """One read's time on ``store`` ("source" or "target"): a statsd timer and the
+    dashboard's histogram."""
+    with _metric_guard():
+        _client().timing(metric_name(f"read.latency.{store}", model), milliseconds)
+        stats.observe(model, store, milliseconds)
+
+
+def sentry_mismatch(
+    kind: str, model: str, shape: str, fields: list[str], pks: list[str], message: str
+) -> None:
+    """One Sentry event per mismatch, grouped into one issue per model and query shape.
+
+    It carries field names and primary keys, never values: a fresh isolation scope
+    without breadcrumbs (whose SQL parameters could hold them) and no stack (whose
+    local variables could).
+    """
+    with guarded("a mismatch could not be sent to Sentry"):
+        try:
+            import sentry_sdk
+        except ImportError:
+            return
+        if not sentry_sdk.get_client().is_active():
+            return
+        with sentry_sdk.isolation_scope() as scope:
+            scope.clear_breadcrumbs()
+            scope.fingerprint = ["django-mirror", kind, model, shape]
+            scope.set_tag("mirror.kind", kind)
+            scope.set_tag("mirror.model", model)
+            sentry_sdk.capture_event(
+                {
+                    "message": message,
+                    "level": "warning",
+                    "logger": "django_mirror",
+                    "threads": {"values": []},
+                    "extra": {"query": shape, "fields": fields, "pks": pks[:100]},
+                }
+            )
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -19,27 +19,9 @@ from django.db import connections, models
 
 from django_mirror import conf
 from django_mirror.capture import paused
+from django_mirror.diff import Difference, compare_rows, redacted_row
 from django_mirror.events import encode_column, pk_text
 from django_mirror.models import MismatchRecord
-
-REDACTED = "<redacted>"
-MISSING, EXTRA, CHANGED = "missing", "extra", "changed"
-
-
-@dataclass
-class Difference:
-    model: str
-    pk: Any
-    kind: str  # missing in target | extra in target | changed
-    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "pk": pk_text(self.pk),
-            "kind": self.kind,
-            "fields": {name: list(pair) for name, pair in self.fields.items()},
-        }
 
 
 @dataclass
@@ -186,24 +168,14 @@ class Verifier:
     def _compare(
         self, source: dict[str, list[Any]], target: dict[str, list[Any]]
     ) -> list[Difference]:
-        differences = []
-        names = [f.name for f in self.fields]
-        pk_field = self.model._meta.pk
-        for key in source.keys() | target.keys():
-            pk = pk_field.to_python(key)
-            if key not in target:
-                differences.append(Difference(self.config.label, pk, MISSING))
-            elif key not in source:
-                differences.append(Difference(self.config.label, pk, EXTRA))
-            elif source[key] != target[key]:
-                hidden = self.config.redact_fields
-                changed = {
-                    name: (REDACTED, REDACTED) if name in hidden else (s, t)
-                    for name, s, t in zip(names, source[key], target[key], strict=True)
-                    if s != t
-                }
-                differences.append(Difference(self.config.label, pk, CHANGED, changed))
-        return differences
+        return compare_rows(
+            self.config.label,
+            [f.name for f in self.fields],
+            source,
+            target,
+            self.config.redact_fields,
+            self.model._meta.pk.to_python,
+        )
 
     def run(self) -> VerifyStats:
         suspected: list[Difference] = []
@@ -264,13 +236,11 @@ class Verifier:
         source = self._rows_by_pk(self.source, pks)
         target = self._rows_by_pk(self.target, pks)
 
-        def shown(values: list[Any] | None) -> dict[str, Any] | None:
-            if values is None:
-                return None
-            return {n: REDACTED if n in hidden else v for n, v in zip(names, values, strict=True)}
-
         return {
-            pk_text(pk): (shown(source.get(pk_text(pk))), shown(target.get(pk_text(pk))))
+            pk_text(pk): (
+                redacted_row(names, source.get(pk_text(pk)), hidden),
+                redacted_row(names, target.get(pk_text(pk)), hidden),
+            )
             for pk in pks
         }
 

@@ -1,0 +1,95 @@
+"""Live mirroring (phase ``mirror``): a committed transaction's events are applied to the
+target at once, through the same apply path and version rules as replay.
+
+Relay and replay keep running behind it: whatever a live apply misses (the target is
+down, the process dies after commit) reaches the target from the stream, and an event
+applied twice is a stale version the second time. So a failure here is counted and
+recorded as a write mismatch, never raised into the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from django_mirror import conf, reporting
+from django_mirror.events import Event, event_dicts, pk_text
+from django_mirror.targets import Target, get_target
+
+logger = logging.getLogger("django_mirror.live")
+
+#: A failed apply records at most this many write mismatches (one per row).
+MAX_RECORDS_PER_FAILURE = 100
+
+#: (outbox batch id, model label, payload) of one captured statement.
+CommittedBatch = tuple[int, str, dict[str, Any]]
+
+
+def apply_committed(batches: Sequence[CommittedBatch]) -> None:
+    """Apply the events of committed outbox batches to their models' live targets."""
+    with reporting.guarded("live mirroring failed; replay will apply the events"):
+        groups: dict[int, tuple[conf.ModelConfig, Target, list[Event]]] = {}
+        for batch_id, label, payload in batches:
+            config = conf.config_for_label(label)
+            if config is None or not config.live:
+                continue
+            target = get_target(config)
+            events = [Event.from_dict(e) for e in event_dicts(batch_id, label, payload)]
+            groups.setdefault(id(target), (config, target, []))[2].extend(events)
+        for config, target, events in groups.values():
+            _apply(config, target, events)
+
+
+def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> None:
+    started = time.perf_counter()
+    try:
+        result = target.apply(events)
+    except Exception as exc:
+        logger.warning(
+            "django-mirror: live write of %d %s events to %s failed (%s); replay will apply them",
+            len(events),
+            config.label,
+            target.describe(),
+            type(exc).__name__,
+        )
+        record_write_mismatches(config, events, f"{type(exc).__name__}: {exc}")
+        return
+    reporting.timing("write.latency", (time.perf_counter() - started) * 1000, config.label)
+    for label, count in result.applied_by_model.items():
+        reporting.incr("write.applied", count, label)
+    reporting.incr("write.stale", result.stale, config.label)
+    for event, reason in result.failed:
+        record_write_mismatches(config, [event], reason)
+
+
+def record_write_mismatches(config: conf.ModelConfig, events: list[Event], reason: str) -> None:
+    """Count and record events the target did not take, one ``MismatchRecord`` a row.
+
+    The reason is the error's text with ``redact_fields`` values removed by the target
+    (database errors quote the failing row); the row's values are not stored at all.
+    """
+    from django_mirror.models import MismatchRecord
+    from django_mirror.shadow.scope import current_path
+
+    by_model: dict[str, int] = {}
+    for event in events:
+        by_model[event.model] = by_model.get(event.model, 0) + 1
+    for label, count in by_model.items():
+        reporting.incr("write.mismatch", count, label)
+    path = current_path()
+    with reporting.guarded("a write mismatch could not be recorded"):
+        MismatchRecord.objects.using(conf.source_alias()).bulk_create(
+            [
+                MismatchRecord(
+                    kind=MismatchRecord.Kind.WRITE,
+                    status=MismatchRecord.Status.SUSPECTED,
+                    model=event.model,
+                    pk_value=pk_text(event.pk)[:255],
+                    request_path=path[:500],
+                    diff={"op": event.op, "version": event.version, "error": reason[:2000]},
+                )
+                for event in events[:MAX_RECORDS_PER_FAILURE]
+            ]
+        )

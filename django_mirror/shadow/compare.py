@@ -1,0 +1,161 @@
+"""Normalise a read's result so two stores' answers compare, and describe how they differ.
+
+Model instances are compared row by row, by primary key, on their concrete fields
+(``exclude_fields`` dropped: they never reach the target); other results
+(``values()``, ``values_list()``, counts, aggregates) as a whole, in order only when
+the query is ordered. A model's ``compare`` callable replaces all of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from django.db import models
+from django.utils.module_loading import import_string
+
+from django_mirror import conf
+from django_mirror.diff import REDACTED, Difference, compare_rows
+from django_mirror.events import pk_text
+
+#: A mismatch record shows at most this many rows or items of each side.
+MAX_SHOWN = 20
+
+
+@dataclass
+class Result:
+    """One store's answer, ready to compare."""
+
+    #: Instance results: ``{pk text: values in ``names`` order}``.
+    rows: dict[str, tuple[Any, ...]] | None = None
+    names: tuple[str, ...] = ()
+    #: Anything else: a list (ordered or sorted) or a scalar.
+    value: Any = None
+    #: What the ``compare`` callable gets.
+    plain: Any = None
+
+
+@dataclass
+class Mismatch:
+    """How two results differ: per row where rows are known, else as a whole."""
+
+    differences: list[Difference] = field(default_factory=list)
+    summary: Any = None
+
+    @property
+    def pks(self) -> list[str]:
+        return [pk_text(d.pk) for d in self.differences]
+
+    @property
+    def fields(self) -> list[str]:
+        return sorted({name for d in self.differences for name in d.fields})
+
+    def without(self, pks: set[str]) -> Mismatch | None:
+        """This mismatch minus the rows in ``pks``; None when nothing is left."""
+        kept = [d for d in self.differences if pk_text(d.pk) not in pks]
+        if not kept and self.summary is None:
+            return None
+        return Mismatch(kept, self.summary)
+
+
+@cache
+def _fields(model: type[models.Model], exclude: tuple[str, ...]) -> tuple[models.Field, ...]:
+    return tuple(
+        f for f in model._meta.concrete_fields if f.name not in exclude and f.attname not in exclude
+    )
+
+
+def _sort_key(item: Any) -> str:
+    return repr(item)
+
+
+def normalise(config: conf.ModelConfig, result: Any, ordered: bool) -> Result:
+    """The comparable form of what a query returned."""
+    if isinstance(result, list) and result and isinstance(result[0], models.Model):
+        model = config.model or type(result[0])
+        fields = _fields(model._meta.concrete_model, config.exclude_fields)
+        names = tuple(f.name for f in fields)
+        rows: dict[str, tuple[Any, ...]] = {}
+        for obj in result:
+            values = obj.__dict__
+            rows[pk_text(obj.pk)] = tuple(values.get(f.attname) for f in fields)
+        plain = [dict(zip(names, row, strict=True)) for row in rows.values()]
+        return Result(rows=rows, names=names, plain=plain)
+    if isinstance(result, list):
+        items = [_drop_excluded(config, item) for item in result]
+        value = items if ordered else sorted(items, key=_sort_key)
+        return Result(value=value, plain=value)
+    if isinstance(result, dict):
+        value = _drop_excluded(config, result)
+        return Result(value=value, plain=value)
+    return Result(value=result, plain=result)
+
+
+def _drop_excluded(config: conf.ModelConfig, item: Any) -> Any:
+    if isinstance(item, dict) and config.exclude_fields:
+        return {k: v for k, v in item.items() if k not in config.exclude_fields}
+    return item
+
+
+@cache
+def _compare_callable(path: str) -> Callable[[Any, Any], Any]:
+    return import_string(path)  # type: ignore[no-any-return]
+
+
+def compare(config: conf.ModelConfig, source: Result, target: Result) -> Mismatch | None:
+    """None when the two results agree, else how they differ (values redacted)."""
+    if config.compare:
+        diff = _compare_callable(config.compare)(source.plain, target.plain)
+        return None if diff is None else Mismatch(summary=redact(config, diff))
+    if source.rows is not None or target.rows is not None:
+        if source.rows == target.rows:
+            return None
+        names = source.names or target.names
+        differences = compare_rows(
+            config.label, names, source.rows or {}, target.rows or {}, config.redact_fields
+        )
+        return Mismatch(differences) if differences else None
+    if source.value == target.value:
+        return None
+    return Mismatch(summary={"source": shown(config, source), "target": shown(config, target)})
+
+
+def shown(config: conf.ModelConfig, result: Result) -> Any:
+    """One side for a mismatch record: at most ``MAX_SHOWN`` items, redacted."""
+    if result.rows is not None:
+        return {
+            pk: dict(zip(result.names, redact_values(config, result.names, values), strict=True))
+            for pk, values in list(result.rows.items())[:MAX_SHOWN]
+        }
+    value = result.value[:MAX_SHOWN] if isinstance(result.value, list) else result.value
+    return redact(config, value)
+
+
+def redact_values(
+    config: conf.ModelConfig, names: Sequence[str], values: Sequence[Any]
+) -> list[Any]:
+    hidden = config.redact_fields
+    return [REDACTED if n in hidden else v for n, v in zip(names, values, strict=True)]
+
+
+def redact(config: conf.ModelConfig, value: Any) -> Any:
+    """``value`` with every ``redact_fields`` key (or an aggregate named after one) hidden.
+
+    Values that carry no names (a ``values_list()`` tuple, a count) cannot be told
+    apart and are shown whole unless the query named a redacted field.
+    """
+    hidden = config.redact_fields
+    if not hidden:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: REDACTED
+            if any(k == h or k.startswith(f"{h}__") for h in hidden)
+            else redact(config, v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(config, v) for v in value]
+    return value

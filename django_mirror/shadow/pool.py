@@ -1,0 +1,124 @@
+"""The background workers that run shadow reads off the request thread.
+
+A bounded queue in front of ``SHADOW["POOL_SIZE"]`` threads: when it is full the
+comparison is skipped and counted, so a slow target never holds up or piles up
+behind the requests. Re-checks wait on a timer heap until they are due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import connections
+
+from django_mirror import conf
+
+logger = logging.getLogger("django_mirror.shadow")
+
+Job = Callable[[], None]
+
+
+class ShadowPool:
+    def __init__(self, size: int, queue_size: int) -> None:
+        self.size = size
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self.delayed: list[tuple[float, int, Job]] = []
+        self.order = itertools.count()
+        self.lock = threading.Condition()
+        #: Jobs queued, waiting for their time, or running.
+        self.pending = 0
+        self.threads = [
+            threading.Thread(target=self._work, name=f"django-mirror-shadow-{i}", daemon=True)
+            for i in range(size)
+        ]
+        self.timer = threading.Thread(
+            target=self._release, name="django-mirror-recheck", daemon=True
+        )
+        for thread in [*self.threads, self.timer]:
+            thread.start()
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False (and nothing queued) when the queue is full."""
+        with self.lock:
+            try:
+                self.jobs.put_nowait(job)
+            except queue.Full:
+                return False
+            self.pending += 1
+        return True
+
+    def later(self, delay: float, job: Job) -> None:
+        """Run ``job`` after ``delay`` seconds (re-checks are never skipped for space)."""
+        with self.lock:
+            heapq.heappush(self.delayed, (time.monotonic() + delay, next(self.order), job))
+            self.pending += 1
+            self.lock.notify_all()
+
+    def _release(self) -> None:
+        while True:
+            with self.lock:
+                while not self.delayed:
+                    self.lock.wait()
+                due, _, job = self.delayed[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self.lock.wait(wait)
+                    continue
+                heapq.heappop(self.delayed)
+            self.jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                job()
+            except Exception:  # a job reports its own failures; this is the last net
+                logger.warning("django-mirror: a shadow read failed", exc_info=True)
+            finally:
+                for connection in connections.all(initialized_only=True):
+                    if connection.errors_occurred or not connection.is_usable():
+                        connection.close()
+                with self.lock:
+                    self.pending -= 1
+                    self.lock.notify_all()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no job is queued, running or waiting for its re-check (for tests,
+        benchmarks and commands that end); False if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.lock.wait(left)
+        return True
+
+
+_pool: ShadowPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> ShadowPool:
+    """The process's pool, started on first use with the ``SHADOW`` settings."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                shadow = conf.get_settings().shadow
+                _pool = ShadowPool(int(shadow["POOL_SIZE"]), int(shadow["QUEUE_SIZE"]))
+    return _pool
+
+
+def reset_pool() -> None:
+    """Forget the pool so the next use starts one with the current settings; the old
+    one's threads finish what they hold and then sit idle."""
+    global _pool
+    with _pool_lock:
+        _pool = None

@@ -1,0 +1,271 @@
+"""One sampled read: timed on the request thread, run again on the other store by the
+pool, compared, re-checked after a delay, and reported only if the difference stays
+and is not explained by rows the target has yet to catch up with."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, models
+
+from django_mirror import capture, conf, lag, reporting
+from django_mirror.diff import REDACTED
+from django_mirror.shadow import compare, scope
+from django_mirror.shadow.pool import get_pool
+
+logger = logging.getLogger("django_mirror.shadow")
+
+ROWS, COUNT, EXISTS, AGGREGATE = "rows", "count", "exists", "aggregate"
+
+
+def stores(config: conf.ModelConfig) -> tuple[str, str | None]:
+    """(alias that answers the user, alias the read is shadowed on) in the model's phase."""
+    source = capture.capture_alias(config)
+    if config.phase == "promoted":
+        return config.target_alias or source, source
+    return source, config.target_alias
+
+
+@dataclass
+class ShadowRead:
+    config: conf.ModelConfig
+    kind: str
+    #: The query, unevaluated, without prefetches; bound to a store when run.
+    queryset: models.QuerySet
+    primary: str
+    secondary: str
+    control: bool
+    path: str
+    aggregate: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+    ordered: bool = False
+    queued: float = 0.0
+    source: compare.Result = field(default_factory=compare.Result)
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def metric(self, name: str) -> str:
+        return f"read.control.{name}" if self.control else f"read.{name}"
+
+    # --- request thread -------------------------------------------------------------
+
+    def submit(self, result: Any, source_ms: float) -> None:
+        """Keep the source's answer and queue the comparison; never raises."""
+        with reporting.guarded("a shadow read could not be queued"):
+            reporting.read_latency("source", source_ms, self.label)
+            self.source = compare.normalise(self.config, result, self.ordered)
+            self.queued = time.monotonic()
+            if not get_pool().submit(self.compare):
+                reporting.incr(self.metric("skipped"), 1, self.label)
+
+    # --- pool threads ---------------------------------------------------------------
+
+    def run_on(self, alias: str) -> Any:
+        """The same query on ``alias``, its result in the shape the user got."""
+        qs = self.queryset.using(alias)
+        if self.kind == COUNT:
+            return qs.count()
+        if self.kind == EXISTS:
+            return qs.exists()
+        if self.kind == AGGREGATE:
+            args, kwargs = self.aggregate
+            return qs.aggregate(*args, **kwargs)
+        return list(qs)
+
+    def _timeout(self) -> float:
+        return float(conf.get_settings().shadow["TIMEOUT"])
+
+    def compare(self) -> None:
+        with reporting.guarded("a shadow read failed"):
+            if time.monotonic() - self.queued > self._timeout():
+                reporting.incr(self.metric("timeouts"), 1, self.label)  # waited too long
+                return
+            limit_statement_time(self.secondary, self._timeout())
+            started = time.perf_counter()
+            try:
+                result = self.run_on(self.secondary)
+            except Exception as exc:
+                reporting.incr(self.metric("target_errors"), 1, self.label)
+                logger.info(
+                    "django-mirror: shadow read of %s on %r failed: %s",
+                    self.label,
+                    self.secondary,
+                    type(exc).__name__,
+                )
+                return
+            elapsed = (time.perf_counter() - started) * 1000
+            if elapsed > self._timeout() * 1000:
+                reporting.incr(self.metric("timeouts"), 1, self.label)
+                return
+            if not self.control:
+                reporting.read_latency("target", elapsed, self.label)
+            reporting.incr(self.metric("compared"), 1, self.label)
+            target = compare.normalise(self.config, result, self.ordered)
+            if compare.compare(self.config, self.source, target) is None:
+                reporting.incr(self.metric("match"), 1, self.label)
+                return
+            reporting.incr(self.metric("suspected"), 1, self.label)
+            delay = float(conf.get_settings().shadow["RECHECK_DELAY"])
+            get_pool().later(delay, self.recheck)
+
+    def recheck(self) -> None:
+        """Both stores again: a difference that went away was a race with a write."""
+        with reporting.guarded("a shadow read re-check failed"):
+            try:
+                source = compare.normalise(self.config, self.run_on(self.primary), self.ordered)
+                target = compare.normalise(self.config, self.run_on(self.secondary), self.ordered)
+            except Exception as exc:
+                reporting.incr(self.metric("target_errors"), 1, self.label)
+                logger.info("django-mirror: shadow re-check of %s failed: %s", self.label, exc)
+                return
+            mismatch = compare.compare(self.config, source, target)
+            if mismatch is None:
+                reporting.incr(self.metric("transient"), 1, self.label)
+                return
+            if not self.control:
+                mismatch = self._without_lagging_rows(mismatch)
+                if mismatch is None:
+                    reporting.incr(self.metric("lagging"), 1, self.label)
+                    return
+            reporting.incr(self.metric("mismatch"), 1, self.label)
+            if not self.control:
+                self.confirm(mismatch, source, target)
+
+    def _without_lagging_rows(self, mismatch: compare.Mismatch) -> compare.Mismatch | None:
+        """Rows whose source version is newer than the target's do not count; a result
+        not made of rows (a count, an aggregate) does not count while any row lags."""
+        config = self.config
+        if self.primary != conf.source_alias():
+            return mismatch  # promoted: the old store catches up through replay too
+        if mismatch.summary is None:
+            lagging = lag.unapplied(config, set(mismatch.pks))
+            return None if lagging is None else mismatch.without(lagging)
+        lagging = lag.unapplied(config)
+        return None if lagging is None or lagging else mismatch
+
+    def shape(self) -> str:
+        """The query's SQL without parameter values: what groups mismatches in Sentry
+        (and never carries a filtered-on value)."""
+        try:
+            sql, _ = self.queryset.query.get_compiler(using=self.primary).as_sql()
+        except EmptyResultSet:
+            sql = "<empty result>"
+        except Exception:
+            sql = f"<{self.queryset.query.__class__.__name__}>"
+        return f"{self.kind}: {sql}"
+
+    def confirm(
+        self, mismatch: compare.Mismatch, source: compare.Result, target: compare.Result
+    ) -> None:
+        from django_mirror.models import MismatchRecord
+
+        shape = self.shape()
+        names_hidden = self._names_redacted_field()
+        source_shown = REDACTED if names_hidden else compare.shown(self.config, source)
+        target_shown = REDACTED if names_hidden else compare.shown(self.config, target)
+        summary = REDACTED if names_hidden and mismatch.summary is not None else mismatch.summary
+        pks = mismatch.pks
+        with reporting.guarded("a read mismatch could not be recorded"):
+            MismatchRecord.objects.using(conf.source_alias()).create(
+                kind=MismatchRecord.Kind.READ,
+                status=MismatchRecord.Status.CONFIRMED,
+                model=self.label,
+                pk_value=(pks[0] if len(pks) == 1 else ",".join(pks[:10]))[:255],
+                request_path=self.path[:500],
+                query=shape,
+                source_value=source_shown,
+                target_value=target_shown,
+                diff={
+                    "differences": [d.as_dict() for d in mismatch.differences[:100]],
+                    "summary": summary,
+                    "stores": [self.primary, self.secondary],
+                },
+            )
+        reporting.sentry_mismatch(
+            "read",
+            self.label,
+            shape,
+            mismatch.fields,
+            pks,
+            f"django-mirror: read mismatch on {self.label}",
+        )
+
+    def _names_redacted_field(self) -> bool:
+        """A ``values_list()`` naming a redacted field, or an aggregate: items that carry
+        no field names to redact by, so the whole result is hidden."""
+        hidden = set(self.config.redact_fields)
+        if not hidden:
+            return False
+        if self.kind == AGGREGATE:
+            return True  # an alias need not name the field it aggregates
+        fields = getattr(self.queryset, "_fields", None) or ()
+        return any(name.split("__")[0] in hidden for name in fields)
+
+
+def limit_statement_time(alias: str, seconds: float) -> None:
+    """Ask the database to cancel a shadow query running past the timeout, once per
+    connection, where the database can (PostgreSQL, MariaDB, MySQL)."""
+    connection = connections[alias]
+    connection.ensure_connection()
+    if getattr(connection, "_mirror_timeout", None) is connection.connection:
+        return
+    statement = {
+        "postgresql": f"SET statement_timeout = {int(seconds * 1000)}",
+        "mysql": (
+            f"SET SESSION max_statement_time = {seconds:.3f}"
+            if connection.mysql_is_mariadb
+            else f"SET SESSION max_execution_time = {int(seconds * 1000)}"
+        )
+        if connection.vendor == "mysql"
+        else None,
+    }.get(connection.vendor)
+    if statement:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    connection._mirror_timeout = connection.connection  # type: ignore[attr-defined]
+
+
+def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
+    """A ``ShadowRead`` when this evaluation is sampled, else None (at the cost of one
+    context variable lookup outside a sampled scope)."""
+    current = scope.current()
+    if current is None:
+        return None
+    with reporting.guarded("a shadow read could not start"):
+        config = conf.model_config(queryset.model)
+        if config is None or not current.samples(config):
+            return None
+        primary, secondary = stores(config)
+        if queryset.db != primary:
+            return None
+        if secondary is None:
+            reporting.incr("read.not_comparable", 1, config.label)
+            return None
+        if capture.uncommitted_events(primary):
+            reporting.incr("read.uncommitted", 1, config.label)
+            return None  # the target cannot have what this transaction has not committed
+        control = current.draw < current_control_rate() * (
+            config.shadow_read_rate if current.rate is None else current.rate
+        )
+        clone = queryset._chain()  # type: ignore[attr-defined]
+        clone._prefetch_related_lookups = ()
+        return ShadowRead(
+            config=config,
+            kind=kind,
+            queryset=clone,
+            primary=primary,
+            secondary=primary if control else secondary,
+            control=control,
+            path=current.path,
+            ordered=queryset.ordered,
+        )
+    return None
+
+
+def current_control_rate() -> float:
+    return float(conf.get_settings().shadow["CONTROL_RATE"])

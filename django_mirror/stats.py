@@ -1,0 +1,155 @@
+"""Per-minute figures per model, kept in memory and written to ``MetricWindow`` rows.
+
+The dashboard reads them back: counts (captured, replayed, read matches, ...) and read
+latency histograms, summed over processes. Recording is a dict update under a lock;
+the database write happens on a background thread every ``SHADOW["STATS_INTERVAL"]``
+seconds and at exit, and never raises.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import datetime as dt
+import logging
+import math
+import os
+import socket
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from django_mirror import conf
+
+logger = logging.getLogger("django_mirror.stats")
+
+#: Upper bounds (ms) of the latency histogram's buckets: 12% apart, 0.05 ms to ~60 s.
+BUCKETS: tuple[float, ...] = tuple(round(0.05 * 1.12**i, 4) for i in range(124))
+#: How long windows are kept.
+RETENTION = dt.timedelta(days=2)
+
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+_Key = tuple[str, dt.datetime]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[_Key, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.latency: dict[_Key, dict[str, dict[int, int]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(int))
+        )
+        self.dirty: set[_Key] = set()
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+
+    def key(self, model: str) -> _Key:
+        return model, timezone.now().replace(second=0, microsecond=0)
+
+    def add(self, model: str, name: str, count: int) -> None:
+        key = self.key(model)
+        with self.lock:
+            self.counts[key][name] += count
+            self.dirty.add(key)
+        self._ensure_thread()
+
+    def observe(self, model: str, store: str, milliseconds: float) -> None:
+        key = self.key(model)
+        bucket = min(bisect.bisect_left(BUCKETS, milliseconds), len(BUCKETS) - 1)
+        with self.lock:
+            self.latency[key][store][bucket] += 1
+            self.dirty.add(key)
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        if self.thread is None or not self.thread.is_alive():
+            with self.lock:
+                if self.thread is None or not self.thread.is_alive():
+                    self.thread = threading.Thread(
+                        target=self._run, name="django-mirror-stats", daemon=True
+                    )
+                    self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(float(conf.get_settings().shadow["STATS_INTERVAL"]))
+            self.wake.clear()
+            self.flush()
+            close_old_connections()
+
+    def flush(self, quiet: bool = False) -> int:
+        """Write every window changed since the last flush; returns how many."""
+        from django_mirror.models import MetricWindow
+
+        with self.lock:
+            keys, self.dirty = self.dirty, set()
+            rows = {
+                key: (
+                    dict(self.counts.get(key, {})),
+                    {s: dict(h) for s, h in self.latency.get(key, {}).items()},
+                )
+                for key in keys
+            }
+            now = timezone.now().replace(second=0, microsecond=0)
+            for stale in [k for k in self.counts if k[1] < now - dt.timedelta(minutes=5)]:
+                self.counts.pop(stale, None)
+                self.latency.pop(stale, None)
+        if not rows:
+            return 0
+        using = conf.source_alias()
+        try:
+            with transaction.atomic(using=using):
+                for (model, minute), (counts, latency) in rows.items():
+                    MetricWindow.objects.using(using).update_or_create(
+                        model=model,
+                        minute=minute,
+                        process=PROCESS,
+                        defaults={"counts": counts, "latency": latency},
+                    )
+                MetricWindow.objects.using(using).filter(
+                    minute__lt=timezone.now() - RETENTION
+                ).delete()
+        except Exception:  # the dashboard misses a window; nothing else is affected
+            logger.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "django-mirror: could not store dashboard figures",
+                exc_info=True,
+            )
+            with self.lock:
+                self.dirty |= keys
+            return 0
+        return len(rows)
+
+
+_recorder = _Recorder()
+add = _recorder.add
+observe = _recorder.observe
+flush = _recorder.flush
+atexit.register(lambda: _recorder.flush(quiet=True) if _recorder.dirty else None)
+
+
+def merge_histograms(histograms: Iterable[Mapping[str, int]]) -> dict[int, int]:
+    """Sum bucket counts (JSON turns bucket numbers into strings; this turns them back)."""
+    total: dict[int, int] = defaultdict(int)
+    for histogram in histograms:
+        for bucket, count in histogram.items():
+            total[int(bucket)] += count
+    return dict(total)
+
+
+def percentile(histogram: Mapping[int, int], fraction: float) -> float | None:
+    """The upper bound (ms) of the bucket holding that share of reads; None when empty."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = math.ceil(total * fraction)
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return BUCKETS[bucket]
+    return BUCKETS[-1]
