@@ -3,6 +3,7 @@ compare source and target row by row."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from unittest import mock
 
 import pytest
 from django.db import connections, models
+from django.test import override_settings
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 from moto.server import ThreadedMotoServer
@@ -118,3 +120,78 @@ def assert_mirrored(*models_: type[models.Model]) -> None:
                 row.pop(name, None)
                 target[pk].pop(name, None)
             assert target[pk] == row, f"{model.__name__} {pk}: {target[pk]} != {row}"
+
+
+class StatsdListener:
+    """A UDP socket on 127.0.0.1 that collects statsd lines."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+
+    def lines(self) -> list[str]:
+        received = []
+        while True:
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                return received
+            received += data.decode().splitlines()
+
+    def total(self, lines: list[str], name: str, kind: str = "c") -> float:
+        """Sum of one counter (or last value of a gauge) across the collected lines."""
+        values = [
+            float(line.split(":", 1)[1].split("|")[0])
+            for line in lines
+            if line.split(":", 1)[0] == name and line.endswith(f"|{kind}")
+        ]
+        return values[-1] if kind == "g" and values else sum(values)
+
+
+@pytest.fixture
+def statsd() -> Iterator[StatsdListener]:
+    listener = StatsdListener()
+    with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT=listener.port):
+        yield listener
+    listener.sock.close()
+
+
+def mirroring(models_: dict[str, dict[str, Any]] | None = None, **shadow: Any) -> Any:
+    """``override_settings`` putting test models in phase ``mirror`` (all of the test
+    settings' models unless ``models_`` names some, with their options), with ``SHADOW``
+    options for quick re-checks."""
+    from django.conf import settings
+
+    base = settings.DJANGO_MIRROR
+    chosen = models_ if models_ is not None else {label: {} for label in base["MODELS"]}
+    mirrored = {
+        label: {**opts, "phase": "mirror", **chosen.get(label, {})} if label in chosen else opts
+        for label, opts in base["MODELS"].items()
+    }
+    return override_settings(
+        DJANGO_MIRROR={
+            **base,
+            "MODELS": mirrored,
+            "SHADOW": {"RECHECK_DELAY": 0.05, "TIMEOUT": 5.0, **shadow},
+        }
+    )
+
+
+@contextmanager
+def target_down(alias: str = "new") -> Iterator[None]:
+    """New connections to ``alias`` fail, in every thread, as when its server is down:
+    a SQLite file in a missing directory, or a closed port."""
+    settings_dict = connections.settings[alias]
+    saved = {key: settings_dict.get(key) for key in ("NAME", "PORT", "HOST")}
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        settings_dict["NAME"] = "/nonexistent/django-mirror/down.sqlite3"
+    else:
+        settings_dict.update(HOST="127.0.0.1", PORT="1")
+    connections[alias].close()
+    try:
+        yield
+    finally:
+        connections[alias].close()
+        settings_dict.update(saved)

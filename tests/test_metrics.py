@@ -2,52 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-
-import pytest
 from django.db import transaction
 from django.test import override_settings
 
 from django_mirror import reporting
 from tests.conftest import both_databases, drain_and_replay
 from tests.testapp.models import Author, Counter
-
-
-class StatsdListener:
-    """A UDP socket on 127.0.0.1 that collects statsd lines."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-
-    def lines(self) -> list[str]:
-        received = []
-        while True:
-            try:
-                data = self.sock.recv(65535)
-            except TimeoutError:
-                return received
-            received += data.decode().splitlines()
-
-    def total(self, lines: list[str], name: str, kind: str = "c") -> float:
-        """Sum of one counter (or last value of a gauge) across the collected lines."""
-        values = [
-            float(line.split(":", 1)[1].split("|")[0])
-            for line in lines
-            if line.split(":", 1)[0] == name and line.endswith(f"|{kind}")
-        ]
-        return values[-1] if kind == "g" and values else sum(values)
-
-
-@pytest.fixture
-def statsd() -> Iterator[StatsdListener]:
-    listener = StatsdListener()
-    with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT=listener.port):
-        yield listener
-    listener.sock.close()
 
 
 @both_databases

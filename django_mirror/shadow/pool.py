@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from django.core.signals import setting_changed
 from django.db import connections
 
 from django_mirror import conf
@@ -122,3 +123,11 @@ def reset_pool() -> None:
     global _pool
     with _pool_lock:
         _pool = None
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting == "DJANGO_MIRROR":
+        reset_pool()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.shadow.pool")
