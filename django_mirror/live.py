@@ -10,13 +10,16 @@ recorded as a write mismatch, never raised into the request.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from django.db import OperationalError
+
 from django_mirror import conf, reporting
 from django_mirror.events import Event, event_dicts, pk_text
-from django_mirror.targets import Target, get_target
+from django_mirror.targets import ApplyResult, Target, get_target
 
 logger = logging.getLogger("django_mirror.live")
 
@@ -42,10 +45,24 @@ def apply_committed(batches: Sequence[CommittedBatch]) -> None:
             _apply(config, target, events)
 
 
+#: Attempts at a live apply that hit a deadlock or lock timeout (writers racing on the
+#: same rows take the target's row locks in different orders).
+ATTEMPTS = 3
+
+
+def _apply_retrying(target: Target, events: list[Event]) -> ApplyResult:
+    for attempt in range(1, ATTEMPTS):
+        try:
+            return target.apply(events)
+        except OperationalError:
+            time.sleep(random.uniform(0, 0.01 * 2**attempt))
+    return target.apply(events)
+
+
 def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> None:
     started = time.perf_counter()
     try:
-        result = target.apply(events)
+        result = _apply_retrying(target, events)
     except Exception as exc:
         logger.warning(
             "django-mirror: live write of %d %s events to %s failed (%s); replay will apply them",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -123,22 +124,41 @@ def assert_mirrored(*models_: type[models.Model]) -> None:
 
 
 class StatsdListener:
-    """A UDP socket on 127.0.0.1 that collects statsd lines."""
+    """A UDP socket on 127.0.0.1 that collects statsd lines.
+
+    A thread reads as packets arrive: a burst of metrics would overflow the socket's
+    receive buffer if it were read only when the test asks.
+    """
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
+        self.received: list[str] = []
+        self.closed = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    def lines(self) -> list[str]:
-        received = []
-        while True:
+    def _read(self) -> None:
+        while not self.closed.is_set():
             try:
                 data = self.sock.recv(65535)
             except TimeoutError:
-                return received
-            received += data.decode().splitlines()
+                continue
+            except OSError:
+                return
+            self.received += data.decode().splitlines()
+
+    def lines(self) -> list[str]:
+        """Everything received so far, after a moment for packets still in flight."""
+        time.sleep(0.2)
+        return list(self.received)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.reader.join(1)
+        self.sock.close()
 
     def total(self, lines: list[str], name: str, kind: str = "c") -> float:
         """Sum of one counter (or last value of a gauge) across the collected lines."""
@@ -155,7 +175,7 @@ def statsd() -> Iterator[StatsdListener]:
     listener = StatsdListener()
     with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT=listener.port):
         yield listener
-    listener.sock.close()
+    listener.close()
 
 
 def mirroring(models_: dict[str, dict[str, Any]] | None = None, **shadow: Any) -> Any:

@@ -85,9 +85,9 @@ class ShadowRead:
             if time.monotonic() - self.queued > self._timeout():
                 reporting.incr(self.metric("timeouts"), 1, self.label)  # waited too long
                 return
-            limit_statement_time(self.secondary, self._timeout())
             started = time.perf_counter()
             try:
+                limit_statement_time(self.secondary, self._timeout())
                 result = self.run_on(self.secondary)
             except Exception as exc:
                 reporting.incr(self.metric("target_errors"), 1, self.label)
