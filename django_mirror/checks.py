@@ -223,6 +223,63 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_mirror.E015",
             )
         )
+    errors += _check_shadow(mirror.shadow)
     for label, opts in mirror.models.items():
         errors += _check_model(label, opts, mirror.source)
     return errors
+
+
+#: SHADOW option -> (type, smallest allowed value, largest allowed value).
+SHADOW_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "RECHECK_DELAY": (float, 0.0, float("inf")),
+    "TIMEOUT": (float, 0.001, float("inf")),
+    "POOL_SIZE": (int, 1, 256),
+    "QUEUE_SIZE": (int, 1, float("inf")),
+    "CONTROL_RATE": (float, 0.0, 1.0),
+    "STATS_INTERVAL": (float, 0.1, float("inf")),
+}
+
+
+def _check_shadow(shadow: dict[str, Any]) -> list[Any]:
+    errors: list[Any] = []
+    for key, value in shadow.items():
+        if key not in SHADOW_OPTIONS:
+            errors.append(
+                Error(
+                    f"DJANGO_MIRROR['SHADOW'] has unknown option {key!r}.",
+                    hint=f"Known options: {', '.join(SHADOW_OPTIONS)}.",
+                    id="django_mirror.E016",
+                )
+            )
+            continue
+        kind, low, high = SHADOW_OPTIONS[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            errors.append(
+                Error(
+                    f"DJANGO_MIRROR['SHADOW'][{key!r}] is {value!r}.",
+                    hint=f"Use {'an integer' if kind is int else 'a number'} from {low} to {high}.",
+                    id="django_mirror.E016",
+                )
+            )
+    return errors
+
+
+@register(Tags.models, "django_mirror")
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Shadow reads of requests need the middleware; without it a rate does nothing."""
+    middleware = "django_mirror.middleware.ShadowReadMiddleware"
+    if middleware in getattr(settings, "MIDDLEWARE", []):
+        return []
+    sampled = [c.label for c in conf.mirrored_models().values() if c.owner is None and c.shadowing]
+    if not sampled:
+        return []
+    return [
+        Warning(
+            f"{', '.join(sorted(set(sampled)))} have a shadow_read_rate, but "
+            f"{middleware} is not in MIDDLEWARE: only reads inside shadow_reads() blocks "
+            "are shadowed.",
+            hint=f"Add {middleware!r} to MIDDLEWARE.",
+            id="django_mirror.W003",
+        )
+    ]

@@ -134,6 +134,12 @@ def test_a_full_configuration_passes():
         (config(model("testapp.Author", compare="tests.nowhere.compare")), ["django_mirror.E014"]),
         # E015: unknown after-commit relay mode
         (config(lambda c: c.__setitem__("RELAY", {"ON_COMMIT": "later"})), ["django_mirror.E015"]),
+        # E016: a SHADOW option unknown or out of range
+        (config(lambda c: c.__setitem__("SHADOW", {"POOL": 4})), ["django_mirror.E016"]),
+        (config(lambda c: c.__setitem__("SHADOW", {"POOL_SIZE": 0})), ["django_mirror.E016"]),
+        (config(lambda c: c.__setitem__("SHADOW", {"QUEUE_SIZE": 1.5})), ["django_mirror.E016"]),
+        (config(lambda c: c.__setitem__("SHADOW", {"TIMEOUT": "2s"})), ["django_mirror.E016"]),
+        (config(lambda c: c.__setitem__("SHADOW", {"CONTROL_RATE": 2})), ["django_mirror.E016"]),
         # W001: an explicit through model that is not mirrored
         (config(lambda c: c["MODELS"].pop("testapp.ShelfBook")), ["django_mirror.W001"]),
         # W002: nothing configured at all
@@ -184,3 +190,16 @@ def test_manage_py_check_refuses_a_bad_setting():
     with override_settings(DJANGO_MIRROR=config(model("testapp.Author", target="newdb"))):
         with pytest.raises(SystemCheckError, match=r"django_mirror\.E004"):
             call_command("check")
+
+
+def test_a_sampled_model_without_the_middleware_is_warned_about():
+    from django_mirror.checks import check_middleware
+
+    sampled = config(model("testapp.Author", phase="mirror", shadow_read_rate=0.1))
+    with override_settings(DJANGO_MIRROR=sampled):
+        assert check_middleware() == []  # the test settings install it
+        with override_settings(MIDDLEWARE=[]):
+            (message,) = check_middleware()
+    assert message.id == "django_mirror.W003" and "testapp.Author" in message.msg
+    with override_settings(DJANGO_MIRROR=config(), MIDDLEWARE=[]):
+        assert check_middleware() == []  # nothing sampled, nothing to warn about
