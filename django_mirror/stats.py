@@ -19,7 +19,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from django_mirror import conf
@@ -102,17 +102,22 @@ class _Recorder:
             return 0
         using = conf.source_alias()
         try:
-            with transaction.atomic(using=using):
-                for (model, minute), (counts, latency) in rows.items():
-                    MetricWindow.objects.using(using).update_or_create(
-                        model=model,
-                        minute=minute,
-                        process=PROCESS,
-                        defaults={"counts": counts, "latency": latency},
+            # One upsert statement, no read first: on SQLite a read-then-write
+            # transaction could deadlock with the app's own writers.
+            MetricWindow.objects.using(using).bulk_create(
+                [
+                    MetricWindow(
+                        model=model, minute=minute, process=PROCESS, counts=counts, latency=latency
                     )
-                MetricWindow.objects.using(using).filter(
-                    minute__lt=timezone.now() - RETENTION
-                ).delete()
+                    for (model, minute), (counts, latency) in rows.items()
+                ],
+                update_conflicts=True,
+                unique_fields=["model", "minute", "process"]
+                if connections[using].features.supports_update_conflicts_with_target
+                else None,
+                update_fields=["counts", "latency"],
+            )
+            MetricWindow.objects.using(using).filter(minute__lt=timezone.now() - RETENTION).delete()
         except Exception:  # the dashboard misses a window; nothing else is affected
             logger.log(
                 logging.DEBUG if quiet else logging.WARNING,

@@ -424,3 +424,27 @@ def test_unordered_results_compare_as_multisets_ordered_ones_in_order() -> None:
     assert compare(config, Result(value=[1, 2]), Result(value=[2, 1])) is not None
     unordered = [Result(value=sorted([2, 1, 1])), Result(value=sorted([1, 2, 1]))]
     assert compare(config, *unordered) is None
+
+
+@both_databases
+def test_the_admin_shows_read_and_write_mismatches_side_by_side(admin_client):
+    book = both(Book, author=both(Author, name="ada"), title="t", isbn=SECRET_ISBN)
+    with paused():
+        Book.objects.using("new").filter(pk=book.pk).update(title="tampered", isbn="x")
+    with mirroring({"testapp.Book": {"shadow_read_rate": 1.0}}):
+        with shadow_reads(path="/books/"):
+            Book.objects.get(pk=book.pk)
+            settle()
+        with target_down():
+            Book.objects.filter(pk=book.pk).update(pages=7)
+    read = MismatchRecord.objects.get(kind="read")
+    write = MismatchRecord.objects.get(kind="write")
+    page = admin_client.get(f"/admin/django_mirror/mismatchrecord/{read.pk}/change/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "tampered" in html and "title" in html and "/books/" in html
+    assert SECRET_ISBN not in html and "&lt;redacted&gt;" in html
+    listing = admin_client.get("/admin/django_mirror/mismatchrecord/?kind=read").content.decode()
+    assert "changed: title, isbn" in listing
+    page = admin_client.get(f"/admin/django_mirror/mismatchrecord/{write.pk}/change/")
+    assert page.status_code == 200 and str(book.pk) in page.content.decode()

@@ -125,12 +125,17 @@ def compare(config: conf.ModelConfig, source: Result, target: Result) -> Mismatc
 def shown(config: conf.ModelConfig, result: Result) -> Any:
     """One side for a mismatch record: at most ``MAX_SHOWN`` items, redacted."""
     if result.rows is not None:
-        return {
-            pk: dict(zip(result.names, redact_values(config, result.names, values), strict=True))
-            for pk, values in list(result.rows.items())[:MAX_SHOWN]
-        }
+        return {pk: shown_row(config, result, pk) for pk in list(result.rows)[:MAX_SHOWN]}
     value = result.value[:MAX_SHOWN] if isinstance(result.value, list) else result.value
     return redact(config, value)
+
+
+def shown_row(config: conf.ModelConfig, result: Result, key: str) -> dict[str, Any] | None:
+    """One row of an instance result for a mismatch record, redacted; None if absent."""
+    values = (result.rows or {}).get(key)
+    if values is None:
+        return None
+    return dict(zip(result.names, redact_values(config, result.names, values), strict=True))
 
 
 def redact_values(

@@ -165,26 +165,36 @@ class ShadowRead:
         from django_mirror.models import MismatchRecord
 
         shape = self.shape()
-        names_hidden = self._names_redacted_field()
-        source_shown = REDACTED if names_hidden else compare.shown(self.config, source)
-        target_shown = REDACTED if names_hidden else compare.shown(self.config, target)
-        summary = REDACTED if names_hidden and mismatch.summary is not None else mismatch.summary
         pks = mismatch.pks
+        diff: dict[str, Any] = {
+            "differences": [d.as_dict() for d in mismatch.differences[:100]],
+            "summary": mismatch.summary,
+            "stores": [self.primary, self.secondary],
+        }
+        if self._names_redacted_field():
+            source_shown: Any = REDACTED
+            target_shown: Any = REDACTED
+            if mismatch.summary is not None:
+                diff["summary"] = REDACTED
+        elif len(pks) == 1 and mismatch.summary is None:
+            # One row: shown like verify's records, field by field, side by side.
+            diff.update(mismatch.differences[0].as_dict())
+            source_shown = compare.shown_row(self.config, source, pks[0])
+            target_shown = compare.shown_row(self.config, target, pks[0])
+        else:
+            source_shown = compare.shown(self.config, source)
+            target_shown = compare.shown(self.config, target)
         with reporting.guarded("a read mismatch could not be recorded"):
             MismatchRecord.objects.using(conf.source_alias()).create(
                 kind=MismatchRecord.Kind.READ,
                 status=MismatchRecord.Status.CONFIRMED,
                 model=self.label,
-                pk_value=(pks[0] if len(pks) == 1 else ",".join(pks[:10]))[:255],
+                pk_value=",".join(pks[:10])[:255],
                 request_path=self.path[:500],
                 query=shape,
                 source_value=source_shown,
                 target_value=target_shown,
-                diff={
-                    "differences": [d.as_dict() for d in mismatch.differences[:100]],
-                    "summary": summary,
-                    "stores": [self.primary, self.secondary],
-                },
+                diff=diff,
             )
         reporting.sentry_mismatch(
             "read",
