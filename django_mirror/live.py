@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import OperationalError
 
 from django_mirror import conf, reporting
@@ -48,31 +49,64 @@ def apply_committed(batches: Sequence[CommittedBatch]) -> None:
 #: Attempts at a live apply that hit a deadlock or lock timeout (writers racing on the
 #: same rows take the target's row locks in different orders).
 ATTEMPTS = 3
+#: After a target cannot be reached at all, live applies to it are left to replay for
+#: this many seconds, so requests do not each wait on a dead target.
+PAUSE_AFTER_FAILURE = 5.0
+#: SQLSTATEs (PostgreSQL) and error numbers (MySQL/MariaDB) of lock conflicts.
+LOCK_CONFLICTS = {"40P01", "40001", 1213, 1205}
+
+_paused_until: dict[str, float] = {}
+
+
+def _lock_conflict(exc: Exception) -> bool:
+    cause = exc.__cause__
+    code = getattr(cause, "sqlstate", None) or (getattr(cause, "args", None) or [None])[0]
+    return code in LOCK_CONFLICTS or "database is locked" in str(exc)
 
 
 def _apply_retrying(target: Target, events: list[Event]) -> ApplyResult:
     for attempt in range(1, ATTEMPTS):
         try:
             return target.apply(events)
-        except OperationalError:
+        except OperationalError as exc:
+            if not _lock_conflict(exc):
+                raise
             time.sleep(random.uniform(0, 0.01 * 2**attempt))
     return target.apply(events)
 
 
 def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> None:
+    key = target.describe()
+    if time.monotonic() < _paused_until.get(key, 0.0):
+        reporting.incr("write.deferred", len(events), config.label)
+        record_write_mismatches(config, events, f"{key} failed recently; left to replay")
+        return
     started = time.perf_counter()
     try:
         result = _apply_retrying(target, events)
     except Exception as exc:
+        unreachable = not target.connected()
+        if unreachable:
+            _paused_until[key] = time.monotonic() + PAUSE_AFTER_FAILURE
         logger.warning(
-            "django-mirror: live write of %d %s events to %s failed (%s); replay will apply them",
+            "django-mirror: live write of %d %s events to %s failed (%s); replay will apply them%s",
             len(events),
             config.label,
-            target.describe(),
+            key,
             type(exc).__name__,
+            f", and live writes to it wait {PAUSE_AFTER_FAILURE:.0f} s" if unreachable else "",
         )
         record_write_mismatches(config, events, f"{type(exc).__name__}: {exc}")
+        reporting.sentry_mismatch(
+            "write",
+            config.label,
+            type(exc).__name__,
+            [],
+            [pk_text(e.pk) for e in events],
+            f"django-mirror: live write to {key} failed ({type(exc).__name__})",
+        )
         return
+    _paused_until.pop(key, None)
     reporting.timing("write.latency", (time.perf_counter() - started) * 1000, config.label)
     for label, count in result.applied_by_model.items():
         reporting.incr("write.applied", count, label)
@@ -110,3 +144,11 @@ def record_write_mismatches(config: conf.ModelConfig, events: list[Event], reaso
                 for event in events[:MAX_RECORDS_PER_FAILURE]
             ]
         )
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in ("DJANGO_MIRROR", "DATABASES"):
+        _paused_until.clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.live")

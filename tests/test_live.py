@@ -156,3 +156,30 @@ def test_live_writes_from_racing_transactions_converge_without_replay():
 def test_phase_capture_applies_nothing_live():
     Author.objects.create(name="only captured")
     assert not Author.objects.using("new").exists()
+
+
+@both_databases
+def test_a_down_target_is_left_to_replay_for_a_while_and_reported_once(kinesis, statsd):
+    from tests.test_shadow import RecordingTransport, sentry_recording
+
+    with sentry_recording() as sentry, mirroring():
+        with target_down():
+            first = Author.objects.create(name="fails")
+        second = Author.objects.create(name="deferred")  # target back, but not tried yet
+        assert not Author.objects.using("new").filter(pk=second.pk).exists()
+        records = MismatchRecord.objects.filter(kind="write").order_by("pk")
+        assert [r.pk_value for r in records] == [str(first.pk), str(second.pk)]
+        assert "left to replay" in records[1].diff["error"]
+        [event] = sentry.events()
+        assert event["fingerprint"] == [
+            "django-mirror",
+            "write",
+            "testapp.Author",
+            "OperationalError",
+        ]
+        assert isinstance(sentry, RecordingTransport)
+        drain_and_replay()
+        assert_mirrored(Author)
+    lines = statsd.lines()
+    assert statsd.total(lines, "django_mirror.write.deferred.testapp_author") == 1
+    assert statsd.total(lines, "django_mirror.write.mismatch.testapp_author") == 2

@@ -66,5 +66,10 @@ class Target:
         """``{pk_text: (version, deleted)}`` for the rows the target has seen."""
         raise NotImplementedError
 
+    def connected(self) -> bool:
+        """False when the store cannot be reached at all (after a failed call), so live
+        mirroring leaves it to replay for a while instead of waiting on it per write."""
+        return True
+
     def describe(self) -> str:
         return type(self).__name__

@@ -108,6 +108,9 @@ class DatabaseTarget(Target):
     def connection(self) -> Any:
         return connections[self.alias]
 
+    def connected(self) -> bool:
+        return self.connection.connection is not None
+
     def relax_foreign_keys(self) -> None:
         """Rows arrive in order per row, not across rows, so the target cannot check FKs.
 
