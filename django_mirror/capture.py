@@ -48,7 +48,10 @@ def paused() -> Iterator[None]:
 
 
 def capture_alias(config: conf.ModelConfig) -> str:
-    """The alias whose writes are the truth for this model and so get captured."""
+    """The alias whose writes are the truth for this model and so get captured: the
+    target once the model is promoted, the source before."""
+    if config.promoted and config.target_alias:
+        return config.target_alias
     return conf.source_alias()
 
 
@@ -107,7 +110,7 @@ def _after_commit(using: str, counts: dict[str, int], batches: list[live.Committ
     for label, count in counts.items():
         reporting.incr("captured", count, label)
     if batches:
-        live.apply_committed(batches)
+        live.apply_committed(using, batches)
     relay.after_commit(using)
 
 
@@ -143,7 +146,11 @@ def _columns(fields: tuple[models.Field, ...]) -> list[str]:
 
 
 def _pending(
-    using: str, tx: _Transaction, model: type[models.Model], fields: tuple[models.Field, ...]
+    using: str,
+    tx: _Transaction,
+    model: type[models.Model],
+    fields: tuple[models.Field, ...],
+    generation: int,
 ) -> dict[str, Any]:
     """The open outbox payload of ``model`` in this ORM call or statement."""
     connection = connections[using]
@@ -154,6 +161,7 @@ def _pending(
         "now": now,
         "source": using,
         "columns": _columns(fields),
+        "gen": generation,
         "ops": [],
     }
     batches = getattr(connection, "_mirror_batch", None)
@@ -199,7 +207,7 @@ def record(
     if not upserts and not deletes:
         return
     tx = _transaction(using)
-    payload = _pending(using, tx, model, fields)
+    payload = _pending(using, tx, model, fields, config.generation)
     payload["ops"].extend(upserts)
     payload["ops"].extend(deletes)
     counts = tx.counts

@@ -7,7 +7,7 @@ and the hot capture path down to one dict lookup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -46,6 +46,16 @@ DEFAULT_REPLAY: dict[str, Any] = {
     "LEASE_SECONDS": 30.0,
     "IDLE_SLEEP": 1.0,
 }
+DEFAULT_PHASES: dict[str, Any] = {
+    # Seconds between reads of the MirrorState overrides in each process.
+    "REFRESH": 2.0,
+    # Moving to "mirror" asks for replay lag under this many seconds ...
+    "MAX_REPLAY_LAG": 10.0,
+    # ... and a clean mirror_verify of the model finished within this many seconds.
+    "VERIFY_WITHIN": 24 * 3600.0,
+    # Moving to "promoted" asks for no confirmed mismatch for this many seconds.
+    "CLEAN_FOR": 3600.0,
+}
 DEFAULT_MODEL: dict[str, Any] = {
     "target": None,
     "phase": "capture",
@@ -69,6 +79,8 @@ class ModelConfig:
     redact_fields: tuple[str, ...]
     compare: str | None
     owner: str | None = None
+    #: Phase changes made at run time (``MirrorState``); the high part of versions.
+    generation: int = 0
 
     @property
     def capturing(self) -> bool:
@@ -76,8 +88,13 @@ class ModelConfig:
 
     @property
     def live(self) -> bool:
-        """Committed writes are applied to the target at once (phase ``mirror``)."""
-        return self.phase == "mirror"
+        """Committed writes are applied to the other store at once (``mirror``, and
+        ``promoted`` in the other direction)."""
+        return self.phase in SHADOWING_PHASES
+
+    @property
+    def promoted(self) -> bool:
+        return self.phase == "promoted"
 
     @property
     def shadowing(self) -> bool:
@@ -96,6 +113,7 @@ class MirrorSettings:
     shadow: dict[str, Any]
     relay: dict[str, Any]
     replay: dict[str, Any]
+    phases: dict[str, Any]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -118,6 +136,7 @@ def get_settings() -> MirrorSettings:
         shadow=_merged(DEFAULT_SHADOW, raw.get("SHADOW")),
         relay=_merged(DEFAULT_RELAY, raw.get("RELAY")),
         replay=_merged(DEFAULT_REPLAY, raw.get("REPLAY")),
+        phases=_merged(DEFAULT_PHASES, raw.get("PHASES")),
         models={
             label: dict(opts or {}) if isinstance(opts or {}, dict) else opts
             for label, opts in raw_models.items()
@@ -176,15 +195,57 @@ def mirrored_models() -> dict[type[models.Model], ModelConfig]:
     return result
 
 
+#: Run-time phases, ``{lower-cased label: (phase, generation)}``, kept current by
+#: ``django_mirror.phases`` (a watcher thread); empty until it first reads them.
+overrides: dict[str, tuple[str, int]] = {}
+_effective: dict[tuple[int, str, int], ModelConfig] = {}
+_watching = False
+
+
+def _current(config: ModelConfig | None) -> ModelConfig | None:
+    """``config`` with its run-time phase; an auto M2M table follows its owner's."""
+    global _watching
+    if not _watching:
+        _watching = True
+        from django_mirror import phases
+
+        phases.watch()
+    if config is None or not overrides:
+        return config
+    override = overrides.get((config.owner or config.label).lower())
+    if override is None or override == (config.phase, config.generation):
+        return config
+    key = (id(config), *override)
+    current = _effective.get(key)
+    if current is None:
+        current = replace(config, phase=override[0], generation=override[1])
+        _effective[key] = current
+    return current
+
+
 def model_config(model: type[models.Model]) -> ModelConfig | None:
     """The config of a mirrored model, or None: the one lookup on every ORM write."""
-    return mirrored_models().get(model)
+    return _current(mirrored_models().get(model))
 
 
 def config_for_label(label: str) -> ModelConfig | None:
     """Look a model up by ``app_label.ModelName`` (case-insensitive), as events name it."""
-    by_label = _configs_by_label()
-    return by_label.get(label.lower())
+    return _current(_configs_by_label().get(label.lower()))
+
+
+def configs() -> list[ModelConfig]:
+    """Every mirrored model's config in its current phase (proxies left out)."""
+    seen: dict[str, ModelConfig] = {}
+    for config in mirrored_models().values():
+        seen.setdefault(config.label, config)
+    return [c for c in map(_current, seen.values()) if c is not None]
+
+
+def database_aliases() -> set[str]:
+    """The source and every ``DATABASES`` target: where outboxes and versions may live."""
+    aliases = {source_alias()}
+    aliases |= {c.target_alias for c in mirrored_models().values() if c.target_alias}
+    return aliases
 
 
 @cache
@@ -200,6 +261,7 @@ def clear_cache() -> None:
     get_settings.cache_clear()
     mirrored_models.cache_clear()
     _configs_by_label.cache_clear()
+    _effective.clear()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

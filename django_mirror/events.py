@@ -24,8 +24,11 @@ UPSERT = "upsert"
 DELETE = "delete"
 OPS = (UPSERT, DELETE)
 
-#: Events of one outbox row are numbered ``outbox_id * VERSION_STRIDE + position``.
+#: Events of one outbox row are numbered ``outbox_id * VERSION_STRIDE + position``, on
+#: top of ``generation * GENERATION_STRIDE``: the model's count of run-time phase changes,
+#: so versions keep growing when writes move from one store (and outbox) to the other.
 VERSION_STRIDE = 100_000
+GENERATION_STRIDE = 10**16
 
 
 class EventDecodeError(ValueError):
@@ -201,9 +204,10 @@ def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> lis
         "ts": payload["ts"],
     }
     columns = payload["columns"]
+    base_version = payload.get("gen", 0) * GENERATION_STRIDE + batch_id * VERSION_STRIDE
     events = []
     for position, op in enumerate(payload["ops"]):
-        version = batch_id * VERSION_STRIDE + position
+        version = base_version + position
         event = {
             **base,
             "id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{payload['tx']}/{version}")),

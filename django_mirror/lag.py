@@ -1,8 +1,9 @@
 """Which rows the target has not caught up with yet.
 
-A row lags when a version of it was captured that the target has not applied: its
-events still wait in the outbox, or a live apply of them failed (a write mismatch
-not yet healed by replay). Shadow reads leave such rows out of a mismatch, since the
+A row lags when a version of it was captured that the other store has not applied:
+its events still wait in the outbox, or a live apply of them failed (a write mismatch
+not yet healed by replay). Before promotion the other store is the target; after,
+the old store, which replay keeps current the same way. Shadow reads leave such rows out of a mismatch, since the
 difference is expected and replay will close it.
 """
 
@@ -12,9 +13,10 @@ import json
 from collections.abc import Collection
 
 from django_mirror import conf
+from django_mirror.capture import capture_alias
 from django_mirror.events import decode_value, event_dicts, pk_text
 from django_mirror.models import MismatchRecord, OutboxBatch
-from django_mirror.targets import get_target
+from django_mirror.targets import target_for
 
 #: Outbox batches of one model looked through; past this, every row counts as lagging.
 OUTBOX_SCAN_LIMIT = 2000
@@ -25,10 +27,9 @@ def _pending_versions(
 ) -> dict[str, int] | None:
     """Newest captured, not yet applied version per row; None when too much is pending
     to tell."""
-    using = conf.source_alias()
     newest: dict[str, int] = {}
     batches = list(
-        OutboxBatch.objects.using(using)
+        OutboxBatch.objects.using(capture_alias(config))
         .filter(model=config.label)
         .order_by("id")
         .values_list("id", "payload")[: OUTBOX_SCAN_LIMIT + 1]
@@ -39,7 +40,7 @@ def _pending_versions(
         for event in event_dicts(batch_id, config.label, json.loads(payload)):
             key = pk_text(decode_value(event["pk"]))
             newest[key] = max(newest.get(key, 0), event["version"])
-    failed = MismatchRecord.objects.using(using).filter(
+    failed = MismatchRecord.objects.using(conf.source_alias()).filter(
         kind=MismatchRecord.Kind.WRITE,
         status=MismatchRecord.Status.SUSPECTED,
         model=config.label,
@@ -65,7 +66,8 @@ def unapplied(config: conf.ModelConfig, pks: Collection[str] | None = None) -> s
         newest = {k: v for k, v in newest.items() if k in pks}
     if not newest:
         return set()
-    applied = get_target(config).versions(config.label, list(newest))
+    other_store = target_for(config, capture_alias(config))
+    applied = other_store.versions(config.label, list(newest))
     lagging = {k for k, v in newest.items() if applied.get(k, (-1, False))[0] < v}
     healed = [k for k in newest if k not in lagging]
     if healed:

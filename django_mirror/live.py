@@ -20,7 +20,7 @@ from django.db import OperationalError
 
 from django_mirror import conf, reporting
 from django_mirror.events import Event, event_dicts, pk_text
-from django_mirror.targets import ApplyResult, Target, get_target
+from django_mirror.targets import ApplyResult, Target, target_for
 
 logger = logging.getLogger("django_mirror.live")
 
@@ -31,15 +31,15 @@ MAX_RECORDS_PER_FAILURE = 100
 CommittedBatch = tuple[int, str, dict[str, Any]]
 
 
-def apply_committed(batches: Sequence[CommittedBatch]) -> None:
-    """Apply the events of committed outbox batches to their models' live targets."""
+def apply_committed(origin: str, batches: Sequence[CommittedBatch]) -> None:
+    """Apply the events of batches committed on ``origin`` to the other store."""
     with reporting.guarded("live mirroring failed; replay will apply the events"):
         groups: dict[int, tuple[conf.ModelConfig, Target, list[Event]]] = {}
         for batch_id, label, payload in batches:
             config = conf.config_for_label(label)
             if config is None or not config.live:
                 continue
-            target = get_target(config)
+            target = target_for(config, origin, live=True)
             events = [Event.from_dict(e) for e in event_dicts(batch_id, label, payload)]
             groups.setdefault(id(target), (config, target, []))[2].extend(events)
         for config, target, events in groups.values():

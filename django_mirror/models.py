@@ -142,16 +142,25 @@ class MismatchRecord(models.Model):
 
 
 class MirrorState(models.Model):
-    """A run-time phase override for one model, with who set it and why."""
+    """A run-time phase override for one model, with who set it and why.
+
+    ``generation`` counts the model's phase changes; it is the high part of every event
+    version captured after the change, so a write made after a switch of stores always
+    outranks one made before it, whichever store each was made on.
+    """
 
     model = models.CharField(max_length=200, unique=True)
     phase = models.CharField(
         max_length=10,
         choices=[(p, p) for p in ("off", "capture", "mirror", "promoted")],
     )
+    generation = models.PositiveIntegerField(default=0)
     changed_at = models.DateTimeField(default=timezone.now)
     changed_by = models.CharField(max_length=150, blank=True, default="")
     reason = models.TextField(blank=True, default="")
+    forced = models.BooleanField(
+        default=False, help_text="Set despite a failed precondition (the reason says why)."
+    )
 
     def __str__(self) -> str:
         return f"{self.model}: {self.phase}"
@@ -206,3 +215,25 @@ class MetricWindow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} @ {self.minute:%Y-%m-%d %H:%M} ({self.process})"
+
+
+class VerifyRun(models.Model):
+    """One ``mirror_verify`` of one model: the evidence a move to ``mirror`` asks for."""
+
+    model = models.CharField(max_length=200)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows = models.BigIntegerField(default=0)
+    differences = models.BigIntegerField(default=0)
+    repaired = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["model", "finished_at"], name="mirror_verifyrun_model")]
+
+    def __str__(self) -> str:
+        return f"verify {self.model}: {self.differences} differences"
+
+    @property
+    def clean(self) -> bool:
+        return self.finished_at is not None and self.differences == 0

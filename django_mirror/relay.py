@@ -6,12 +6,13 @@ batches; elsewhere they may ship a batch twice, which replay's versions make har
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
 
-from django.db import close_old_connections, connections, transaction
+from django.db import DatabaseError, close_old_connections, connections, transaction
 from django.db.models import F
 
 from django_mirror import conf, reporting
@@ -104,23 +105,47 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     return result
 
 
+def outbox_aliases(using: str | None = None) -> list[str]:
+    """``[using]``, or every alias that may hold an outbox: the source, and each database
+    target, where a promoted model's writes are captured."""
+    if using is not None:
+        return [using]
+    source = conf.source_alias()
+    return [source, *sorted(a for a in conf.database_aliases() - {source} if _has_outbox(a))]
+
+
+@functools.cache
+def _has_outbox(alias: str) -> bool:
+    """A target migrated without django-mirror's tables never captures, so holds none."""
+    try:
+        with connections[alias].cursor() as cursor:
+            tables = connections[alias].introspection.table_names(cursor)
+    except DatabaseError:
+        return False
+    return OutboxBatch._meta.db_table in tables
+
+
 def drain(using: str | None = None, max_rounds: int | None = None) -> RelayResult:
-    """Ship until the outbox is empty or a round delivers nothing."""
+    """Ship until the outbox (of ``using``, else of every alias) is empty or a round
+    delivers nothing."""
     total = RelayResult()
-    rounds = 0
-    while max_rounds is None or rounds < max_rounds:
-        rounds += 1
-        result = ship_once(using)
-        total.add(result)
-        if result.batches == 0:
-            break
+    for alias in outbox_aliases(using):
+        rounds = 0
+        while max_rounds is None or rounds < max_rounds:
+            rounds += 1
+            result = ship_once(alias)
+            total.add(result)
+            if result.batches == 0:
+                break
     return total
 
 
 def backlog(using: str | None = None) -> int:
-    """Events waiting in the outbox; also reported as the ``relay.backlog`` gauge."""
-    using = using or conf.source_alias()
-    waiting = sum(OutboxBatch.objects.using(using).values_list("count", flat=True))
+    """Events waiting in the outbox (of ``using``, else of every alias); also reported as
+    the ``relay.backlog`` gauge."""
+    waiting = 0
+    for alias in outbox_aliases(using):
+        waiting += sum(OutboxBatch.objects.using(alias).values_list("count", flat=True))
     reporting.gauge("relay.backlog", waiting)
     return waiting
 

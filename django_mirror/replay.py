@@ -26,7 +26,7 @@ from django_mirror.capture import paused
 from django_mirror.events import Event, EventDecodeError
 from django_mirror.models import DeadLetter, ShardCheckpoint
 from django_mirror.streams import PositionExpired, Shard, Stream, get_stream
-from django_mirror.targets import Target, get_target
+from django_mirror.targets import Target, target_for
 
 logger = logging.getLogger("django_mirror.replay")
 
@@ -278,7 +278,7 @@ class Replayer:
                 )
                 self.stats.dead_letters += 1
                 continue
-            by_target[self._target(config)].append(event)
+            by_target[self._target(config, event.source)].append(event)
         with paused():
             for target, events in by_target.items():
                 result = target.apply(events)
@@ -298,10 +298,10 @@ class Replayer:
                     )
                     self.stats.dead_letters += 1
 
-    def _target(self, config: conf.ModelConfig) -> Target:
-        key = repr(config.target)
+    def _target(self, config: conf.ModelConfig, origin: str) -> Target:
+        key = f"{config.target!r}<-{origin}"
         if key not in self._targets:
-            self._targets[key] = get_target(config)
+            self._targets[key] = target_for(config, origin)
         return self._targets[key]
 
 
@@ -315,7 +315,7 @@ def retry_dead_letter(letter: DeadLetter) -> str | None:
     if config is None:
         return f"{event.model} is not a mirrored model here"
     with paused():
-        result = get_target(config).apply([event])
+        result = target_for(config, event.source).apply([event])
     if result.failed:
         return result.failed[0][1]
     return None

@@ -46,6 +46,8 @@ DATABASES = {
     "new": _database("TARGET_DATABASE_URL", "target"),
 }
 
+DATABASE_ROUTERS = ["django_mirror.router.MirrorRouter"]
+
 SECRET_KEY = "django-mirror-tests"
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -140,8 +140,6 @@ class ShadowRead:
         """Rows whose source version is newer than the target's do not count; a result
         not made of rows (a count, an aggregate) does not count while any row lags."""
         config = self.config
-        if self.primary != conf.source_alias():
-            return mismatch  # promoted: the old store catches up through replay too
         if mismatch.summary is None:
             lagging = lag.unapplied(config, set(mismatch.pks))
             return None if lagging is None else mismatch.without(lagging)

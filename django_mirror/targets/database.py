@@ -97,8 +97,9 @@ def _preparer(field: models.Field, connection: Any) -> Any:
 class DatabaseTarget(Target):
     """Mirror rows into the ``DATABASES`` alias ``alias``."""
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, relax_foreign_keys: bool = True) -> None:
         self.alias = alias
+        self.relaxes_foreign_keys = relax_foreign_keys
         self._specs: dict[type[models.Model], _RowSpec] = {}
 
     def describe(self) -> str:
@@ -119,6 +120,8 @@ class DatabaseTarget(Target):
         """
         conn = self.connection
         conn.ensure_connection()
+        if not self.relaxes_foreign_keys:
+            return
         if getattr(conn, "_mirror_fk_relaxed", None) is conn.connection or conn.in_atomic_block:
             return
         statement = {

@@ -6,38 +6,46 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
-from django_mirror import conf, relay
+from django_mirror import relay
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 from django_mirror.streams import StreamError
 
 
 class Command(MirrorCommand):
-    help = "Ship captured events from the source database's outbox to the stream."
+    help = (
+        "Ship captured events to the stream from the outboxes: the source's, and a database "
+        "target's once a model is promoted there."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="Drain the outbox and exit.")
-        parser.add_argument("--database", help="Alias holding the outbox (default: SOURCE).")
+        parser.add_argument(
+            "--database", help="Only this alias's outbox (default: the source and every target)."
+        )
         parser.add_argument("--batch-size", type=int, help="Outbox batches per round.")
         parser.add_argument("--interval", type=float, default=0.5, help="Idle poll seconds.")
         parser.add_argument("--dry-run", action="store_true", help="Only report the backlog.")
         self.add_json_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        using = options["database"] or conf.source_alias()
+        using = options["database"]
+        aliases = relay.outbox_aliases(using)
         if options["dry_run"]:
             backlog = relay.backlog(using)
             if options["json"]:
                 self.emit_json({"backlog": backlog})
             else:
-                self.stdout.write(f"{backlog} events waiting in the outbox of {using!r}")
+                self.stdout.write(f"{backlog} events waiting in the outbox of {', '.join(aliases)}")
             return
         stop = {"now": False}
         total = relay.RelayResult()
         failures = 0
         with stopping_on_signals(lambda: stop.update(now=True)):
             while not stop["now"]:
+                result = relay.RelayResult()
                 try:
-                    result = relay.ship_once(using, options["batch_size"])
+                    for alias in aliases:
+                        result.add(relay.ship_once(alias, options["batch_size"]))
                 except (StreamError, DatabaseError) as exc:
                     if options["once"]:
                         raise CommandError(f"relay failed: {exc}") from exc

@@ -1,0 +1,245 @@
+"""Each model's phase at run time, and the rules for changing it.
+
+Settings give every model its default phase; a ``MirrorState`` row (set from the admin
+or ``mirror_phase``) overrides it without a deploy. Each process re-reads the rows
+every ``PHASES["REFRESH"]`` seconds on a watcher thread of its own, so a change is
+seen everywhere within that time and no request ever waits on, or shares a
+transaction with, that read.
+
+A move forward must be safe: to ``mirror`` only once replay has caught up and a recent
+``mirror_verify`` found no difference; to ``promoted`` only from ``mirror`` with no
+confirmed mismatch for a while. Forcing past a failed precondition takes a reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.db import connections, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from django_mirror import conf
+
+if TYPE_CHECKING:
+    from django_mirror.models import MirrorState
+
+logger = logging.getLogger("django_mirror.phases")
+
+ORDER = {phase: rank for rank, phase in enumerate(conf.PHASES)}
+
+
+class PhaseRefused(Exception):
+    """A phase change whose preconditions do not hold (and that was not forced)."""
+
+    def __init__(self, label: str, phase: str, failed: list[Precondition]) -> None:
+        self.failed = failed
+        reasons = "; ".join(f"{p.name}: {p.detail}" for p in failed)
+        super().__init__(f"{label} cannot move to {phase!r}: {reasons}")
+
+
+@dataclass(frozen=True)
+class Precondition:
+    name: str
+    ok: bool
+    detail: str
+
+
+# --- reading the run-time phases -----------------------------------------------------------
+
+
+def refresh() -> bool:
+    """Read the overrides into ``conf.overrides`` now; False if the table could not be read."""
+    from django_mirror.models import MirrorState
+
+    try:
+        rows = MirrorState.objects.using(conf.source_alias()).values_list(
+            "model", "phase", "generation"
+        )
+        conf.overrides = {label.lower(): (phase, gen) for label, phase, gen in rows}
+    except Exception:  # not migrated yet, database away: settings keep deciding
+        logger.debug("django-mirror: could not read phase overrides", exc_info=True)
+        return False
+    return True
+
+
+class _Watcher(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="django-mirror-phases", daemon=True)
+        self.loaded = threading.Event()
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                refresh()
+            finally:
+                self.loaded.set()
+                # Between reads, hold no connection: a test database can be dropped and
+                # a server restarted without this thread in the way.
+                connections.close_all()
+            self.wake.wait(float(conf.get_settings().phases["REFRESH"]))
+            self.wake.clear()
+
+
+_watcher: _Watcher | None = None
+_watcher_lock = threading.Lock()
+
+
+def watch(wait: float = 1.0) -> None:
+    """Start this process's watcher (once) and give it ``wait`` seconds for a first read,
+    so the first write already runs in the current phase."""
+    global _watcher
+    with _watcher_lock:
+        if _watcher is not None and _watcher.is_alive():
+            return
+        _watcher = _Watcher()
+        _watcher.start()
+    _watcher.loaded.wait(wait)
+
+
+def reload() -> None:
+    """Re-read now in this process, and wake the watcher (after a change made here)."""
+    refresh()
+    if _watcher is not None:
+        _watcher.wake.set()
+
+
+# --- preconditions -------------------------------------------------------------------------
+
+
+def replay_lag_seconds() -> float | None:
+    """The largest replay lag over the shards, in seconds; None before replay ever ran."""
+    from django_mirror.models import ShardCheckpoint
+
+    lag = (
+        ShardCheckpoint.objects.using(conf.source_alias())
+        .filter(finished=False)
+        .aggregate(lag=Max("millis_behind"))["lag"]
+    )
+    if lag is None and not ShardCheckpoint.objects.using(conf.source_alias()).exists():
+        return None
+    return (lag or 0) / 1000
+
+
+def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
+    """What must hold before ``config``'s model moves to ``phase``; empty for moves back
+    (a step back is always allowed: it is how a migration is rolled back)."""
+    from django_mirror.models import MismatchRecord, VerifyRun
+
+    options = conf.get_settings().phases
+    now = timezone.now()
+    checks: list[Precondition] = []
+    if phase == "mirror" and ORDER[config.phase] < ORDER["mirror"]:
+        lag = replay_lag_seconds()
+        limit = float(options["MAX_REPLAY_LAG"])
+        checks.append(
+            Precondition(
+                "replay caught up",
+                lag is not None and lag <= limit,
+                "replay has never run"
+                if lag is None
+                else f"replay lag {lag:.1f} s (at most {limit:.0f} s)",
+            )
+        )
+        within = dt.timedelta(seconds=float(options["VERIFY_WITHIN"]))
+        last = (
+            VerifyRun.objects.using(conf.source_alias())
+            .filter(model=config.label, finished_at__isnull=False)
+            .order_by("-finished_at")
+            .first()
+        )
+        fresh = last is not None and now - last.finished_at <= within  # type: ignore[operator]
+        checks.append(
+            Precondition(
+                "clean verify",
+                fresh and last is not None and last.clean,
+                "no mirror_verify yet"
+                if last is None
+                else f"last mirror_verify {last.finished_at:%Y-%m-%d %H:%M} UTC found "
+                f"{last.differences} differences" + ("" if fresh else f" (older than {within})"),
+            )
+        )
+    if phase == "promoted":
+        checks.append(
+            Precondition("in mirror", config.phase == "mirror", f"phase is {config.phase!r}")
+        )
+        since = now - dt.timedelta(seconds=float(options["CLEAN_FOR"]))
+        confirmed = (
+            MismatchRecord.objects.using(conf.source_alias())
+            .filter(
+                model=config.label,
+                status=MismatchRecord.Status.CONFIRMED,
+                kind__in=[MismatchRecord.Kind.READ, MismatchRecord.Kind.VERIFY],
+                created_at__gte=since,
+            )
+            .count()
+        )
+        checks.append(
+            Precondition(
+                "no confirmed mismatch",
+                confirmed == 0,
+                f"{confirmed} confirmed mismatches since {since:%Y-%m-%d %H:%M} UTC",
+            )
+        )
+    return checks
+
+
+# --- changing a phase ----------------------------------------------------------------------
+
+
+def change_phase(
+    label: str, phase: str, *, by: str = "", reason: str = "", force: bool = False
+) -> MirrorState:
+    """Move a model to ``phase`` at run time, every process following within seconds.
+
+    Raises ``PhaseRefused`` when a precondition fails, unless ``force`` (which needs a
+    ``reason``). Returns the ``MirrorState`` row.
+    """
+    from django_mirror.models import MirrorState
+
+    if phase not in conf.PHASES:
+        raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(conf.PHASES)}")
+    config = conf.config_for_label(label)
+    if config is None or config.owner is not None:
+        raise LookupError(f"{label} is not a mirrored model")
+    failed = [p for p in preconditions(config, phase) if not p.ok]
+    if failed and not force:
+        raise PhaseRefused(config.label, phase, failed)
+    if force and failed and not reason.strip():
+        raise ValueError("forcing a phase change past a failed precondition needs a reason")
+    using = conf.source_alias()
+    with transaction.atomic(using=using):
+        state, created = (
+            MirrorState.objects.using(using)
+            .select_for_update()
+            .get_or_create(
+                model=config.label,
+                defaults={"phase": phase, "generation": config.generation + 1},
+            )
+        )
+        if not created:
+            MirrorState.objects.using(using).filter(pk=state.pk).update(
+                generation=F("generation") + 1
+            )
+            state.refresh_from_db(using=using, fields=["generation"])
+        state.phase = phase
+        state.changed_at = timezone.now()
+        state.changed_by = by[:150]
+        state.reason = reason
+        state.forced = bool(failed)
+        state.save(using=using)
+    logger.info(
+        "django-mirror: %s moved from %s to %s by %s%s",
+        config.label,
+        config.phase,
+        phase,
+        by or "?",
+        " (forced)" if failed else "",
+    )
+    reload()
+    return state
