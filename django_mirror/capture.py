@@ -48,11 +48,8 @@ def paused() -> Iterator[None]:
 
 
 def capture_alias(config: conf.ModelConfig) -> str:
-    """The alias whose writes are the truth for this model and so get captured: the
-    target once the model is promoted, the source before."""
-    if config.promoted and config.target_alias:
-        return config.target_alias
-    return conf.source_alias()
+    """The alias whose writes are the truth for this model and so get captured."""
+    return config.primary_alias
 
 
 def active_config(model: type[models.Model], using: str | None) -> conf.ModelConfig | None:

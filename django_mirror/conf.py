@@ -101,6 +101,21 @@ class ModelConfig:
         return self.phase in SHADOWING_PHASES and self.shadow_read_rate > 0
 
     @property
+    def primary_alias(self) -> str:
+        """The alias that holds the truth now, whose writes are captured: the target once
+        the model is promoted, the source before."""
+        if self.promoted and self.target_alias:
+            return self.target_alias
+        return source_alias()
+
+    @property
+    def other_alias(self) -> str | None:
+        """The alias that follows the primary one (None for a non-database target)."""
+        if self.promoted and self.target_alias:
+            return source_alias()
+        return self.target_alias
+
+    @property
     def target_alias(self) -> str | None:
         """The ``DATABASES`` alias rows are replayed into, when the target is one."""
         return self.target if isinstance(self.target, str) else None

@@ -69,8 +69,10 @@ class Verifier:
             raise ValueError(f"{config.label}: verify needs a DATABASES alias as target")
         self.config = config
         self.model: type[models.Model] = config.model
-        self.source = conf.source_alias()
-        self.target = config.target_alias
+        # The store holding the truth against the one following it: after promotion the
+        # target is checked against, and repairs rewrite, the old store.
+        self.source = config.primary_alias
+        self.target = config.other_alias
         self.chunk_size = chunk_size
         self.recheck_delay = recheck_delay
         self.progress = progress
@@ -258,7 +260,7 @@ class Verifier:
             )
             for difference in self.stats.differences
         ]
-        return MismatchRecord.objects.using(self.source).bulk_create(records)
+        return MismatchRecord.objects.using(conf.source_alias()).bulk_create(records)
 
     def repair(self) -> int:
         """Rewrite the differing target rows from the source, keeping replay's versions."""

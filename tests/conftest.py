@@ -27,6 +27,15 @@ BOTH = ["default", "new"]
 both_databases = pytest.mark.django_db(databases=BOTH, transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def phases_from_settings() -> Iterator[None]:
+    """Each test starts with the settings' phases: run-time overrides a previous test set
+    were flushed with its database, but this process may still hold them."""
+    conf.overrides = {}
+    yield
+    conf.overrides = {}
+
+
 _moto_calls = threading.Lock()
 
 

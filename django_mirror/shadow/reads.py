@@ -22,14 +22,6 @@ logger = logging.getLogger("django_mirror.shadow")
 ROWS, COUNT, EXISTS, AGGREGATE = "rows", "count", "exists", "aggregate"
 
 
-def stores(config: conf.ModelConfig) -> tuple[str, str | None]:
-    """(alias that answers the user, alias the read is shadowed on) in the model's phase."""
-    source = capture.capture_alias(config)
-    if config.phase == "promoted":
-        return config.target_alias or source, source
-    return source, config.target_alias
-
-
 @dataclass
 class ShadowRead:
     config: conf.ModelConfig
@@ -248,7 +240,7 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
         config = conf.model_config(queryset.model)
         if config is None or not current.samples(config):
             return None
-        primary, secondary = stores(config)
+        primary, secondary = config.primary_alias, config.other_alias
         if queryset.db != primary:
             return None
         if secondary is None:

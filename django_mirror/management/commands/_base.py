@@ -58,7 +58,7 @@ class MirrorCommand(BaseCommand):
     ) -> list[conf.ModelConfig]:
         """Configs for ``app_label.Model`` labels (all mirrored models when none given);
         ``with_m2m`` adds the auto-created many-to-many tables that travel with them."""
-        mirrored = {c.label.lower(): c for c in conf.mirrored_models().values()}
+        mirrored = {c.label.lower(): c for c in conf.configs()}  # phases as they are now
         configs = {label: c for label, c in mirrored.items() if c.owner is None}
         unknown = [label for label in labels or () if label.lower() not in configs]
         if unknown:

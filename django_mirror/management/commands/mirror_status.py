@@ -8,7 +8,14 @@ from django.db.models import Count, Sum
 
 from django_mirror import conf, relay
 from django_mirror.management.commands._base import MirrorCommand
-from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch, ShardCheckpoint
+from django_mirror.models import (
+    DeadLetter,
+    MirrorState,
+    MismatchRecord,
+    OutboxBatch,
+    ShardCheckpoint,
+    VerifyRun,
+)
 
 
 class Command(MirrorCommand):
@@ -29,13 +36,23 @@ class Command(MirrorCommand):
             self.emit_json(report)
             return
         self.stdout.write(
-            f"{'model':<32} {'phase':<9} {'target':<12} {'backlog':>8} {'dead':>6} {'mismatch':>9}"
+            f"{'model':<32} {'phase':<9} {'target':<12} {'backlog':>8} {'dead':>6} "
+            f"{'mismatch':>9}  last verify"
         )
         for row in report["models"]:
+            last = row["last_verify"]
+            verify = (
+                "never"
+                if last is None
+                else f"{last['finished_at']:%Y-%m-%d %H:%M} "
+                + ("clean" if last["clean"] else f"{last['differences']} differences")
+            )
             self.stdout.write(
                 f"{row['model']:<32} {row['phase']:<9} {str(row['target']):<12} "
-                f"{row['backlog']:>8} {row['dead_letters']:>6} {row['mismatches']:>9}"
+                f"{row['backlog']:>8} {row['dead_letters']:>6} {row['mismatches']:>9}  {verify}"
             )
+            if options["verbosity"] >= 2:
+                self.stdout.write(f"  phase from {row['phase_source']}")
         self.stdout.write(f"relay backlog: {report['backlog']} events")
         for shard in report["shards"]:
             self.stdout.write(
@@ -50,25 +67,50 @@ class Command(MirrorCommand):
                 row["model"].lower(): row["n"] for row in qs.values("model").annotate(n=Count("id"))
             }
 
-        backlog = {
-            row["model"].lower(): row["events"]
-            for row in OutboxBatch.objects.using(using)
-            .values("model")
-            .annotate(events=Sum("count"))
-        }
+        backlog: dict[str, int] = {}
+        for alias in relay.outbox_aliases():  # a promoted model's outbox is on its target
+            for row in (
+                OutboxBatch.objects.using(alias).values("model").annotate(events=Sum("count"))
+            ):
+                key = row["model"].lower()
+                backlog[key] = backlog.get(key, 0) + row["events"]
         dead = counts(DeadLetter.objects.using(using).filter(resolved_at__isnull=True))
-        mismatches = counts(MismatchRecord.objects.using(using).exclude(status="resolved"))
+        open_mismatches = MismatchRecord.objects.using(using).exclude(status="resolved")
+        by_kind: dict[str, dict[str, int]] = {}
+        for row in open_mismatches.values("model", "kind").annotate(n=Count("id")):
+            by_kind.setdefault(row["model"].lower(), {})[row["kind"]] = row["n"]
+        states = {s.model.lower(): s for s in MirrorState.objects.using(using)}
+        verified: dict[str, VerifyRun] = {}
+        for run in VerifyRun.objects.using(using).filter(finished_at__isnull=False):
+            verified.setdefault(run.model.lower(), run)  # newest first
         models = []
         for config in configs:
             key = config.label.lower()
+            state = states.get(key)
+            last = verified.get(key)
             models.append(
                 {
                     "model": config.label,
                     "phase": config.phase,
+                    "phase_source": (
+                        f"set by {state.changed_by or '?'} at {state.changed_at:%Y-%m-%d %H:%M}"
+                        + (" (forced)" if state.forced else "")
+                        if state is not None
+                        else "settings"
+                    ),
                     "target": config.target if isinstance(config.target, str) else "custom",
                     "backlog": backlog.get(key, 0),
                     "dead_letters": dead.get(key, 0),
-                    "mismatches": mismatches.get(key, 0),
+                    "mismatches": sum(by_kind.get(key, {}).values()),
+                    "mismatches_by_kind": by_kind.get(key, {}),
+                    "last_verify": None
+                    if last is None
+                    else {
+                        "finished_at": last.finished_at,
+                        "rows": last.rows,
+                        "differences": last.differences,
+                        "clean": last.clean,
+                    },
                 }
             )
         shards = list(
