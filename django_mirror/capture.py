@@ -23,7 +23,14 @@ from django.utils import timezone
 
 from django_mirror import conf, images, live, reporting
 from django_mirror.batching import chunks, keys_per_statement
-from django_mirror.events import encode_column, encode_value
+from django_mirror.events import (
+    DELETE,
+    decode_value,
+    encode_column,
+    encode_value,
+    event_dicts,
+    pk_text,
+)
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
 MAX_BATCH_EVENTS = 10_000
@@ -257,10 +264,30 @@ def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
                 if keep_ids:
                     batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
                     _transaction(using).live.append((batch_id, label, chunk))
+                    _remember_versions(using, label, batch_id, chunk)
         else:
             cursor.executemany(sql, rows)
     finally:
         cursor.close()
+
+
+def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str, Any]) -> None:
+    """Keep the versions of rows written on a store that events also flow into.
+
+    Once a model is mirrored live, events can arrive from the other store too (the
+    switch to ``promoted``, a rollback, replay catching up); a version kept beside each
+    direct write lets those late events lose to it, as on any target.
+    """
+    from django_mirror.targets import DatabaseTarget
+
+    newest: dict[str, tuple[int, bool]] = {}
+    for event in event_dicts(batch_id, label, payload):
+        newest[pk_text(decode_value(event["pk"]))] = (event["version"], event["op"] == DELETE)
+    DatabaseTarget(using, relax_foreign_keys=False).store_versions(
+        label.lower(),
+        [(key, version, deleted) for key, (version, deleted) in newest.items()],
+        replace=list(newest),
+    )
 
 
 @contextmanager

@@ -421,7 +421,7 @@ class DatabaseTarget(Target):
         # Versions before rows, in key order, as replay claims them: a concurrent replay
         # of one of these rows then either waits for this chunk or makes its version
         # insert fail (IntegrityError: the rows are retried one by one), never deadlocks.
-        self._store_versions(label, sorted((pk_text(row[pk.attname]), 0, False) for row in fresh))
+        self.store_versions(label, sorted((pk_text(row[pk.attname]), 0, False) for row in fresh))
         self._insert_rows(model, [self._params(model, row) for row in fresh])
         result.copied += len(fresh)
         result.skipped += len(rows) - len(fresh)
@@ -512,7 +512,7 @@ class DatabaseTarget(Target):
             held = self._versions(label, keys, lock=True)
             self._delete_rows(model, list(pks))
             self._insert_rows(model, [self._params(model, row) for row in rows])
-            self._store_versions(
+            self.store_versions(
                 label,
                 [(key, held.get(key, (0, False))[0], key not in live) for key in keys],
                 replace=keys,
@@ -552,13 +552,13 @@ class DatabaseTarget(Target):
     def _write_versions(
         self, label: str, events: list[Event], current: dict[str, tuple[int, bool]]
     ) -> None:
-        self._store_versions(
+        self.store_versions(
             label,
             [(e.key[1], e.version, e.op != UPSERT) for e in events],
             replace=[e.key[1] for e in events if e.key[1] in current],
         )
 
-    def _store_versions(
+    def store_versions(
         self, label: str, entries: list[tuple[str, int, bool]], replace: Sequence[str] = ()
     ) -> None:
         """Write ``(pk text, version, deleted)`` rows, first dropping those of ``replace``
