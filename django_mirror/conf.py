@@ -55,6 +55,9 @@ DEFAULT_PHASES: dict[str, Any] = {
     "VERIFY_WITHIN": 24 * 3600.0,
     # Moving to "promoted" asks for no confirmed mismatch for this many seconds.
     "CLEAN_FOR": 3600.0,
+    # Generated keys on the new primary store start this far past the highest key held
+    # anywhere: room for the old store's inserts while processes learn of the switch.
+    "KEY_GAP": 100_000,
 }
 DEFAULT_MODEL: dict[str, Any] = {
     "target": None,

@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -192,6 +192,51 @@ def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
 # --- changing a phase ----------------------------------------------------------------------
 
 
+def _key_tables(config: conf.ModelConfig) -> list[tuple[str, str]]:
+    """(table, key column) of the model and its many-to-many tables with generated keys."""
+    tables = []
+    for other in conf.mirrored_models().values():
+        if other.model is None or config.label not in (other.label, other.owner):
+            continue
+        pk = other.model._meta.pk
+        if isinstance(pk, models.AutoField):  # Big/SmallAutoField subclass it
+            tables.append((other.model._meta.db_table, pk.column))
+    return tables
+
+
+def advance_keys(config: conf.ModelConfig, to: str, previous: str) -> None:
+    """Start the new primary store's generated keys past every key either store holds,
+    plus ``PHASES["KEY_GAP"]``.
+
+    Rows reached it with their keys set (copy, replay), which PostgreSQL's sequences do
+    not notice; and processes that have not yet seen the switch keep inserting on the
+    old store for a few seconds, which the gap leaves room for.
+    """
+    gap = int(conf.get_settings().phases["KEY_GAP"])
+    for table, column in _key_tables(config):
+        highest = 0
+        for alias in (to, previous):
+            qn = connections[alias].ops.quote_name
+            with connections[alias].cursor() as cursor:
+                cursor.execute(f"SELECT MAX({qn(column)}) FROM {qn(table)}")
+                highest = max(highest, cursor.fetchone()[0] or 0)
+        start = highest + gap
+        connection = connections[to]
+        qn = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, %s), %s)", [table, column, start]
+                )
+            elif connection.vendor == "mysql":
+                cursor.execute(f"ALTER TABLE {qn(table)} AUTO_INCREMENT = {int(start) + 1}")
+            elif connection.vendor == "sqlite":
+                cursor.execute("DELETE FROM sqlite_sequence WHERE name = %s", [table])
+                cursor.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)", [table, start]
+                )
+
+
 def change_phase(
     label: str, phase: str, *, by: str = "", reason: str = "", force: bool = False
 ) -> MirrorState:
@@ -212,6 +257,9 @@ def change_phase(
         raise PhaseRefused(config.label, phase, failed)
     if force and failed and not reason.strip():
         raise ValueError("forcing a phase change past a failed precondition needs a reason")
+    new_primary = replace(config, phase=phase).primary_alias
+    if new_primary != config.primary_alias:
+        advance_keys(config, new_primary, config.primary_alias)
     using = conf.source_alias()
     with transaction.atomic(using=using):
         state, created = (

@@ -8,6 +8,7 @@ the query is ordered. A model's ``compare`` callable replaces all of this.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +52,12 @@ class Mismatch:
     @property
     def fields(self) -> list[str]:
         return sorted({name for d in self.differences for name in d.fields})
+
+    def signature(self) -> str:
+        """What two re-checks compare to tell a standing difference from a moving one."""
+        return json.dumps(
+            [[d.as_dict() for d in self.differences], self.summary], sort_keys=True, default=repr
+        )
 
     def without(self, pks: set[str]) -> Mismatch | None:
         """This mismatch minus the rows in ``pks``; None when nothing is left."""

@@ -20,6 +20,8 @@ from django_mirror.shadow.pool import get_pool
 logger = logging.getLogger("django_mirror.shadow")
 
 ROWS, COUNT, EXISTS, AGGREGATE = "rows", "count", "exists", "aggregate"
+#: Re-checks of one difference before it is given up as a row too busy to compare.
+MAX_RECHECKS = 4
 
 
 @dataclass
@@ -36,6 +38,8 @@ class ShadowRead:
     ordered: bool = False
     queued: float = 0.0
     source: compare.Result = field(default_factory=compare.Result)
+    rechecks: int = 0
+    last_seen: str | None = None
 
     @property
     def label(self) -> str:
@@ -106,7 +110,12 @@ class ShadowRead:
             get_pool().later(delay, self.recheck)
 
     def recheck(self) -> None:
-        """Both stores again: a difference that went away was a race with a write."""
+        """Both stores again: a difference that went away was a race with a write.
+
+        The two stores are read one after the other, so a write landing in between can
+        still show as a difference; it is confirmed only when two re-checks in a row see
+        the very same one, as a real divergence does and a busy row does not.
+        """
         with reporting.guarded("a shadow read re-check failed"):
             try:
                 source = compare.normalise(self.config, self.run_on(self.primary), self.ordered)
@@ -124,6 +133,17 @@ class ShadowRead:
                 if mismatch is None:
                     reporting.incr(self.metric("lagging"), 1, self.label)
                     return
+            seen = mismatch.signature()
+            if seen != self.last_seen:
+                self.last_seen = seen
+                self.rechecks += 1
+                if self.rechecks < MAX_RECHECKS:
+                    get_pool().later(
+                        float(conf.get_settings().shadow["RECHECK_DELAY"]), self.recheck
+                    )
+                else:
+                    reporting.incr(self.metric("unsettled"), 1, self.label)
+                return
             reporting.incr(self.metric("mismatch"), 1, self.label)
             if not self.control:
                 self.confirm(mismatch, source, target)
