@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from django_mirror import conf
 from django_mirror.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
 from django_mirror.events import pk_text
-from django_mirror.models import DeadLetter, MirrorState, MismatchRecord, OutboxBatch
+from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
 from django_mirror.verify import Verifier
 
 
@@ -366,17 +366,6 @@ class MismatchRecordAdmin(admin.ModelAdmin):
         return None
 
 
-@admin.register(MirrorState)
-class MirrorStateAdmin(admin.ModelAdmin):
-    list_display = ("model", "phase", "changed_at", "changed_by")
-    readonly_fields = ("changed_at", "changed_by")
-
-    def save_model(self, request: HttpRequest, obj: MirrorState, form: Any, change: bool) -> None:
-        obj.changed_by = request.user.get_username()
-        obj.changed_at = timezone.now()
-        super().save_model(request, obj, form, change)
-
-
 @admin.register(OutboxBatch)
 class OutboxBatchAdmin(admin.ModelAdmin):
     list_display = ("id", "created_at", "model", "count", "attempts")
@@ -392,3 +381,7 @@ class OutboxBatchAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deleting a batch would lose its events
+
+
+# The phase controls live in their own module; importing it registers them.
+from django_mirror import admin_phases  # noqa: E402, F401
