@@ -223,7 +223,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_mirror.E015",
             )
         )
-    errors += _check_shadow(mirror.shadow)
+    errors += _check_options("SHADOW", mirror.shadow, SHADOW_OPTIONS, "django_mirror.E016")
+    errors += _check_options("PHASES", mirror.phases, PHASES_OPTIONS, "django_mirror.E017")
     for label, opts in mirror.models.items():
         errors += _check_model(label, opts, mirror.source)
     return errors
@@ -240,29 +241,74 @@ SHADOW_OPTIONS: dict[str, tuple[type, float, float]] = {
 }
 
 
-def _check_shadow(shadow: dict[str, Any]) -> list[Any]:
+#: PHASES option -> (type, smallest allowed value, largest allowed value).
+PHASES_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "REFRESH": (float, 0.1, 5.0),
+    "MAX_REPLAY_LAG": (float, 0.0, float("inf")),
+    "VERIFY_WITHIN": (float, 0.0, float("inf")),
+    "CLEAN_FOR": (float, 0.0, float("inf")),
+    "KEY_GAP": (int, 0, 2**31),
+}
+
+
+def _check_options(
+    name: str, given: dict[str, Any], known: dict[str, tuple[type, float, float]], check_id: str
+) -> list[Any]:
+    """A dict of numeric options: every key known, every value a number in range."""
     errors: list[Any] = []
-    for key, value in shadow.items():
-        if key not in SHADOW_OPTIONS:
+    for key, value in given.items():
+        if key not in known:
             errors.append(
                 Error(
-                    f"DJANGO_MIRROR['SHADOW'] has unknown option {key!r}.",
-                    hint=f"Known options: {', '.join(SHADOW_OPTIONS)}.",
-                    id="django_mirror.E016",
+                    f"DJANGO_MIRROR[{name!r}] has unknown option {key!r}.",
+                    hint=f"Known options: {', '.join(known)}.",
+                    id=check_id,
                 )
             )
             continue
-        kind, low, high = SHADOW_OPTIONS[key]
+        kind, low, high = known[key]
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
             errors.append(
                 Error(
-                    f"DJANGO_MIRROR['SHADOW'][{key!r}] is {value!r}.",
+                    f"DJANGO_MIRROR[{name!r}][{key!r}] is {value!r}.",
                     hint=f"Use {'an integer' if kind is int else 'a number'} from {low} to {high}.",
-                    id="django_mirror.E016",
+                    id=check_id,
                 )
             )
     return errors
+
+
+ROUTER = "django_mirror.router.MirrorRouter"
+
+
+@register(Tags.models, "django_mirror")
+def check_router(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Promotion routes a model to its target; without the router it cannot happen."""
+    if ROUTER in getattr(settings, "DATABASE_ROUTERS", []):
+        return []
+    movable = sorted({c.label for c in conf.mirrored_models().values() if c.target_alias})
+    if not movable:
+        return []
+    promoted = [c.label for c in conf.mirrored_models().values() if c.phase == "promoted"]
+    if promoted:
+        return [
+            Error(
+                f"{', '.join(sorted(set(promoted)))} are promoted in the settings, but {ROUTER} "
+                "is not in DATABASE_ROUTERS: their writes would go to the old store "
+                "uncaptured.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS.",
+                id="django_mirror.E018",
+            )
+        ]
+    return [
+        Warning(
+            f"{ROUTER} is not in DATABASE_ROUTERS: promoting {', '.join(movable)} will be "
+            "refused, and migrate --database=<target> creates every table there.",
+            hint=f"Add {ROUTER!r} to DATABASE_ROUTERS before step 6 of the runbook.",
+            id="django_mirror.W004",
+        )
+    ]
 
 
 @register(Tags.models, "django_mirror")

@@ -168,6 +168,18 @@ def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
         checks.append(
             Precondition("in mirror", config.phase == "mirror", f"phase is {config.phase!r}")
         )
+        from django.conf import settings
+
+        routed = "django_mirror.router.MirrorRouter" in getattr(settings, "DATABASE_ROUTERS", [])
+        checks.append(
+            Precondition(
+                "router installed",
+                routed and config.target_alias is not None,
+                "MirrorRouter in DATABASE_ROUTERS"
+                if routed
+                else "add django_mirror.router.MirrorRouter to DATABASE_ROUTERS",
+            )
+        )
         since = now - dt.timedelta(seconds=float(options["CLEAN_FOR"]))
         confirmed = (
             MismatchRecord.objects.using(conf.source_alias())

@@ -140,6 +140,10 @@ def test_a_full_configuration_passes():
         (config(lambda c: c.__setitem__("SHADOW", {"QUEUE_SIZE": 1.5})), ["django_mirror.E016"]),
         (config(lambda c: c.__setitem__("SHADOW", {"TIMEOUT": "2s"})), ["django_mirror.E016"]),
         (config(lambda c: c.__setitem__("SHADOW", {"CONTROL_RATE": 2})), ["django_mirror.E016"]),
+        # E017: a PHASES option unknown or out of range
+        (config(lambda c: c.__setitem__("PHASES", {"REFRESH": 30})), ["django_mirror.E017"]),
+        (config(lambda c: c.__setitem__("PHASES", {"KEY_GAP": -1})), ["django_mirror.E017"]),
+        (config(lambda c: c.__setitem__("PHASES", {"LAG": 1})), ["django_mirror.E017"]),
         # W001: an explicit through model that is not mirrored
         (config(lambda c: c["MODELS"].pop("testapp.ShelfBook")), ["django_mirror.W001"]),
         # W002: nothing configured at all
@@ -203,3 +207,16 @@ def test_a_sampled_model_without_the_middleware_is_warned_about():
     assert message.id == "django_mirror.W003" and "testapp.Author" in message.msg
     with override_settings(DJANGO_MIRROR=config(), MIDDLEWARE=[]):
         assert check_middleware() == []  # nothing sampled, nothing to warn about
+
+
+def test_promotion_without_the_router_is_an_error_and_its_absence_a_warning():
+    from django_mirror.checks import check_router
+
+    assert check_router() == []  # the test settings install it
+    with override_settings(DATABASE_ROUTERS=[]):
+        (warning,) = check_router()
+        assert warning.id == "django_mirror.W004" and "testapp.Author" in warning.msg
+        promoted = config(model("testapp.Author", phase="promoted"))
+        with override_settings(DJANGO_MIRROR=promoted):
+            (error,) = check_router()
+    assert error.id == "django_mirror.E018" and "testapp.Author" in error.msg
