@@ -288,9 +288,11 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         from django_mirror import capture
 
         capture.connect_signals()
+        from django_mirror import targets
         from django_mirror.streams import get_stream
 
         get_stream.cache_clear()
+        targets.clear_cache()
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.conf")

@@ -67,12 +67,12 @@ def _lock_conflict(exc: Exception) -> bool:
 def _apply_retrying(target: Target, events: list[Event]) -> ApplyResult:
     for attempt in range(1, ATTEMPTS):
         try:
-            return target.apply(events)
+            return target.apply_live(events)
         except OperationalError as exc:
             if not _lock_conflict(exc):
                 raise
             time.sleep(random.uniform(0, 0.01 * 2**attempt))
-    return target.apply(events)
+    return target.apply_live(events)
 
 
 def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> None:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from django_mirror.aws import AwsClient
 from django_mirror.streams.base import Batch, PositionExpired, Record, Shard, Stream, StreamError
 
 logger = logging.getLogger("django_mirror.streams")
@@ -50,35 +46,25 @@ class KinesisStream(Stream):
         self.endpoint_url = endpoint_url
         self.shard_count = shard_count
         self.max_attempts = max_attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._config = Config(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries={"max_attempts": 1, "mode": "standard"},
+        self.aws = AwsClient(
+            "kinesis",
+            region_name,
+            endpoint_url,
+            max_attempts,
+            base_delay,
+            max_delay,
+            connect_timeout,
+            read_timeout,
+            client_kwargs,
         )
-        self._client_kwargs = client_kwargs or {}
-        self._client: Any = None
-        self._lock = threading.Lock()
 
     @property
     def client(self) -> Any:
         """The boto3 client (created once; boto3 clients are thread-safe)."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = boto3.session.Session().client(
-                        "kinesis",
-                        region_name=self.region_name,
-                        endpoint_url=self.endpoint_url,
-                        config=self._config,
-                        **self._client_kwargs,
-                    )
-        return self._client
+        return self.aws.client
 
     def _sleep(self, attempt: int) -> None:
-        """Full-jitter exponential backoff."""
-        time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
+        self.aws.sleep(attempt)
 
     def create(self) -> bool:
         try:

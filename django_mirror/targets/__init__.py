@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 from django.utils.module_loading import import_string
@@ -9,10 +10,12 @@ from django.utils.module_loading import import_string
 from django_mirror import conf
 from django_mirror.targets.base import ApplyResult, Target, latest_per_row
 from django_mirror.targets.database import DatabaseTarget
+from django_mirror.targets.dynamodb import DynamoDBTarget
 
 __all__ = [
     "ApplyResult",
     "DatabaseTarget",
+    "DynamoDBTarget",
     "Target",
     "get_target",
     "latest_per_row",
@@ -25,13 +28,19 @@ def _target(spec: str, live: bool = False) -> Target:
     return DatabaseTarget(spec, relax_foreign_keys=not live)
 
 
+@cache
+def _backend(spec: str) -> Target:
+    options = json.loads(spec)
+    backend = import_string(options["BACKEND"])
+    return backend(**options.get("OPTIONS", {}))  # type: ignore[no-any-return]
+
+
 def get_target(config: conf.ModelConfig) -> Target:
-    """The target a model's config names: a ``DATABASES`` alias or a backend dict."""
+    """The target a model's config names: a ``DATABASES`` alias or a backend dict (one
+    instance per distinct dict, so its clients and connections are reused)."""
     if isinstance(config.target, str):
         return _target(config.target)
-    spec = dict(config.target or {})
-    backend = import_string(spec["BACKEND"])
-    return backend(**spec.get("OPTIONS", {}))
+    return _backend(json.dumps(config.target or {}, sort_keys=True, default=str))
 
 
 def target_for(config: conf.ModelConfig, origin: str, live: bool = False) -> Target:
@@ -47,3 +56,9 @@ def target_for(config: conf.ModelConfig, origin: str, live: bool = False) -> Tar
     if live and config.target_alias is not None:
         return _target(config.target_alias, live)
     return get_target(config)
+
+
+def clear_cache() -> None:
+    """Forget target instances (settings changed: endpoints, aliases, options)."""
+    _target.cache_clear()
+    _backend.cache_clear()

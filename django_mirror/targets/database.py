@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +156,26 @@ class DatabaseTarget(Target):
             for key, version, deleted in qs.values_list("pk_value", "version", "deleted"):
                 found[key] = (version, deleted)
         return found
+
+    def fetch(self, model: type[models.Model], pks: Sequence[Any]) -> dict[str, dict[str, Any]]:
+        attnames = [f.attname for f in model._meta.concrete_fields]
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(list(pks), keys_per_statement(self.alias)):
+            qs = models.QuerySet(model=model, using=self.alias).filter(pk__in=chunk)
+            for row in qs.values(*attnames):
+                found[pk_text(row[model._meta.pk.attname])] = row
+        return found
+
+    def scan(
+        self, model: type[models.Model], segment: int = 0, segments: int = 1
+    ) -> Iterator[dict[str, Any]]:
+        """In key order; a database is read by key ranges (``mirror_verify``), not in
+        segments."""
+        if segments != 1:
+            raise ValueError("a database target scans in key order only (segments=1)")
+        attnames = [f.attname for f in model._meta.concrete_fields]
+        qs = models.QuerySet(model=model, using=self.alias).order_by("pk").values(*attnames)
+        yield from qs.iterator(chunk_size=2000)
 
     # --- writing ------------------------------------------------------------------------
 

@@ -1,0 +1,424 @@
+"""``DynamoDBTarget``: one DynamoDB table per model, items keyed by the row's primary key.
+
+Each item carries the row's columns (typed as below), its version ``_v`` and, for a
+delete, ``_deleted`` with a ``_ttl`` that lets DynamoDB expire the tombstone once the
+stream can no longer replay anything older. Reads hide tombstones.
+
+Replay reads the versions a batch touches (``BatchGetItem``) and writes only newer
+events (``BatchWriteItem``, 25 items a call, unprocessed items retried). Versions
+arrive in order per row (one row, one shard, one replay consumer); a live apply racing
+a replay batch can leave a row at an older version for a moment, and the newer event
+that follows it in the stream puts it right. Copy and live mirroring, which race
+replay across rows, write one item at a time under a condition on ``_v`` instead.
+
+Types: ``None`` is NULL; ``bool`` BOOL; ``int``, ``Decimal`` (exact; read back at the
+field's decimal places) and finite ``float`` are N; durations N (microseconds);
+datetimes ISO-8601 in UTC, dates, times, UUIDs and text S; bytes B; JSON a map or
+list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.apps import apps
+from django.db import models
+from django.utils import timezone
+
+from django_mirror.aws import AwsClient
+from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
+from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
+
+#: DynamoDB's limits.
+MAX_ITEM_BYTES = 400 * 1024
+MAX_BATCH_WRITE = 25
+MAX_BATCH_GET = 100
+TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+#: Attributes django-mirror keeps beside the columns.
+VERSION, DELETED, TTL = "_v", "_deleted", "_ttl"
+RETRYABLE = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+}
+
+
+class ItemTooLarge(ValueError):
+    """An item over DynamoDB's 400 KB: it goes to the dead-letter table, not the table."""
+
+
+def _number(value: Decimal | int | float) -> dict[str, str]:
+    return {"N": str(value) if not isinstance(value, float) else repr(value)}
+
+
+def to_attribute(value: Any) -> dict[str, Any]:
+    """A Python value of a model field as a DynamoDB attribute value."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | Decimal):
+        return _number(value)
+    if isinstance(value, float):
+        return _number(value) if math.isfinite(value) else {"S": repr(value)}
+    if isinstance(value, dt.datetime):
+        if timezone.is_aware(value):
+            value = value.astimezone(dt.UTC)
+        return {"S": value.isoformat()}
+    if isinstance(value, dt.date | dt.time | uuid.UUID):
+        return {"S": value.isoformat() if not isinstance(value, uuid.UUID) else str(value)}
+    if isinstance(value, dt.timedelta):
+        return {"N": str(value // dt.timedelta(microseconds=1))}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"B": bytes(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    raise TypeError(f"no DynamoDB type for {type(value).__name__}")
+
+
+def json_attribute(value: Any) -> dict[str, Any]:
+    """A JSON document as a map or list, all the way down."""
+    if isinstance(value, dict):
+        return {"M": {str(k): json_attribute(v) for k, v in value.items()}}
+    if isinstance(value, list):
+        return {"L": [json_attribute(v) for v in value]}
+    return to_attribute(value)
+
+
+def json_value(attribute: dict[str, Any]) -> Any:
+    ((kind, raw),) = attribute.items()
+    if kind == "M":
+        return {k: json_value(v) for k, v in raw.items()}
+    if kind == "L":
+        return [json_value(v) for v in raw]
+    if kind == "N":
+        return float(raw) if any(c in raw for c in ".eE") else int(raw)
+    if kind == "NULL":
+        return None
+    return raw
+
+
+def from_attribute(field: models.Field, attribute: dict[str, Any]) -> Any:
+    """The attribute back as the field's Python value."""
+    if isinstance(field, models.JSONField):
+        return json_value(attribute)
+    ((kind, raw),) = attribute.items()
+    if kind == "NULL":
+        return None
+    if kind in ("BOOL", "B"):
+        return bytes(raw) if kind == "B" else raw
+    if isinstance(field, models.DecimalField):
+        places = Decimal(10) ** -(field.decimal_places or 0)
+        return Decimal(raw).quantize(places)
+    if isinstance(field, models.FloatField):
+        return float(raw)
+    if isinstance(field, models.DurationField):
+        return dt.timedelta(microseconds=int(raw))
+    if isinstance(field, models.DateTimeField):
+        return dt.datetime.fromisoformat(raw)
+    if isinstance(field, models.DateField):
+        return dt.date.fromisoformat(raw)
+    if isinstance(field, models.TimeField):
+        return dt.time.fromisoformat(raw)
+    if kind == "N":
+        return int(raw)
+    return field.to_python(raw)
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """DynamoDB's measure of an item: attribute names plus values, near enough."""
+    return len(json.dumps(item, default=lambda b: "x" * len(b)).encode())
+
+
+class DynamoDBTarget(Target):
+    """Mirror rows into DynamoDB, one table per model.
+
+    ``table_name`` may use ``{app_label}`` and ``{model_name}``; ``key_attribute`` names
+    the partition key (a string: the primary key's text). ``tombstone_ttl`` should
+    exceed the stream's retention.
+    """
+
+    def __init__(
+        self,
+        table_name: str = "{app_label}_{model_name}",
+        key_attribute: str = "pk",
+        region_name: str = "us-east-1",
+        endpoint_url: str | None = None,
+        tombstone_ttl: float = 8 * 24 * 3600,
+        threads: int = 8,
+        **client_options: Any,
+    ) -> None:
+        self.table_name = table_name
+        self.key = key_attribute
+        self.tombstone_ttl = tombstone_ttl
+        self.threads = threads
+        self.aws = AwsClient(
+            "dynamodb",
+            region_name,
+            endpoint_url,
+            max_pool_connections=max(10, threads * 2),
+            **client_options,
+        )
+
+    def describe(self) -> str:
+        return f"DynamoDB table {self.table_name!r}"
+
+    @property
+    def client(self) -> Any:
+        return self.aws.client
+
+    def table(self, model: type[models.Model] | str) -> str:
+        """The model's table name, checked against DynamoDB's naming rules."""
+        opts = (apps.get_model(model) if isinstance(model, str) else model)._meta
+        name = self.table_name.format(app_label=opts.app_label, model_name=opts.model_name)
+        if not TABLE_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid DynamoDB table name")
+        return name
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def setup(self, models_: Sequence[type[models.Model]]) -> list[str]:
+        """Create missing tables (on-demand billing) with TTL on the tombstones."""
+        created = []
+        for model in models_:
+            name = self.table(model)
+            try:
+                self.client.describe_table(TableName=name)
+                continue
+            except self.client.exceptions.ResourceNotFoundException:
+                pass
+            self.client.create_table(
+                TableName=name,
+                AttributeDefinitions=[{"AttributeName": self.key, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": self.key, "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            self.client.get_waiter("table_exists").wait(TableName=name)
+            self.client.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL},
+            )
+            created.append(name)
+        return created
+
+    # --- items ------------------------------------------------------------------------------
+
+    def _item(self, model: type[models.Model], event: Event) -> dict[str, Any]:
+        item: dict[str, Any] = {self.key: {"S": event.key[1]}, VERSION: {"N": str(event.version)}}
+        if event.op != UPSERT:
+            expires = int(time.time() + self.tombstone_ttl)
+            item.update({DELETED: {"BOOL": True}, TTL: {"N": str(expires)}})
+            return item
+        values = decode_row(model, event.row or {})
+        return self._with_columns(model, item, values)
+
+    def _with_columns(
+        self, model: type[models.Model], item: dict[str, Any], values: dict[str, Any]
+    ) -> dict[str, Any]:
+        for field in model._meta.concrete_fields:
+            if field.attname in values:
+                value = values[field.attname]
+                item[field.column] = (
+                    json_attribute(value)
+                    if isinstance(field, models.JSONField)
+                    else to_attribute(value)
+                )
+        size = item_size(item)
+        if size > MAX_ITEM_BYTES:
+            raise ItemTooLarge(
+                f"item of about {size} bytes exceeds DynamoDB's {MAX_ITEM_BYTES}-byte limit"
+            )
+        return item
+
+    def _row(self, model: type[models.Model], item: dict[str, Any]) -> dict[str, Any] | None:
+        if DELETED in item:
+            return None
+        return {
+            f.attname: from_attribute(f, item[f.column])
+            for f in model._meta.concrete_fields
+            if f.column in item
+        }
+
+    # --- calls with retries ---------------------------------------------------------------
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """A client call; throttling and transient faults are retried with backoff."""
+        for attempt in range(self.aws.max_attempts - 1):
+            try:
+                return getattr(self.client, method)(**kwargs)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code", "") not in RETRYABLE:
+                    raise
+            except BotoCoreError:
+                pass
+            self.aws.sleep(attempt)
+        return getattr(self.client, method)(**kwargs)
+
+    def _batch_get(self, table: str, keys: Sequence[str], projection: bool) -> list[dict]:
+        """Items by key, ``UnprocessedKeys`` asked again with backoff."""
+        found: list[dict] = []
+        for start in range(0, len(keys), MAX_BATCH_GET):
+            request: dict[str, Any] = {
+                "Keys": [
+                    {self.key: {"S": k}} for k in dict.fromkeys(keys[start : start + MAX_BATCH_GET])
+                ],
+                "ConsistentRead": True,
+            }
+            if projection:
+                request["ProjectionExpression"] = "#k, #v, #d"
+                request["ExpressionAttributeNames"] = {"#k": self.key, "#v": VERSION, "#d": DELETED}
+            pending = {table: request}
+            attempt = 0
+            while pending:
+                response = self._call("batch_get_item", RequestItems=pending)
+                found.extend(response.get("Responses", {}).get(table, []))
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    self.aws.sleep(attempt)
+                    attempt += 1
+        return found
+
+    def _batch_write(self, table: str, items: list[dict[str, Any]]) -> None:
+        """Put items 25 a call; what DynamoDB leaves unprocessed is sent again."""
+        for start in range(0, len(items), MAX_BATCH_WRITE):
+            pending = {
+                table: [{"PutRequest": {"Item": i}} for i in items[start : start + MAX_BATCH_WRITE]]
+            }
+            attempt = 0
+            while pending:
+                response = self._call("batch_write_item", RequestItems=pending)
+                pending = response.get("UnprocessedItems") or {}
+                if pending:
+                    if attempt + 1 >= self.aws.max_attempts * 4:
+                        raise RuntimeError(f"DynamoDB left items of {table} unprocessed")
+                    self.aws.sleep(min(attempt, 6))
+                    attempt += 1
+
+    def _put_if(self, table: str, item: dict[str, Any], newer: bool) -> bool:
+        """One conditional put: only where the key is absent, or (``newer``) where the
+        item held is older. False when the condition failed: the target knew better."""
+        condition = "attribute_not_exists(#k)"
+        extra: dict[str, Any] = {"ExpressionAttributeNames": {"#k": self.key}}
+        if newer:
+            condition += " OR #v < :v"
+            extra["ExpressionAttributeNames"]["#v"] = VERSION
+            extra["ExpressionAttributeValues"] = {":v": item[VERSION]}
+        try:
+            self._call(
+                "put_item", TableName=table, Item=item, ConditionExpression=condition, **extra
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # --- Target -----------------------------------------------------------------------------
+
+    def versions(self, model_label: str, pks: Sequence[Any]) -> dict[str, tuple[int, bool]]:
+        table = self.table(model_label)
+        return {
+            item[self.key]["S"]: (int(item[VERSION]["N"]), DELETED in item)
+            for item in self._batch_get(table, [pk_text(pk) for pk in pks], projection=True)
+            if VERSION in item
+        }
+
+    def apply(self, events: Sequence[Event]) -> ApplyResult:
+        latest = latest_per_row(events)
+        result = ApplyResult(stale=len(events) - len(latest))
+        by_model: dict[str, list[Event]] = {}
+        for event in latest:
+            by_model.setdefault(event.model, []).append(event)
+        for label, model_events in by_model.items():
+            try:
+                model = apps.get_model(label)
+                table = self.table(model)
+                held = self.versions(label, [e.pk for e in model_events])
+            except (LookupError, ValueError) as exc:
+                result.failed += [(e, str(exc)) for e in model_events]
+                continue
+            items = []
+            for event in model_events:
+                if held.get(event.key[1], (-1, False))[0] >= event.version:
+                    result.stale += 1
+                    continue
+                try:
+                    items.append(self._item(model, event))
+                except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
+                    result.failed.append((event, f"{type(exc).__name__}: {exc}"))
+            self._batch_write(table, items)
+            result.count(model._meta.label, len(items))
+        return result
+
+    def apply_live(self, events: Sequence[Event]) -> ApplyResult:
+        """Each event in its own conditional put: for writers racing replay (live)."""
+        latest = latest_per_row(events)
+        result = ApplyResult(stale=len(events) - len(latest))
+        for event in latest:
+            model = apps.get_model(event.model)
+            try:
+                item = self._item(model, event)
+            except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
+                result.failed.append((event, f"{type(exc).__name__}: {exc}"))
+                continue
+            if self._put_if(self.table(model), item, newer=True):
+                result.count(model._meta.label, 1)
+            else:
+                result.stale += 1
+        return result
+
+    def copy(self, model: type[models.Model], rows: Sequence[dict[str, Any]]) -> CopyResult:
+        """Insert-if-absent, one conditional put per row (in parallel): an item replay
+        wrote, or a tombstone, is never overwritten."""
+        table = self.table(model)
+        pk = model._meta.pk
+        result = CopyResult()
+
+        def put(row: dict[str, Any]) -> bool:
+            item = {self.key: {"S": pk_text(row[pk.attname])}, VERSION: {"N": "0"}}
+            return self._put_if(table, self._with_columns(model, item, row), newer=False)
+
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for copied in pool.map(put, rows):
+                if copied:
+                    result.copied += 1
+                else:
+                    result.skipped += 1
+        return result
+
+    def fetch(self, model: type[models.Model], pks: Sequence[Any]) -> dict[str, dict[str, Any]]:
+        items = self._batch_get(self.table(model), [pk_text(pk) for pk in pks], projection=False)
+        rows = {item[self.key]["S"]: self._row(model, item) for item in items}
+        return {key: row for key, row in rows.items() if row is not None}
+
+    def scan(
+        self, model: type[models.Model], segment: int = 0, segments: int = 1
+    ) -> Iterator[dict[str, Any]]:
+        """One of ``segments`` parallel Scan segments, consistent reads, tombstones hidden."""
+        request: dict[str, Any] = {
+            "TableName": self.table(model),
+            "ConsistentRead": True,
+            "Segment": segment,
+            "TotalSegments": segments,
+        }
+        while True:
+            page = self._call("scan", **request)
+            for item in page.get("Items", []):
+                row = self._row(model, item)
+                if row is not None:
+                    yield row
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
