@@ -60,7 +60,18 @@ class ItemTooLarge(ValueError):
 
 
 def _number(value: Decimal | int | float) -> dict[str, str]:
-    return {"N": str(value) if not isinstance(value, float) else repr(value)}
+    """N where DynamoDB can hold the number exactly (38 digits, 1E-130 to 1E+126),
+    else its text, which the field reads back the same."""
+    text = repr(value) if isinstance(value, float) else str(value)
+    exact = Decimal(text)
+    fits = exact.is_finite() and (
+        exact == 0
+        or (
+            len(exact.normalize().as_tuple().digits) <= 38
+            and Decimal("1E-130") <= abs(exact) < Decimal("1E+126")
+        )
+    )
+    return {"N": text} if fits else {"S": text}
 
 
 def to_attribute(value: Any) -> dict[str, Any]:
@@ -237,9 +248,7 @@ class DynamoDBTarget(Target):
                 )
         size = item_size(item)
         if size > MAX_ITEM_BYTES:
-            raise ItemTooLarge(
-                f"item of about {size} bytes exceeds DynamoDB's {MAX_ITEM_BYTES}-byte limit"
-            )
+            raise ItemTooLarge(f"item of about {size} bytes exceeds DynamoDB's 400 KB item limit")
         return item
 
     def _row(self, model: type[models.Model], item: dict[str, Any]) -> dict[str, Any] | None:
