@@ -19,9 +19,10 @@ from django.db import connections, models
 
 from django_mirror import conf
 from django_mirror.capture import paused
-from django_mirror.diff import Difference, compare_rows, redacted_row
+from django_mirror.diff import EXTRA, Difference, compare_rows, redacted_row
 from django_mirror.events import encode_column, pk_text
 from django_mirror.models import MismatchRecord
+from django_mirror.targets import get_target
 
 
 @dataclass
@@ -64,15 +65,19 @@ class Verifier:
         chunk_size: int = 1000,
         recheck_delay: float = 5.0,
         progress: Callable[[VerifyStats], None] | None = None,
+        segments: int = 4,
     ) -> None:
-        if config.model is None or config.target_alias is None:
-            raise ValueError(f"{config.label}: verify needs a DATABASES alias as target")
+        if config.model is None:
+            raise ValueError(f"{config.label}: verify needs a model")
         self.config = config
         self.model: type[models.Model] = config.model
         # The store holding the truth against the one following it: after promotion the
         # target is checked against, and repairs rewrite, the old store.
         self.source = config.primary_alias
         self.target = config.other_alias
+        #: A target that is not a database: read by key, and scanned in ``segments``.
+        self.store = get_target(config) if self.target is None else None
+        self.segments = segments
         self.chunk_size = chunk_size
         self.recheck_delay = recheck_delay
         self.progress = progress
@@ -86,6 +91,8 @@ class Verifier:
     # --- checksums ----------------------------------------------------------------------
 
     def _method(self) -> str:
+        if self.target is None:
+            return "fetch"
         source, target = connections[self.source].vendor, connections[self.target].vendor
         return source if source == target and source in ("postgresql", "mysql") else "python"
 
@@ -134,7 +141,10 @@ class Verifier:
         qs = self._range(models.QuerySet(model=self.model, using=alias), low, high)
         return self._encode(qs)
 
-    def _rows_by_pk(self, alias: str, pks: list[Any]) -> dict[str, list[Any]]:
+    def _rows_by_pk(self, alias: str | None, pks: list[Any]) -> dict[str, list[Any]]:
+        """Rows by key from a database alias, or (None) from the non-database target."""
+        if alias is None:
+            return self._fetched(pks)
         rows: dict[str, list[Any]] = {}
         for start in range(0, len(pks), 500):
             chunk = pks[start : start + 500]
@@ -142,6 +152,14 @@ class Verifier:
                 self._encode(models.QuerySet(model=self.model, using=alias).filter(pk__in=chunk))
             )
         return rows
+
+    def _fetched(self, pks: list[Any]) -> dict[str, list[Any]]:
+        assert self.store is not None
+        found = self.store.fetch(self.model, pks)
+        return {
+            key: [encode_column(f, row.get(f.attname)) for f in self.fields]
+            for key, row in found.items()
+        }
 
     def _encode(self, qs: models.QuerySet) -> dict[str, list[Any]]:
         attnames = [f.attname for f in self.fields]
@@ -180,6 +198,8 @@ class Verifier:
         )
 
     def run(self) -> VerifyStats:
+        if self.store is not None:
+            return self._run_by_key()
         suspected: list[Difference] = []
         # The target's checksum of a range is computed while the source's is: one
         # worker thread, with its own connection, closed at the end.
@@ -198,6 +218,64 @@ class Verifier:
             time.sleep(self.recheck_delay)
         self.stats.differences = self.recheck(suspected)
         return self.stats
+
+    def _run_by_key(self) -> VerifyStats:
+        """A target that is not a database: each range of source rows against the same
+        keys fetched from it, then its rows scanned in parallel segments for keys the
+        source lacks (where the store can be scanned)."""
+        suspected: list[Difference] = []
+        for low, high, count in self._ranges():
+            self.stats.chunks += 1
+            self.stats.rows += count
+            source_rows = self._rows(self.source, low, high)
+            pks = [self.model._meta.pk.to_python(key) for key in source_rows]
+            differences = self._compare(source_rows, self._fetched(pks) if pks else {})
+            self.stats.chunks_differing += bool(differences)
+            suspected += differences
+            if self.progress:
+                self.progress(self.stats)
+        suspected += self._extras()
+        self.stats.suspected = len(suspected)
+        if suspected and self.recheck_delay > 0:
+            time.sleep(self.recheck_delay)
+        self.stats.differences = self.recheck(suspected)
+        return self.stats
+
+    def _extras(self) -> list[Difference]:
+        """Rows the target holds and the source does not, scanned segment by segment."""
+        assert self.store is not None
+        pk = self.model._meta.pk
+
+        def segment(number: int) -> list[Difference]:
+            extra: list[Difference] = []
+            try:
+                batch: list[Any] = []
+                for row in self.store.scan(self.model, number, self.segments):  # type: ignore[union-attr]
+                    batch.append(row[pk.attname])
+                    if len(batch) >= self.chunk_size:
+                        extra += self._absent_from_source(batch)
+                        batch = []
+                extra += self._absent_from_source(batch)
+            finally:
+                connections.close_all()
+            return extra
+
+        try:
+            with ThreadPoolExecutor(self.segments, thread_name_prefix="mirror-scan") as pool:
+                return [d for found in pool.map(segment, range(self.segments)) for d in found]
+        except NotImplementedError:
+            self.stats.method = "fetch (no scan: rows only the target holds are not seen)"
+            return []
+
+    def _absent_from_source(self, pks: list[Any]) -> list[Difference]:
+        if not pks:
+            return []
+        present = set(
+            models.QuerySet(model=self.model, using=self.source)
+            .filter(pk__in=pks)
+            .values_list("pk", flat=True)
+        )
+        return [Difference(self.config.label, p, EXTRA) for p in pks if p not in present]
 
     def _check_range(self, pool: ThreadPoolExecutor, low: Any, high: Any) -> list[Difference]:
         target_future = pool.submit(
@@ -266,6 +344,11 @@ class Verifier:
         """Rewrite the differing target rows from the source, keeping replay's versions."""
         from django_mirror.targets import DatabaseTarget
 
+        if self.target is None:
+            raise ValueError(
+                f"{self.config.label}: --repair rewrites database targets only; for "
+                f"{self.store.describe() if self.store else 'this target'} replay from the start"
+            )
         pks = [d.pk for d in self.stats.differences]
         if not pks:
             return 0

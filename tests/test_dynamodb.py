@@ -4,9 +4,11 @@ leave hidden tombstones, limits go to the dead-letter table, faults are retried.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from io import StringIO
 from typing import Any
 
 import pytest
@@ -191,3 +193,54 @@ def test_capture_relay_and_replay_into_dynamodb(kinesis):
         source = {c.pk: (c.name, c.value) for c in Counter.objects.all()}
         assert held == source
         assert not DeadLetter.objects.exists()
+
+
+@both_databases
+def test_verify_against_dynamodb_finds_missing_changed_and_extra_rows(kinesis):
+    from django.core.management import CommandError, call_command
+
+    with dynamo_settings():
+        call_command("mirror_setup", verbosity=0)
+        counters = [Counter.objects.create(name=f"c{i}", value=i) for i in range(30)]
+        drain_and_replay()
+        out = StringIO()
+        call_command("mirror_verify", "testapp.Counter", "--recheck-delay", "0", stdout=out)
+        assert " 0 differ" in out.getvalue() and "fetch" in out.getvalue()
+        client = DynamoDBTarget(table_name="t_{model_name}").client
+        client.delete_item(TableName="t_counter", Key={"pk": {"S": str(counters[0].pk)}})
+        client.update_item(
+            TableName="t_counter",
+            Key={"pk": {"S": str(counters[1].pk)}},
+            UpdateExpression="SET #v = :v",
+            ExpressionAttributeNames={"#v": "value"},
+            ExpressionAttributeValues={":v": {"N": "999"}},
+        )
+        client.put_item(
+            TableName="t_counter",
+            Item={
+                "pk": {"S": "9999"},
+                "_v": {"N": "1"},
+                "id": {"N": "9999"},
+                "name": {"S": "ghost"},
+                "value": {"N": "0"},
+            },
+        )
+        out = StringIO()
+        with pytest.raises(CommandError):
+            call_command(
+                "mirror_verify", "testapp.Counter", "--recheck-delay", "0", "--json", stdout=out
+            )
+        [report] = json.loads(out.getvalue())
+        found = sorted((d["kind"], d["pk"]) for d in report["differences"])
+        assert found == sorted(
+            [("missing", str(counters[0].pk)), ("changed", str(counters[1].pk)), ("extra", "9999")]
+        )
+        with pytest.raises(CommandError, match="database targets only"):
+            call_command(
+                "mirror_verify",
+                "testapp.Counter",
+                "--repair",
+                "--recheck-delay",
+                "0",
+                stdout=StringIO(),
+            )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
@@ -36,15 +37,10 @@ class Command(MirrorCommand):
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
         configs = self.resolve_models(options["models"], with_m2m=True)
-        unverifiable = [c.label for c in configs if c.target_alias is None]
-        if unverifiable and options["models"]:
-            raise CommandError(f"no database target to verify: {', '.join(unverifiable)}")
         verbosity = options["verbosity"]
         reports: list[dict[str, Any]] = []
         remaining = 0
         for config in configs:
-            if config.target_alias is None:
-                continue
 
             def progress(stats: VerifyStats) -> None:
                 if verbosity >= 2 and not options["json"]:
@@ -70,7 +66,9 @@ class Command(MirrorCommand):
                 run.differences = len(stats.differences)
                 run.repaired = stats.repaired
                 run.save(using=using)
-            except DatabaseError as exc:
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
+            except (DatabaseError, ClientError, BotoCoreError) as exc:
                 raise CommandError(f"verify of {config.label} failed: {exc}") from exc
             remaining += len(stats.differences)
             reports.append(stats.as_dict())
