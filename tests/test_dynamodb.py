@@ -244,3 +244,42 @@ def test_verify_against_dynamodb_finds_missing_changed_and_extra_rows(kinesis):
                 "0",
                 stdout=StringIO(),
             )
+
+
+@both_databases
+def test_live_mirroring_and_key_lookups_shadowed_on_dynamodb(kinesis, statsd):
+    from django.core.management import call_command
+
+    from django_mirror.models import MismatchRecord
+    from django_mirror.shadow import get_pool, shadow_reads
+    from tests.conftest import mirroring
+
+    options = {"testapp.Counter": {"target": DYNAMO, "shadow_read_rate": 1.0}}
+    with mirroring(options):
+        call_command("mirror_setup", verbosity=0)
+        counters = [Counter.objects.create(name=f"c{i}", value=i) for i in range(5)]
+        target = DynamoDBTarget(table_name="t_{model_name}")
+        assert len(target.fetch(Counter, [c.pk for c in counters])) == 5  # live, no replay
+        with shadow_reads():
+            Counter.objects.get(pk=counters[0].pk)
+            list(Counter.objects.filter(pk__in=[c.pk for c in counters[:3]]))
+            Counter.objects.filter(pk=counters[4].pk).first()
+            Counter.objects.count()  # not a lookup by key: not comparable
+            list(Counter.objects.filter(name="c1"))
+        assert get_pool().wait_idle(30)
+        target.client.update_item(
+            TableName="t_counter",
+            Key={"pk": {"S": str(counters[2].pk)}},
+            UpdateExpression="SET #v = :v",
+            ExpressionAttributeNames={"#v": "value"},
+            ExpressionAttributeValues={":v": {"N": "-1"}},
+        )
+        with shadow_reads():
+            Counter.objects.get(pk=counters[2].pk)
+        assert get_pool().wait_idle(30)
+    lines = statsd.lines()
+    assert statsd.total(lines, "django_mirror.read.match.testapp_counter") == 3
+    assert statsd.total(lines, "django_mirror.read.not_comparable.testapp_counter") == 2
+    assert statsd.total(lines, "django_mirror.read.mismatch.testapp_counter") == 1
+    record = MismatchRecord.objects.get(kind="read")
+    assert record.diff["fields"] == {"value": [2, -1]}

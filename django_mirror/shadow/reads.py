@@ -16,6 +16,7 @@ from django_mirror import capture, conf, lag, reporting
 from django_mirror.diff import REDACTED
 from django_mirror.shadow import compare, scope
 from django_mirror.shadow.pool import get_pool
+from django_mirror.targets import get_target
 
 logger = logging.getLogger("django_mirror.shadow")
 
@@ -31,10 +32,13 @@ class ShadowRead:
     #: The query, unevaluated, without prefetches; bound to a store when run.
     queryset: models.QuerySet
     primary: str
-    secondary: str
+    #: The alias shadowed on; None for a target that is not a database, read by key.
+    secondary: str | None
     control: bool
     path: str
     aggregate: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+    #: The keys a lookup by primary key asks for (reads of a non-database target).
+    pks: list[Any] = field(default_factory=list)
     ordered: bool = False
     queued: float = 0.0
     source: compare.Result = field(default_factory=compare.Result)
@@ -61,8 +65,13 @@ class ShadowRead:
 
     # --- pool threads ---------------------------------------------------------------
 
-    def run_on(self, alias: str) -> Any:
-        """The same query on ``alias``, its result in the shape the user got."""
+    def run_on(self, alias: str | None) -> Any:
+        """The same query on ``alias``, its result in the shape the user got; on a
+        target that is not a database, the same rows fetched by key."""
+        if alias is None:
+            model = self.queryset.model
+            rows = get_target(self.config).fetch(model, self.pks)
+            return [model(**row) for row in rows.values()]
         qs = self.queryset.using(alias)
         if self.kind == COUNT:
             return qs.count()
@@ -83,7 +92,8 @@ class ShadowRead:
                 return
             started = time.perf_counter()
             try:
-                limit_statement_time(self.secondary, self._timeout())
+                if self.secondary is not None:
+                    limit_statement_time(self.secondary, self._timeout())
                 result = self.run_on(self.secondary)
             except Exception as exc:
                 reporting.incr(self.metric("target_errors"), 1, self.label)
@@ -263,9 +273,13 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
         primary, secondary = config.primary_alias, config.other_alias
         if queryset.db != primary:
             return None
+        pks: list[Any] = []
         if secondary is None:
-            reporting.incr("read.not_comparable", 1, config.label)
-            return None
+            found = pk_lookup(queryset) if kind == ROWS else None
+            if found is None:  # other shapes cannot be asked of a key-value store
+                reporting.incr("read.not_comparable", 1, config.label)
+                return None
+            pks = found
         if capture.uncommitted_events(primary):
             reporting.incr("read.uncommitted", 1, config.label)
             return None  # the target cannot have what this transaction has not committed
@@ -283,7 +297,35 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
             control=control,
             path=current.path,
             ordered=queryset.ordered,
+            pks=pks,
         )
+    return None
+
+
+def pk_lookup(queryset: models.QuerySet) -> list[Any] | None:
+    """The keys of a plain lookup by primary key (``get(pk=...)``, ``filter(pk=...)``,
+    ``filter(pk__in=...)``, with ``first()`` or a slice), else None."""
+    query = queryset.query
+    if (
+        query.combinator
+        or query.annotations
+        or query.distinct
+        or query.group_by
+        or query.low_mark
+        or queryset._iterable_class is not models.query.ModelIterable  # type: ignore[attr-defined]
+    ):
+        return None
+    where = query.where
+    if where.negated or len(where.children) != 1:
+        return None
+    lookup = where.children[0]
+    target = getattr(getattr(lookup, "lhs", None), "target", None)
+    if target is None or target != queryset.model._meta.pk:
+        return None
+    if lookup.lookup_name == "exact":
+        return [lookup.rhs]
+    if lookup.lookup_name == "in" and isinstance(lookup.rhs, list | tuple | set):
+        return list(lookup.rhs)
     return None
 
 
