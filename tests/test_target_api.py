@@ -39,9 +39,6 @@ def test_the_documented_target_takes_the_whole_pipeline(kinesis):
         call_command("mirror_verify", "testapp.Counter", "--recheck-delay", "0", stdout=out)
         assert " 0 differ" in out.getvalue()
         store = get_target(conf.config_for_label("testapp.Counter"))  # type: ignore[arg-type]
-                if c.label == "testapp.Counter"
-            )
-        )
         held = store.fetch(Counter, [c.pk for c in Counter.objects.all()])
         assert {int(k): r["value"] for k, r in held.items()} == dict(
             Counter.objects.values_list("pk", "value")
