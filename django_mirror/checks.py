@@ -87,7 +87,34 @@ def _check_target(label: str, target: Any, source: str) -> list[Any]:
                 id="django_mirror.E008",
             )
         ]
-    return []
+    return _check_backend(label, target)
+
+
+def _check_backend(label: str, target: dict[str, Any]) -> list[Any]:
+    """The backend is a ``Target`` that accepts its OPTIONS (and, for DynamoDB, makes a
+    valid table name for the model): made once here, as replay will make it."""
+    from django_mirror.targets import DynamoDBTarget, Target
+
+    backend = import_string(target["BACKEND"])
+    problem = None
+    if not (isinstance(backend, type) and issubclass(backend, Target)):
+        problem = f"{target['BACKEND']} is not a django_mirror.targets.Target"
+    else:
+        try:
+            instance = backend(**(target.get("OPTIONS") or {}))
+            if isinstance(instance, DynamoDBTarget):
+                instance.table(label)
+        except (TypeError, ValueError, LookupError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"Target of {label} cannot be used: {problem}.",
+            hint="See docs/targets.md for each backend's OPTIONS.",
+            id="django_mirror.E019",
+        )
+    ]
 
 
 def _check_model(label: str, opts: Any, source: str) -> list[Any]:

@@ -60,7 +60,10 @@ def test_a_full_configuration_passes():
     )
     full["MODELS"]["testapp.Tag"] = {"target": "new", "phase": "off"}
     full["MODELS"]["testapp.Author"] = {
-        "target": {"BACKEND": "django_mirror.targets.database.DatabaseTarget", "OPTIONS": {}}
+        "target": {
+            "BACKEND": "django_mirror.targets.database.DatabaseTarget",
+            "OPTIONS": {"alias": "new"},
+        }
     }
     full["SHADOW"] = {"TIMEOUT": 1.0}
     full["RELAY"] = {"ON_COMMIT": "sync"}
@@ -134,6 +137,35 @@ def test_a_full_configuration_passes():
         (config(model("testapp.Author", compare="tests.nowhere.compare")), ["django_mirror.E014"]),
         # E015: unknown after-commit relay mode
         (config(lambda c: c.__setitem__("RELAY", {"ON_COMMIT": "later"})), ["django_mirror.E015"]),
+        # E019: a target backend that is no Target or refuses its OPTIONS
+        (
+            config(model("testapp.Author", target={"BACKEND": "django_mirror.conf.ModelConfig"})),
+            ["django_mirror.E019"],
+        ),
+        (
+            config(
+                model(
+                    "testapp.Author",
+                    target={
+                        "BACKEND": "django_mirror.targets.DynamoDBTarget",
+                        "OPTIONS": {"tabel": "x"},
+                    },
+                )
+            ),
+            ["django_mirror.E019"],
+        ),
+        (
+            config(
+                model(
+                    "testapp.Author",
+                    target={
+                        "BACKEND": "django_mirror.targets.DynamoDBTarget",
+                        "OPTIONS": {"table_name": "a/{model_name}"},
+                    },
+                )
+            ),
+            ["django_mirror.E019"],
+        ),
         # E016: a SHADOW option unknown or out of range
         (config(lambda c: c.__setitem__("SHADOW", {"POOL": 4})), ["django_mirror.E016"]),
         (config(lambda c: c.__setitem__("SHADOW", {"POOL_SIZE": 0})), ["django_mirror.E016"]),
