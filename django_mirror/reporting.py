@@ -9,6 +9,7 @@ raised into the write, relay, replay or read that reported it. Names are listed 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -28,8 +29,13 @@ NAMESPACE = "django_mirror"
 failures = 0
 
 
+#: After statsd's host could not be resolved, seconds before trying again.
+RETRY_CLIENT_AFTER = 60.0
+_broken_until = 0.0
+
+
 @cache
-def _client() -> Any:
+def _statsd() -> Any:
     from statsd import StatsClient
 
     return StatsClient(
@@ -39,6 +45,19 @@ def _client() -> Any:
         maxudpsize=int(getattr(settings, "STATSD_MAXUDPSIZE", 512)),
         ipv6=bool(getattr(settings, "STATSD_IPV6", False)),
     )
+
+
+def _client() -> Any:
+    """The statsd client; a host that does not resolve is not looked up again on every
+    metric, only once a minute (the client resolves it when made)."""
+    global _broken_until
+    if time.monotonic() < _broken_until:
+        raise ConnectionError("statsd host unresolved; retrying later")
+    try:
+        return _statsd()
+    except OSError:
+        _broken_until = time.monotonic() + RETRY_CLIENT_AFTER
+        raise
 
 
 @contextmanager
@@ -67,10 +86,10 @@ def metric_name(name: str, model: str | None = None) -> str:
 
 def incr(name: str, count: int = 1, model: str | None = None) -> None:
     if count:
+        if model is not None:
+            stats.add(model, name, count)  # the dashboard's figures, statsd or not
         with _metric_guard():
             _client().incr(metric_name(name, model), count)
-            if model is not None:
-                stats.add(model, name, count)
 
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
@@ -86,9 +105,9 @@ def timing(name: str, milliseconds: float, model: str | None = None) -> None:
 def read_latency(store: str, milliseconds: float, model: str) -> None:
     """One read's time on ``store`` ("source" or "target"): a statsd timer and the
     dashboard's histogram."""
+    stats.observe(model, store, milliseconds)
     with _metric_guard():
         _client().timing(metric_name(f"read.latency.{store}", model), milliseconds)
-        stats.observe(model, store, milliseconds)
 
 
 def sentry_mismatch(
@@ -96,9 +115,9 @@ def sentry_mismatch(
 ) -> None:
     """One Sentry event per mismatch, grouped into one issue per model and query shape.
 
-    It carries field names and primary keys, never values: a fresh isolation scope
-    without breadcrumbs (whose SQL parameters could hold them) and no stack (whose
-    local variables could).
+    It carries field names and primary keys, never values: fresh, cleared scopes (no
+    breadcrumbs, whose SQL parameters could hold values, and none of the request a pool
+    thread's scope was copied from) and no stack (whose local variables could).
     """
     with guarded("a mismatch could not be sent to Sentry"):
         try:
@@ -107,8 +126,10 @@ def sentry_mismatch(
             return
         if not sentry_sdk.get_client().is_active():
             return
-        with sentry_sdk.isolation_scope() as scope:
-            scope.clear_breadcrumbs()
+        with sentry_sdk.isolation_scope() as isolated, sentry_sdk.new_scope() as scope:
+            isolated.clear()
+            scope.clear()
+            scope.set_transaction_name(f"django-mirror {kind} mismatch")
             scope.fingerprint = ["django-mirror", kind, model, shape]
             scope.set_tag("mirror.kind", kind)
             scope.set_tag("mirror.model", model)
@@ -124,8 +145,10 @@ def sentry_mismatch(
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    global _broken_until
     if setting.startswith("STATSD_"):
-        _client.cache_clear()
+        _statsd.cache_clear()
+        _broken_until = 0.0
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.reporting")

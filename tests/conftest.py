@@ -203,7 +203,7 @@ def mirroring(models_: dict[str, dict[str, Any]] | None = None, **shadow: Any) -
         DJANGO_MIRROR={
             **base,
             "MODELS": mirrored,
-            "SHADOW": {"RECHECK_DELAY": 0.05, "TIMEOUT": 5.0, **shadow},
+            "SHADOW": {**base.get("SHADOW", {}), "RECHECK_DELAY": 0.05, "TIMEOUT": 5.0, **shadow},
         }
     )
 

@@ -13,10 +13,12 @@ import json
 import queue
 import random
 import threading
+import uuid
 from collections.abc import Sequence
 from io import StringIO
 from typing import Any
 
+import pytest
 from django.apps import apps
 from django.core.management import call_command
 from django.core.management.color import no_style
@@ -151,15 +153,33 @@ class HeldCopy(Target):
 
 
 class Protocol(RuleBasedStateMachine):
-    """The source DB is the model of truth; only the final state is asserted."""
+    """The source DB is the model of truth; only the final state is asserted.
+
+    ``TARGET`` None mirrors into the ``new`` database; a backend dict (its table name
+    given a fresh prefix per example) mirrors into that store instead.
+    """
+
+    TARGET: dict[str, Any] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         reset_databases()
-        self.overridden = override_settings(
-            DJANGO_MIRROR=mirror_settings(stream_name=unique_stream_name(), shard_count=2)
-        )
+        mirror = mirror_settings(stream_name=unique_stream_name(), shard_count=2)
+        if self.TARGET is not None:
+            options = {
+                **self.TARGET.get("OPTIONS", {}),
+                "table_name": f"{uuid.uuid4().hex[:8]}_{{model_name}}",
+            }
+            for model in MODELS:
+                mirror["MODELS"][model._meta.label] = {
+                    **mirror["MODELS"][model._meta.label],
+                    "target": {**self.TARGET, "OPTIONS": options},
+                }
+        self.overridden = override_settings(DJANGO_MIRROR=mirror)
         self.overridden.enable()
+        if self.TARGET is not None:
+            for model in MODELS:
+                get_target(conf.model_config(model)).setup([model])  # type: ignore[arg-type]
         self.stream: KinesisStream = get_stream()  # type: ignore[assignment]
         self.stream.create()
         self.deleted: dict[type[models.Model], list[tuple[int, str]]] = {m: [] for m in MODELS}
@@ -362,7 +382,8 @@ class Protocol(RuleBasedStateMachine):
             )  # raises CommandError (exit 1) on any difference
             reports = json.loads(out.getvalue())
             assert [r["differences"] for r in reports] == [[], []]
-            assert_mirrored(*MODELS)
+            if self.TARGET is None:
+                assert_mirrored(*MODELS)
             assert not DeadLetter.objects.exists(), list(DeadLetter.objects.values("reason"))
         finally:
             for held in self.held.values():
@@ -371,12 +392,21 @@ class Protocol(RuleBasedStateMachine):
             self.overridden.disable()
 
 
+class DynamoDBProtocol(Protocol):
+    TARGET = {"BACKEND": "django_mirror.targets.DynamoDBTarget", "OPTIONS": {"base_delay": 0.001}}
+
+
 @both_databases
-def test_copy_relay_and_replay_converge_for_any_interleaving(aws: None) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "examples"), [(Protocol, 30), (DynamoDBProtocol, 12)], ids=["database", "dynamodb"]
+)
+def test_copy_relay_and_replay_converge_for_any_interleaving(
+    aws: None, protocol: type[Protocol], examples: int
+) -> None:
     run_state_machine_as_test(
-        Protocol,
+        protocol,
         settings=settings(
-            max_examples=30,
+            max_examples=examples,
             stateful_step_count=40,
             deadline=None,
             # Each step writes to two databases and a stream: shrinking would outlast the

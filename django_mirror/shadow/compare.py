@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 
 from django_mirror import conf
 from django_mirror.diff import REDACTED, Difference, compare_rows
-from django_mirror.events import pk_text
+from django_mirror.events import encode_column, encode_value, pk_text
 
 #: A mismatch record shows at most this many rows or items of each side.
 MAX_SHOWN = 20
@@ -85,19 +85,39 @@ def normalise(config: conf.ModelConfig, result: Any, ordered: bool) -> Result:
         fields = _fields(model._meta.concrete_model, config.exclude_fields)
         names = tuple(f.name for f in fields)
         rows: dict[str, tuple[Any, ...]] = {}
+        plain = []
         for obj in result:
             values = obj.__dict__
-            rows[pk_text(obj.pk)] = tuple(values.get(f.attname) for f in fields)
-        plain = [dict(zip(names, row, strict=True)) for row in rows.values()]
+            raw = [values.get(f.attname) for f in fields]
+            # Compared and stored in the events' encoding: exact (a Decimal's scale, a
+            # datetime's zone) and JSON all the way, for the mismatch records.
+            rows[pk_text(obj.pk)] = tuple(
+                encode_column(f, v) for f, v in zip(fields, raw, strict=True)
+            )
+            plain.append(dict(zip(names, raw, strict=True)))
         return Result(rows=rows, names=names, plain=plain)
     if isinstance(result, list):
         items = [_drop_excluded(config, item) for item in result]
-        value = items if ordered else sorted(items, key=_sort_key)
-        return Result(value=value, plain=value)
+        encoded = [encoded_value(item) for item in items]
+        value = encoded if ordered else sorted(encoded, key=_sort_key)
+        return Result(value=value, plain=items)
     if isinstance(result, dict):
         value = _drop_excluded(config, result)
-        return Result(value=value, plain=value)
-    return Result(value=result, plain=result)
+        return Result(value=encoded_value(value), plain=value)
+    return Result(value=encoded_value(result), plain=result)
+
+
+def encoded_value(value: Any) -> Any:
+    """A ``values()`` row, ``values_list()`` tuple, count or aggregate in the events'
+    encoding, nested containers kept as JSON objects and lists."""
+    if isinstance(value, dict):
+        return {str(k): encoded_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encoded_value(v) for v in value]
+    try:
+        return encode_value(value)
+    except TypeError:
+        return repr(value)
 
 
 def _drop_excluded(config: conf.ModelConfig, item: Any) -> Any:
@@ -115,7 +135,7 @@ def compare(config: conf.ModelConfig, source: Result, target: Result) -> Mismatc
     """None when the two results agree, else how they differ (values redacted)."""
     if config.compare:
         diff = _compare_callable(config.compare)(source.plain, target.plain)
-        return None if diff is None else Mismatch(summary=redact(config, diff))
+        return None if diff is None else Mismatch(summary=redact(config, encoded_value(diff)))
     if source.rows is not None or target.rows is not None:
         if source.rows == target.rows:
             return None

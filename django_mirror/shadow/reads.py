@@ -96,7 +96,9 @@ class ShadowRead:
                     limit_statement_time(self.secondary, self._timeout())
                 result = self.run_on(self.secondary)
             except Exception as exc:
-                reporting.incr(self.metric("target_errors"), 1, self.label)
+                # A statement the database cancelled at the timeout is a timeout.
+                late = time.perf_counter() - started >= self._timeout()
+                reporting.incr(self.metric("timeouts" if late else "target_errors"), 1, self.label)
                 logger.info(
                     "django-mirror: shadow read of %s on %r failed: %s",
                     self.label,
@@ -132,7 +134,11 @@ class ShadowRead:
                 target = compare.normalise(self.config, self.run_on(self.secondary), self.ordered)
             except Exception as exc:
                 reporting.incr(self.metric("target_errors"), 1, self.label)
-                logger.info("django-mirror: shadow re-check of %s failed: %s", self.label, exc)
+                logger.info(
+                    "django-mirror: shadow re-check of %s failed: %s",
+                    self.label,
+                    type(exc).__name__,
+                )
                 return
             mismatch = compare.compare(self.config, source, target)
             if mismatch is None:
@@ -226,14 +232,21 @@ class ShadowRead:
         )
 
     def _names_redacted_field(self) -> bool:
-        """A ``values_list()`` naming a redacted field, or an aggregate: items that carry
-        no field names to redact by, so the whole result is hidden."""
+        """Results whose values cannot be told apart by field name, on a model with
+        ``redact_fields``: aggregates and annotations (an alias need not name the field
+        it reads, as in ``values(code=F("isbn"))``), and ``values_list()`` tuples that
+        hold a redacted field. They are hidden whole."""
         hidden = set(self.config.redact_fields)
         if not hidden:
             return False
-        if self.kind == AGGREGATE:
-            return True  # an alias need not name the field it aggregates
+        if self.kind == AGGREGATE or self.queryset.query.annotations:
+            return True
         fields = getattr(self.queryset, "_fields", None) or ()
+        if not fields and self.queryset._iterable_class not in (  # type: ignore[attr-defined]
+            models.query.ModelIterable,
+            models.query.ValuesIterable,
+        ):
+            return True  # values_list() of every field
         return any(name.split("__")[0] in hidden for name in fields)
 
 
@@ -288,6 +301,9 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
         )
         clone = queryset._chain()  # type: ignore[attr-defined]
         clone._prefetch_related_lookups = ()
+        # Re-run in autocommit on the pool: a row lock there would be refused, and is
+        # not what the comparison needs.
+        clone.query.select_for_update = False
         return ShadowRead(
             config=config,
             kind=kind,
@@ -325,7 +341,9 @@ def pk_lookup(queryset: models.QuerySet) -> list[Any] | None:
     if lookup.lookup_name == "exact":
         return [lookup.rhs]
     if lookup.lookup_name == "in" and isinstance(lookup.rhs, list | tuple | set):
-        return list(lookup.rhs)
+        keys = list(lookup.rhs)
+        # A slice or first() of several keys picks by an order the store cannot apply.
+        return keys if query.high_mark is None or len(keys) <= 1 else None
     return None
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from functools import cache
 
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
 from django_mirror.targets.base import ApplyResult, Target, latest_per_row
+from django_mirror.targets.cache import CacheTarget
 from django_mirror.targets.database import DatabaseTarget
 from django_mirror.targets.dynamodb import DynamoDBTarget
 
 __all__ = [
     "ApplyResult",
+    "CacheTarget",
     "DatabaseTarget",
     "DynamoDBTarget",
     "Target",
@@ -23,12 +25,12 @@ __all__ = [
 ]
 
 
-@cache
+@functools.cache
 def _target(spec: str, live: bool = False) -> Target:
     return DatabaseTarget(spec, relax_foreign_keys=not live)
 
 
-@cache
+@functools.cache
 def _backend(spec: str) -> Target:
     options = json.loads(spec)
     backend = import_string(options["BACKEND"])
