@@ -73,14 +73,12 @@ class _Transaction:
     """What capture keeps per source transaction: its id and what it captured, reported
     (and shipped) only once it commits."""
 
-    __slots__ = ("id", "counts", "live", "after_commit")
+    __slots__ = ("id", "counts", "after_commit")
 
     def __init__(self, using: str) -> None:
         self.id = uuid.uuid4().hex
         self.counts: dict[str, int] = {}
-        #: Outbox batches of models in phase ``mirror``, applied to the target on commit.
-        self.live: list[live.CommittedBatch] = []
-        self.after_commit = functools.partial(_after_commit, using, self.counts, self.live)
+        self.after_commit = functools.partial(_after_commit, using, self.counts)
 
 
 def _transaction(using: str) -> _Transaction:
@@ -108,13 +106,11 @@ def uncommitted_events(using: str) -> bool:
     )
 
 
-def _after_commit(using: str, counts: dict[str, int], batches: list[live.CommittedBatch]) -> None:
+def _after_commit(using: str, counts: dict[str, int]) -> None:
     from django_mirror import relay
 
     for label, count in counts.items():
         reporting.incr("captured", count, label)
-    if batches:
-        live.apply_committed(using, batches)
     relay.after_commit(using)
 
 
@@ -263,7 +259,12 @@ def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
                 cursor.execute(sql, row)
                 if keep_ids:
                     batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
-                    _transaction(using).live.append((batch_id, label, chunk))
+                    # Its own on-commit callback: Django drops it with a savepoint that
+                    # is rolled back, as the outbox row goes with it.
+                    transaction.on_commit(
+                        functools.partial(live.apply_committed, using, [(batch_id, label, chunk)]),
+                        using=using,
+                    )
                     _remember_versions(using, label, batch_id, chunk)
         else:
             cursor.executemany(sql, rows)

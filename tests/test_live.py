@@ -183,3 +183,24 @@ def test_a_down_target_is_left_to_replay_for_a_while_and_reported_once(kinesis, 
     lines = statsd.lines()
     assert statsd.total(lines, "django_mirror.write.deferred.testapp_author") == 1
     assert statsd.total(lines, "django_mirror.write.mismatch.testapp_author") == 2
+
+
+@both_databases
+def test_a_rolled_back_savepoint_reaches_the_target_no_more_than_the_source():
+    class Rollback(Exception):
+        pass
+
+    with mirroring():
+        with transaction.atomic():
+            kept = Author.objects.create(name="kept")
+            try:
+                with transaction.atomic():
+                    Author.objects.create(name="ghost")
+                    Author.objects.filter(pk=kept.pk).update(name="ghostly rename")
+                    raise Rollback
+            except Rollback:
+                pass
+        reused = Author.objects.create(name="after")  # may take the ghost's key
+        assert_mirrored(Author)
+        assert not Author.objects.using("new").filter(name__startswith="ghost").exists()
+        assert Author.objects.using("new").get(pk=reused.pk).name == "after"
