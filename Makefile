@@ -28,12 +28,14 @@ SQLITE_ENV := env -u DATABASE_URL -u TARGET_DATABASE_URL $(DJANGO_ENV)
 port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), timeout=1).close()" 2>/dev/null
 
 .PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb \
-        demo bench lint tox clean
+        demo bench lint tox clean browser screenshot
 
 help:
 	@echo "make venv           create $(VENV) and install '.[dev]' (+ '.[mysql]' if it builds)"
 	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
+	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
+	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
 	@echo "make bench          run the benchmarks"
 	@echo "make lint           ruff check + ruff format --check"
@@ -74,6 +76,7 @@ mysql-extra:
 # Stops at the first failing step.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory check
+	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory test-sqlite
 	@$(MAKE) --no-print-directory test-postgres
 	@$(MAKE) --no-print-directory test-mariadb
@@ -110,6 +113,31 @@ test-mariadb: $(STAMP)
 	fi
 
 # --- other tasks -----------------------------------------------------------------
+
+# Best effort: Debian's chromium and chromedriver for tests/test_dashboard_browser.py
+# (which skips without them). Never fails the build.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium chromium-driver (for the dashboard's browser test)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y chromium chromium-driver \
+	    || { apt-get update && apt-get install -y chromium chromium-driver; } \
+	    || echo "NOTICE: could not install chromium; the browser test will be skipped."; \
+	else \
+	  echo "NOTICE: no /usr/bin/chromium + /usr/bin/chromedriver, and no root apt-get to install them;"; \
+	  echo "NOTICE: the dashboard's browser test will be skipped."; \
+	fi
+
+# The dashboard's screenshot for docs/admin.md; fails when the browser test could not run.
+screenshot: $(STAMP) browser
+	@start=$$(mktemp); \
+	MIRROR_SAVE_SCREENSHOT=1 $(SQLITE_ENV) $(PY) -m pytest -q -rs tests/test_dashboard_browser.py \
+	  && test -n "$$(find docs/img/dashboard.png -newer $$start 2>/dev/null)"; \
+	status=$$?; rm -f $$start; \
+	if [ $$status = 0 ]; then echo "saved docs/img/dashboard.png"; \
+	else echo "no screenshot saved (see above)"; exit 1; fi
 
 demo: $(STAMP)
 	cd example_project && ../$(PY) manage.py mirror_demo

@@ -1,4 +1,4 @@
-"""Admin pages for dead letters, mismatches, phases and the outbox."""
+"""Admin pages for dead letters, mismatches, phases, the outbox and the dashboard."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from django_mirror import conf
+from django_mirror.dashboard import DashboardAdmin
 from django_mirror.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
 from django_mirror.events import pk_text
-from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
+from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord, OutboxBatch
 from django_mirror.verify import Verifier
 
 
@@ -385,3 +386,6 @@ class OutboxBatchAdmin(admin.ModelAdmin):
 
 # The phase controls live in their own module; importing it registers them.
 from django_mirror import admin_phases  # noqa: E402, F401
+
+# The migration dashboard is MetricWindow's changelist (django_mirror/dashboard.py).
+admin.site.register(MetricWindow, DashboardAdmin)

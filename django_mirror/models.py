@@ -206,6 +206,9 @@ class MetricWindow(models.Model):
     )
 
     class Meta:
+        # The admin shows these rows as the migration dashboard.
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
         constraints = [
             models.UniqueConstraint(
                 fields=["model", "minute", "process"], name="mirror_metricwindow_key"

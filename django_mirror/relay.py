@@ -71,6 +71,12 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     stream = get_stream()
     result = RelayResult()
     with transaction.atomic(using=using):
+        if connections[using].vendor == "sqlite":
+            # Take the write lock first: a read-then-write transaction meeting another
+            # writer is a deadlock SQLite answers with "database is locked" at once.
+            with connections[using].cursor() as cursor:
+                table = connections[using].ops.quote_name(OutboxBatch._meta.db_table)
+                cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 0 = 1")
         claim = OutboxBatch.objects.using(using).order_by("id")
         if connections[using].features.has_select_for_update_skip_locked:
             claim = claim.select_for_update(skip_locked=True)

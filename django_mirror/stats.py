@@ -134,6 +134,14 @@ _recorder = _Recorder()
 add = _recorder.add
 observe = _recorder.observe
 flush = _recorder.flush
+def reset() -> None:
+    """Forget every figure not yet written (tests start each from nothing)."""
+    with _recorder.lock:
+        _recorder.counts.clear()
+        _recorder.latency.clear()
+        _recorder.dirty.clear()
+
+
 atexit.register(lambda: _recorder.flush(quiet=True) if _recorder.dirty else None)
 
 

@@ -70,6 +70,8 @@ class Command(MirrorCommand):
         if options["json"]:
             self.emit_json(report)
             return
+        if options["verbosity"] < 1:
+            return
         self.stdout.write(
             f"{config.label}: phase {report['phase']} (generation {report['generation']})"
         )
