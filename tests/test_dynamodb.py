@@ -188,7 +188,10 @@ def test_capture_relay_and_replay_into_dynamodb(kinesis):
         call_command("mirror_copy", "testapp.Counter", verbosity=0)
         target = DynamoDBTarget(table_name="t_{model_name}")
         held = {
-            int(k): (r["name"], r["value"]) for k, r in target.fetch(Counter, range(1, 100)).items()
+            int(k): (r["name"], r["value"])
+            for k, r in target.fetch(
+                Counter, list(Counter.objects.values_list("pk", flat=True)) + [counters[-1].pk]
+            ).items()
         }
         source = {c.pk: (c.name, c.value) for c in Counter.objects.all()}
         assert held == source

@@ -51,8 +51,13 @@ def test_demo_mirrors_every_row(tmp_path: Path) -> None:
     source_rows, target_rows, differing = map(int, total.groups())
     assert differing == 0
     assert source_rows == target_rows > 1000  # seeded rows plus what the operations left
-    for step in ("capture", "relay", "replay", "compare"):
-        assert f"== {step}:" in result.stdout
+    steps = ("1 capture", "2 copy", "3 replay", "4 verify", "5 mirror", "6 promote", "rollback")
+    for step in (*steps, "compare"):
+        assert f"== {step}:" in result.stdout, output
+    # Each step from 4 on prints mirror_verify's result, every model without a difference.
+    verified = re.findall(r"^follows\.\w+: \d+ rows, (\d+) differ", result.stdout, re.M)
+    assert len(verified) == 4 * 5 and set(verified) == {"0"}, output
+    assert "0 mismatches" in result.stdout, output
 
 
 def test_demo_project_passes_checks_and_has_its_migrations() -> None:

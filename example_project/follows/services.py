@@ -6,16 +6,22 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 
 from follows.models import Channel, Follow, User
 
 
+def atomic() -> transaction.Atomic:
+    """A transaction on the store that takes the follows' writes now: ``default``, or
+    the new store once django-mirror's router has promoted them there."""
+    return transaction.atomic(using=router.db_for_write(Follow))
+
+
 def follow(user: User, channel: Channel, notifications: bool = True) -> Follow:
     """Follow ``channel`` (idempotent); the counter moves only when a row was created."""
-    with transaction.atomic():
+    with atomic():
         follow_row, created = Follow.objects.get_or_create(
             user=user, channel=channel, defaults={"notifications": notifications}
         )
@@ -26,7 +32,7 @@ def follow(user: User, channel: Channel, notifications: bool = True) -> Follow:
 
 def unfollow(user: User, channel: Channel) -> bool:
     """Stop following ``channel``; False when the user did not follow it."""
-    with transaction.atomic():
+    with atomic():
         deleted, _ = Follow.objects.filter(user=user, channel=channel).delete()
         if deleted:
             Channel.objects.filter(pk=channel.pk).update(follower_count=F("follower_count") - 1)
@@ -55,7 +61,7 @@ def recount_followers(channel_ids: list[int] | None = None) -> int:
 
 def delete_user(user: User) -> None:
     """Delete an account: its follows and channels go with it, counters stay right."""
-    with transaction.atomic():
+    with atomic():
         followed = Follow.objects.filter(user=user).values("channel")
         Channel.objects.filter(pk__in=Subquery(followed)).exclude(owner=user).update(
             follower_count=F("follower_count") - 1

@@ -13,7 +13,6 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from django.db import transaction
 from django.db.models import F
 
 from follows import services
@@ -138,7 +137,7 @@ class Workload:
             Follow(user_id=self.rng.choice(self.users), channel_id=self.rng.choice(channel_ids))
             for _ in range(20)
         ]
-        with transaction.atomic():
+        with services.atomic():
             Follow.objects.bulk_create(rows, ignore_conflicts=True)
             services.recount_followers(channel_ids)
 
@@ -160,7 +159,7 @@ class Workload:
     def op_drop_muted(self) -> None:
         """Queryset delete of a user's muted follows, then counters fixed with F()."""
         user_id = self.rng.choice(self.users)
-        with transaction.atomic():
+        with services.atomic():
             muted = Follow.objects.filter(user_id=user_id, notifications=False)
             channel_ids = list(muted.values_list("channel_id", flat=True))
             muted.delete()
@@ -209,7 +208,7 @@ class Workload:
     def op_rollback(self) -> None:
         """A whole transaction that fails half way: none of it may reach the target."""
         try:
-            with transaction.atomic():
+            with services.atomic():
                 ghost = User.objects.create(username=self._name("ghost"))
                 channel = self._channel()
                 services.follow(ghost, channel)
@@ -221,10 +220,10 @@ class Workload:
 
     def op_savepoint_rollback(self) -> None:
         """The outer transaction commits; the savepoint inside it is rolled back."""
-        with transaction.atomic():
+        with services.atomic():
             services.follow(self._user(), self._channel())
             try:
-                with transaction.atomic():
+                with services.atomic():
                     ghost = User.objects.create(username=self._name("ghost"))
                     services.follow(ghost, self._channel())
                     Channel.objects.filter(pk=self.rng.choice(self.channels)).update(

@@ -62,6 +62,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Each request is a shadow-read scope: once a model is in phase "mirror", a sample of
+    # its reads (shadow_read_rate) also runs on the other store, off the request thread.
+    "django_mirror.middleware.ShadowReadMiddleware",
 ]
 ROOT_URLCONF = "twitch.urls"
 WSGI_APPLICATION = "twitch.wsgi.application"
@@ -85,12 +88,21 @@ DATABASES = {
     "default": _database("DATABASE_URL", "source.sqlite3"),
     "new": _database("TARGET_DATABASE_URL", "target.sqlite3"),
 }
+# Sends a promoted model's reads and writes to "new", and keeps `migrate --database=new`
+# to the tables that move there.
+DATABASE_ROUTERS = ["django_mirror.router.MirrorRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
-MIRRORED = {"target": "new", "phase": "capture"}
+MIRRORED = {
+    "target": "new",
+    # The phase every follows model starts in; `manage.py mirror_phase` moves it at run time.
+    "phase": env("MIRROR_PHASE", default="capture"),
+    # Share of requests whose reads are shadowed once a model is in phase "mirror".
+    "shadow_read_rate": env.float("SHADOW_READ_RATE", default=0.1),
+}
 DJANGO_MIRROR = {
     "STREAM": {
         "BACKEND": "django_mirror.streams.KinesisStream",

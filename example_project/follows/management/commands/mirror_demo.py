@@ -1,14 +1,17 @@
-"""``manage.py mirror_demo``: the whole capture -> relay -> replay pipeline on this project.
+"""``manage.py mirror_demo``: the six steps of docs/runbook.md on this project.
 
-It starts from empty databases and a fresh stream, writes a few thousand mixed
-follows operations, ships and replays them, and compares source and target row by
-row. It exits non-zero when any row differs, so it doubles as a smoke test.
+It starts from empty databases and a fresh stream and walks capture, copy, replay,
+verify, mirror (live writes, shadowed reads) and promote, then rolls back to mirror,
+writing mixed follows operations in between and printing ``mirror_verify``'s result
+after each step; last it compares source and target row by row. It exits non-zero
+when any row differs, so it doubles as a smoke test.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,12 +25,15 @@ from django.db import models
 from django.test.utils import override_settings
 
 from django_mirror import conf, paused, relay
-from django_mirror.models import DeadLetter
+from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
+from django_mirror.shadow import get_pool, shadow_reads
 from django_mirror.streams import get_stream
 from follows.models import Channel, Follow, Tag, User
 from follows.workload import Workload
 
 COMPARED: list[type[models.Model]] = [User, Tag, Channel, Channel.tags.through, Follow]
+#: The models the demo moves through the phases, together.
+MOVED: list[type[models.Model]] = [User, Tag, Channel, Follow]
 
 
 def table_rows(model: type[models.Model], alias: str) -> dict[Any, tuple[Any, ...]]:
@@ -107,45 +113,69 @@ class Command(BaseCommand):
     # --- the pipeline -----------------------------------------------------------------------
 
     def pipeline(self, operations: int, seed: int, source: str) -> None:
+        """The six steps of docs/runbook.md, then a rollback, with verify after each."""
         stream = get_stream()
         call_command("mirror_setup", stdout=self.stdout)
+        labels = [m._meta.label for m in MOVED]
+        share = max(operations // 4, 1)
+        workload = Workload(seed)
         try:
-            with self.step("capture", f"{operations} operations, seed {seed}") as note:
-                workload = Workload(seed)
+            with self.step("1 capture", f"{share} operations, seed {seed}") as note:
                 with paused():  # rows that existed before capture was switched on
                     workload.seed()
-                workload.run(operations, lambda n: self.stdout.write(f"  {n} operations"))
+                workload.run(share, lambda n: self.stdout.write(f"  {n} operations"))
                 seeded = workload.done.pop("seed")
                 note(
-                    f"{seeded} rows seeded before capture, then {operations} operations "
-                    f"({workload.rolled_back} rolled back on purpose); "
-                    f"{relay.backlog(source)} events left in the outbox, the rest already "
-                    "shipped by the after-commit thread"
-                )
-                self.stdout.write(
-                    "  " + ", ".join(f"{k} {v}" for k, v in sorted(workload.done.items()))
+                    f"{seeded} rows seeded before capture, then {share} operations "
+                    f"({workload.rolled_back} rolled back on purpose)"
                 )
 
-            with self.step("relay", "mirror_relay --once"):
-                # The after-commit thread may hold a batch it is shipping; once the
-                # outbox is empty every event has been acknowledged by the stream.
-                deadline = time.monotonic() + 60
-                while True:
-                    call_command("mirror_relay", once=True, stdout=self.stdout)
-                    if relay.backlog(source) == 0:
-                        break
-                    if time.monotonic() > deadline:
-                        raise CommandError("the outbox did not drain within 60 s")
-                    time.sleep(0.2)
-
-            with self.step("replay", "mirror_replay --until-caught-up"):
-                call_command("mirror_replay", until_caught_up=True, stdout=self.stdout)
-
-            with self.step("copy", "mirror_copy: the rows that existed before capture"):
+            with self.step("2 copy", "mirror_copy: the rows that existed before capture"):
                 call_command("mirror_copy", stdout=self.stdout)
 
-            with self.step("verify", "mirror_verify: checksums, then row by row"):
-                call_command("mirror_verify", recheck_delay=0, stdout=self.stdout)
+            with self.step("3 replay", "mirror_relay --once, mirror_replay --until-caught-up"):
+                self.catch_up(source)
+
+            with self.step("4 verify", "mirror_verify: checksums, then row by row"):
+                self.verify()
+
+            with self.step("5 mirror", "live writes to the target, every read shadowed") as note:
+                for label in labels:
+                    call_command(
+                        "mirror_phase", label, "mirror", reason="demo: step 5", verbosity=0
+                    )
+                with shadow_reads(rate=1.0):
+                    workload.run(share, lambda n: None)
+                    reads = self.read_followers(workload, 200)
+                assert get_pool().wait_idle(120), "shadow reads did not finish"
+                self.catch_up(source)
+                confirmed = MismatchRecord.objects.using(source).filter(kind="read").count()
+                note(
+                    f"{share} operations applied live; {reads} reads shadowed, {confirmed} mismatches"
+                )
+                self.verify()
+
+            with self.step("6 promote", "the new store takes reads and writes") as note:
+                for label in labels:
+                    call_command(
+                        "mirror_phase", label, "promoted", reason="demo: step 6", verbosity=0
+                    )
+                workload.run(share, lambda n: None)
+                outbox = OutboxBatch.objects.using(self.target_alias()).count()
+                self.catch_up(source)
+                note(
+                    f"{share} operations written to the new store first ({outbox} outbox batches there)"
+                )
+                self.verify()
+
+            with self.step("rollback", "back to mirror: the old store is primary again"):
+                for label in labels:
+                    call_command(
+                        "mirror_phase", label, "mirror", reason="demo: rollback", verbosity=0
+                    )
+                workload.run(max(share // 4, 1), lambda n: None)
+                self.catch_up(source)
+                self.verify()
 
             with self.step("compare", "every row of every mirrored table, both directions"):
                 differing = self.compare(source)
@@ -158,6 +188,37 @@ class Command(BaseCommand):
         if differing or dead:
             raise CommandError(f"{differing} rows differ between source and target")
         self.stdout.write(self.style.SUCCESS("OK: 0 rows differ between source and target"))
+
+    def target_alias(self) -> str:
+        config = conf.model_config(Follow)
+        assert config is not None and config.target_alias
+        return config.target_alias
+
+    def catch_up(self, source: str) -> None:
+        """Every outbox shipped (the after-commit thread may hold a batch it is shipping),
+        then replay until no shard lags."""
+        deadline = time.monotonic() + 60
+        while True:
+            call_command("mirror_relay", once=True, verbosity=0)
+            if relay.backlog() == 0:
+                break
+            if time.monotonic() > deadline:
+                raise CommandError("the outbox did not drain within 60 s")
+            time.sleep(0.2)
+        call_command("mirror_replay", until_caught_up=True, verbosity=0)
+
+    def verify(self) -> None:
+        """mirror_verify of every mirrored model; its line per model is the step's result."""
+        call_command("mirror_verify", recheck_delay=0, stdout=self.stdout)
+
+    def read_followers(self, workload: Workload, count: int) -> int:
+        """Reads the service makes: a channel's followers, their count, one follow."""
+        rng = random.Random(7)
+        for _ in range(count):
+            channel_id = rng.choice(workload.channels)
+            list(Follow.objects.filter(channel_id=channel_id).order_by("pk")[:20])
+            Follow.objects.filter(channel_id=channel_id).count()
+        return count * 2
 
     def compare(self, source: str) -> int:
         header = f"  {'model':<24} {'source':>8} {'target':>8} {'differ':>8}"
