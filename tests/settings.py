@@ -47,6 +47,15 @@ DATABASES = {
 }
 
 DATABASE_ROUTERS = ["django_mirror.router.MirrorRouter"]
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # A cache target for the convergence property test (rows must not be evicted).
+    "mirror": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "mirror",
+        "OPTIONS": {"MAX_ENTRIES": 1_000_000},
+    },
+}
 
 SECRET_KEY = "django-mirror-tests"
 USE_TZ = True

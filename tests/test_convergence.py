@@ -160,15 +160,18 @@ class Protocol(RuleBasedStateMachine):
     """
 
     TARGET: dict[str, Any] | None = None
+    #: The target option that keeps one example's rows apart from the others'.
+    SEPARATE_BY = "table_name"
 
     def __init__(self) -> None:
         super().__init__()
         reset_databases()
         mirror = mirror_settings(stream_name=unique_stream_name(), shard_count=2)
         if self.TARGET is not None:
+            separate = f"{uuid.uuid4().hex[:8]}_{{model_name}}"
             options = {
                 **self.TARGET.get("OPTIONS", {}),
-                "table_name": f"{uuid.uuid4().hex[:8]}_{{model_name}}",
+                self.SEPARATE_BY: separate if self.SEPARATE_BY == "table_name" else separate[:8],
             }
             for model in MODELS:
                 mirror["MODELS"][model._meta.label] = {
@@ -396,9 +399,16 @@ class DynamoDBProtocol(Protocol):
     TARGET = {"BACKEND": "django_mirror.targets.DynamoDBTarget", "OPTIONS": {"base_delay": 0.001}}
 
 
+class CacheProtocol(Protocol):
+    TARGET = {"BACKEND": "django_mirror.targets.CacheTarget", "OPTIONS": {"cache": "mirror"}}
+    SEPARATE_BY = "key_prefix"
+
+
 @both_databases
 @pytest.mark.parametrize(
-    ("protocol", "examples"), [(Protocol, 30), (DynamoDBProtocol, 12)], ids=["database", "dynamodb"]
+    ("protocol", "examples"),
+    [(Protocol, 30), (DynamoDBProtocol, 12), (CacheProtocol, 12)],
+    ids=["database", "dynamodb", "cache"],
 )
 def test_copy_relay_and_replay_converge_for_any_interleaving(
     aws: None, protocol: type[Protocol], examples: int
