@@ -287,3 +287,17 @@ def test_live_mirroring_and_key_lookups_shadowed_on_dynamodb(kinesis, statsd):
     assert statsd.total(lines, "django_mirror.read.mismatch.testapp_counter") == 1
     record = MismatchRecord.objects.get(kind="read")
     assert record.diff["fields"] == {"value": [2, -1]}
+
+
+def test_dynamodb_over_real_http_on_the_moto_server(moto_server: str):
+    """The same target through boto3's HTTP stack to moto's threaded server."""
+    target = DynamoDBTarget(
+        table_name=f"http{uuid.uuid4().hex[:8]}_{{model_name}}", endpoint_url=moto_server
+    )
+    assert target.setup([Author]) == [target.table(Author)]
+    assert target.setup([Author]) == []  # exists now
+    result = target.apply([upsert(Author(pk=i, name=f"a{i}"), 1) for i in range(1, 60)])
+    assert result.applied == 59
+    assert target.apply([delete(Author(pk=1), 2)]).applied == 1
+    assert sorted(int(k) for k in target.fetch(Author, range(1, 60))) == list(range(2, 60))
+    assert target.copy(Author, [{"id": 1, "name": "back"}, {"id": 99, "name": "new"}]).copied == 1
