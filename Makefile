@@ -139,8 +139,10 @@ screenshot: $(STAMP) browser
 	if [ $$status = 0 ]; then echo "saved docs/img/dashboard.png"; \
 	else echo "no screenshot saved (see above)"; exit 1; fi
 
+# The runbook on the example project, then again with the follows going to DynamoDB.
 demo: $(STAMP)
 	cd example_project && ../$(PY) manage.py mirror_demo
+	cd example_project && MIRROR_TARGET=dynamodb ../$(PY) manage.py mirror_demo --operations 1200
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -123,3 +123,17 @@ DJANGO_MIRROR = {
         "follows.Follow": MIRRORED,
     },
 }
+if env("MIRROR_TARGET", default="database") == "dynamodb":
+    # The follows themselves go to DynamoDB, one item per follow (mirror_setup makes the
+    # table; mirror_demo points it at its moto server like the stream).
+    DJANGO_MIRROR["MODELS"]["follows.Follow"] = {
+        **MIRRORED,
+        "target": {
+            "BACKEND": "django_mirror.targets.DynamoDBTarget",
+            "OPTIONS": {
+                "table_name": env("MIRROR_TABLE", default="twitch-follows"),
+                "region_name": os.environ["AWS_DEFAULT_REGION"],
+                "endpoint_url": env("AWS_ENDPOINT_URL", default=None),
+            },
+        },
+    }
