@@ -134,6 +134,8 @@ _recorder = _Recorder()
 add = _recorder.add
 observe = _recorder.observe
 flush = _recorder.flush
+
+
 def reset() -> None:
     """Forget every figure not yet written (tests start each from nothing)."""
     with _recorder.lock:

@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_mirror', '0004_phases'),
+        ("django_mirror", "0004_phases"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='metricwindow',
-            options={'verbose_name': 'dashboard', 'verbose_name_plural': 'dashboard'},
+            name="metricwindow",
+            options={"verbose_name": "dashboard", "verbose_name_plural": "dashboard"},
         ),
     ]

@@ -20,15 +20,16 @@ list.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.apps import apps
@@ -43,6 +44,8 @@ from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_p
 MAX_ITEM_BYTES = 400 * 1024
 MAX_BATCH_WRITE = 25
 MAX_BATCH_GET = 100
+#: Integers of up to 38 digits: N as they are.
+MAX_EXACT_INT = 10**38
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 #: Attributes django-mirror keeps beside the columns.
 VERSION, DELETED, TTL = "_v", "_deleted", "_ttl"
@@ -55,6 +58,9 @@ RETRYABLE = {
 }
 
 
+T = TypeVar("T")
+
+
 class ItemTooLarge(ValueError):
     """An item over DynamoDB's 400 KB: it goes to the dead-letter table, not the table."""
 
@@ -62,6 +68,8 @@ class ItemTooLarge(ValueError):
 def _number(value: Decimal | int | float) -> dict[str, str]:
     """N where DynamoDB can hold the number exactly (38 digits, 1E-130 to 1E+126),
     else its text, which the field reads back the same."""
+    if type(value) is int and -MAX_EXACT_INT < value < MAX_EXACT_INT:
+        return {"N": str(value)}  # the common case, and always within DynamoDB's range
     text = repr(value) if isinstance(value, float) else str(value)
     exact = Decimal(text)
     fits = exact.is_finite() and (
@@ -148,9 +156,14 @@ def from_attribute(field: models.Field, attribute: dict[str, Any]) -> Any:
     return field.to_python(raw)
 
 
+#: One encoder for every item: ``json.dumps`` with ``default`` builds a new one a call.
+_SIZE_ENCODER = json.JSONEncoder(default=lambda b: "x" * len(b))
+
+
 def item_size(item: dict[str, Any]) -> int:
-    """DynamoDB's measure of an item: attribute names plus values, near enough."""
-    return len(json.dumps(item, default=lambda b: "x" * len(b)).encode())
+    """DynamoDB's measure of an item: attribute names plus values, near enough. The
+    JSON is ASCII (``ensure_ascii``), so its length in characters is its length in bytes."""
+    return len(_SIZE_ENCODER.encode(item))
 
 
 class DynamoDBTarget(Target):
@@ -345,6 +358,9 @@ class DynamoDBTarget(Target):
         }
 
     def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Newest event per row; per model, chunks of 100 rows (one ``BatchGetItem``
+        each) are read, filtered and written by up to ``threads`` workers at once, so
+        one chunk's version read overlaps another's writes."""
         latest = latest_per_row(events)
         result = ApplyResult(stale=len(events) - len(latest))
         by_model: dict[str, list[Event]] = {}
@@ -354,22 +370,50 @@ class DynamoDBTarget(Target):
             try:
                 model = apps.get_model(label)
                 table = self.table(model)
-                held = self.versions(label, [e.pk for e in model_events])
             except (LookupError, ValueError) as exc:
                 result.failed += [(e, str(exc)) for e in model_events]
                 continue
-            items = []
-            for event in model_events:
-                if held.get(event.key[1], (-1, False))[0] >= event.version:
-                    result.stale += 1
-                    continue
-                try:
-                    items.append(self._item(model, event))
-                except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
-                    result.failed.append((event, f"{type(exc).__name__}: {exc}"))
-            self._batch_write(table, items)
-            result.count(model._meta.label, len(items))
+            chunks = [
+                model_events[start : start + MAX_BATCH_GET]
+                for start in range(0, len(model_events), MAX_BATCH_GET)
+            ]
+            for written, stale, failed in self._map(
+                functools.partial(self._apply_chunk, model, table), chunks
+            ):
+                result.count(model._meta.label, written)
+                result.stale += stale
+                result.failed += failed
         return result
+
+    def _map(self, function: Callable[[list[Event]], T], chunks: list[list[Event]]) -> list[T]:
+        """``function`` over ``chunks``, in a pool of ``threads`` when there are several."""
+        if len(chunks) < 2 or self.threads < 2:
+            return [function(chunk) for chunk in chunks]
+        with ThreadPoolExecutor(max_workers=min(self.threads, len(chunks))) as pool:
+            return list(pool.map(function, chunks))
+
+    def _apply_chunk(
+        self, model: type[models.Model], table: str, events: list[Event]
+    ) -> tuple[int, int, list[tuple[Event, str]]]:
+        """Read the versions of up to 100 rows, write the newer events: (written, stale,
+        failed)."""
+        failed: list[tuple[Event, str]] = []
+        try:
+            held = self.versions(model._meta.label, [e.pk for e in events])
+        except (LookupError, ValueError) as exc:
+            return 0, 0, [(e, str(exc)) for e in events]
+        items = []
+        stale = 0
+        for event in events:
+            if held.get(event.key[1], (-1, False))[0] >= event.version:
+                stale += 1
+                continue
+            try:
+                items.append(self._item(model, event))
+            except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
+                failed.append((event, f"{type(exc).__name__}: {exc}"))
+        self._batch_write(table, items)
+        return len(items), stale, failed
 
     def apply_live(self, events: Sequence[Event]) -> ApplyResult:
         """Each event in its own conditional put: for writers racing replay (live)."""
