@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db import DatabaseError
-from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -26,10 +26,9 @@ from django_mirror.models import (
     DeadLetter,
     MetricWindow,
     MismatchRecord,
-    OutboxBatch,
     ShardCheckpoint,
-    VerifyRun,
 )
+from django_mirror.verify import last_runs
 
 KINDS = ("read", "write", "verify")
 #: Events/s are averaged over the windows of the last this many minutes (the current,
@@ -139,22 +138,11 @@ def _ordered_configs() -> list[conf.ModelConfig]:
 
 
 def _backlogs(problems: list[str]) -> dict[str, int]:
-    """Events waiting in the outbox per model (lower-cased label), over every outbox:
-    a promoted model's writes are captured on its target."""
-    waiting: dict[str, int] = defaultdict(int)
-    for alias in relay.outbox_aliases():
-        try:
-            per_model = (
-                OutboxBatch.objects.using(alias)
-                .order_by()
-                .values("model")
-                .annotate(events=Sum("count"))
-            )
-            for entry in per_model:
-                waiting[entry["model"].lower()] += entry["events"] or 0
-        except DatabaseError as exc:
-            problems.append(f"The outbox on {alias!r} could not be read: {exc}")
-    return waiting
+    try:
+        return relay.backlog_by_model()
+    except DatabaseError as exc:
+        problems.append(f"An outbox could not be read: {exc}")
+        return {}
 
 
 def _mismatches(now: dt.datetime) -> dict[str, dict[str, dict[str, int]]]:
@@ -207,18 +195,11 @@ def _windows(
 
 
 def _verifies() -> dict[str, tuple[dt.datetime, int]]:
-    """The last finished ``mirror_verify`` per model (lower-cased label): when, and how
-    many differences it found. One query, served by the (model, finished_at) index."""
-    runs = VerifyRun.objects.using(conf.source_alias())
-    newest = (
-        runs.filter(model=OuterRef("model"), finished_at__isnull=False)
-        .order_by("-finished_at")
-        .values("finished_at")[:1]
-    )
-    last = runs.filter(finished_at=Subquery(newest)).values_list(
-        "model", "finished_at", "differences"
-    )
-    return {label.lower(): (finished, differences) for label, finished, differences in last}
+    """The last finished ``mirror_verify`` per model: when, and how many differences."""
+    return {
+        label: (run.finished_at, run.differences)  # type: ignore[misc]
+        for label, run in last_runs().items()
+    }
 
 
 def compute(now: dt.datetime | None = None) -> Dashboard:

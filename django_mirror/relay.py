@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError, close_old_connections, connections, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 
 from django_mirror import conf, reporting
 from django_mirror.events import decode_value, partition_key, pk_text
@@ -144,6 +144,23 @@ def drain(using: str | None = None, max_rounds: int | None = None) -> RelayResul
             if result.batches == 0:
                 break
     return total
+
+
+def backlog_by_model(using: str | None = None) -> dict[str, int]:
+    """Events waiting per model (lower-cased label), in the outbox of ``using``, else in
+    every outbox: a promoted model's writes are captured on its target."""
+    waiting: dict[str, int] = {}
+    for alias in outbox_aliases(using):
+        per_model = (
+            OutboxBatch.objects.using(alias)
+            .order_by()
+            .values("model")
+            .annotate(events=Sum("count"))
+        )
+        for entry in per_model:
+            key = entry["model"].lower()
+            waiting[key] = waiting.get(key, 0) + (entry["events"] or 0)
+    return waiting
 
 
 def backlog(using: str | None = None) -> int:

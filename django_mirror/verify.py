@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections, models
+from django.db.models import OuterRef, Subquery
 
 from django_mirror import conf
 from django_mirror.capture import paused
 from django_mirror.diff import EXTRA, Difference, compare_rows, redacted_row
 from django_mirror.events import encode_column, pk_text
-from django_mirror.models import MismatchRecord
+from django_mirror.models import MismatchRecord, VerifyRun
 from django_mirror.targets import get_target
 
 
@@ -363,3 +364,15 @@ class Verifier:
         self.stats.repaired = len(self.stats.differences) - len(remaining)
         self.stats.differences = remaining
         return self.stats.repaired
+
+
+def last_runs() -> dict[str, VerifyRun]:
+    """The newest finished ``mirror_verify`` of each model (lower-cased label): what a
+    move to phase ``mirror`` checks, and what status pages show."""
+    runs = VerifyRun.objects.using(conf.source_alias())
+    newest = (
+        runs.filter(model=OuterRef("model"), finished_at__isnull=False)
+        .order_by("-finished_at")
+        .values("finished_at")[:1]
+    )
+    return {run.model.lower(): run for run in runs.filter(finished_at=Subquery(newest))}

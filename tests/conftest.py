@@ -224,3 +224,18 @@ def target_down(alias: str = "new") -> Iterator[None]:
     finally:
         connections[alias].close()
         settings_dict.update(saved)
+
+
+def upsert_event(obj: models.Model, version: int) -> Any:
+    """An upsert of ``obj`` as it stands, the way capture encodes it."""
+    from django_mirror.events import Event, encode_column
+
+    fields = type(obj)._meta.concrete_fields
+    row = {f.column: encode_column(f, getattr(obj, f.attname)) for f in fields}
+    return Event(model=type(obj)._meta.label, op="upsert", pk=obj.pk, version=version, row=row)
+
+
+def delete_event(obj: models.Model, version: int) -> Any:
+    from django_mirror.events import Event
+
+    return Event(model=type(obj)._meta.label, op="delete", pk=obj.pk, version=version)

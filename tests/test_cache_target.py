@@ -23,10 +23,12 @@ from django.db.models import F
 from django.test import override_settings
 
 from django_mirror import paused
-from django_mirror.events import Event, encode_column
+from django_mirror.events import Event
 from django_mirror.models import DeadLetter
 from django_mirror.targets import CacheTarget
 from tests.conftest import both_databases, drain_and_replay
+from tests.conftest import delete_event as delete
+from tests.conftest import upsert_event as upsert
 from tests.testapp.models import AllTypes, Author, Counter
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -113,17 +115,6 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 @pytest.fixture
 def target(store: Store) -> CacheTarget:
     return CacheTarget(cache=ALIAS)
-
-
-def upsert(obj: Any, version: int) -> Event:
-    row = {
-        f.column: encode_column(f, getattr(obj, f.attname)) for f in type(obj)._meta.concrete_fields
-    }
-    return Event(model=type(obj)._meta.label, op="upsert", pk=obj.pk, version=version, row=row)
-
-
-def delete(obj: Any, version: int) -> Event:
-    return Event(model=type(obj)._meta.label, op="delete", pk=obj.pk, version=version)
 
 
 CASES = {

@@ -18,11 +18,12 @@ from django.db.models import F
 from django.test import override_settings
 
 from django_mirror import paused
-from django_mirror.events import Event, encode_column
 from django_mirror.models import DeadLetter
 from django_mirror.targets import DynamoDBTarget
 from django_mirror.targets.dynamodb import MAX_ITEM_BYTES
 from tests.conftest import both_databases, drain_and_replay, threadsafe_mock_aws
+from tests.conftest import delete_event as delete
+from tests.conftest import upsert_event as upsert
 from tests.faults import error_response, hooked, ok_response, request_body
 from tests.testapp.models import AllTypes, Author, Counter
 
@@ -38,17 +39,6 @@ def dynamo() -> Iterator[DynamoDBTarget]:
         target = DynamoDBTarget(table_name="t_{model_name}", base_delay=0.001, max_delay=0.01)
         target.setup([AllTypes, Author, Counter])
         yield target
-
-
-def upsert(obj: Any, version: int) -> Event:
-    row = {
-        f.column: encode_column(f, getattr(obj, f.attname)) for f in type(obj)._meta.concrete_fields
-    }
-    return Event(model=type(obj)._meta.label, op="upsert", pk=obj.pk, version=version, row=row)
-
-
-def delete(obj: Any, version: int) -> Event:
-    return Event(model=type(obj)._meta.label, op="delete", pk=obj.pk, version=version)
 
 
 ALL_TYPES = [

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
-from django.db.models import Count, Sum
+from django.db.models import Count
 
 from django_mirror import conf, relay
 from django_mirror.management.commands._base import MirrorCommand
@@ -12,10 +12,9 @@ from django_mirror.models import (
     DeadLetter,
     MirrorState,
     MismatchRecord,
-    OutboxBatch,
     ShardCheckpoint,
-    VerifyRun,
 )
+from django_mirror.verify import last_runs
 
 
 class Command(MirrorCommand):
@@ -67,22 +66,14 @@ class Command(MirrorCommand):
                 row["model"].lower(): row["n"] for row in qs.values("model").annotate(n=Count("id"))
             }
 
-        backlog: dict[str, int] = {}
-        for alias in relay.outbox_aliases():  # a promoted model's outbox is on its target
-            for row in (
-                OutboxBatch.objects.using(alias).values("model").annotate(events=Sum("count"))
-            ):
-                key = row["model"].lower()
-                backlog[key] = backlog.get(key, 0) + row["events"]
+        backlog = relay.backlog_by_model()
         dead = counts(DeadLetter.objects.using(using).filter(resolved_at__isnull=True))
         open_mismatches = MismatchRecord.objects.using(using).exclude(status="resolved")
         by_kind: dict[str, dict[str, int]] = {}
         for row in open_mismatches.values("model", "kind").annotate(n=Count("id")):
             by_kind.setdefault(row["model"].lower(), {})[row["kind"]] = row["n"]
         states = {s.model.lower(): s for s in MirrorState.objects.using(using)}
-        verified: dict[str, VerifyRun] = {}
-        for run in VerifyRun.objects.using(using).filter(finished_at__isnull=False):
-            verified.setdefault(run.model.lower(), run)  # newest first
+        verified = last_runs()
         models = []
         for config in configs:
             key = config.label.lower()
