@@ -272,6 +272,16 @@ def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
         cursor.close()
 
 
+def record_payload(using: str, label: str, payload: dict[str, Any]) -> None:
+    """Store an outbox payload made elsewhere (a repository call) in this transaction,
+    counted and shipped after commit like captured writes."""
+    with transaction.atomic(using=using):
+        state = _transaction(using)
+        payload["tx"] = state.id
+        state.counts[label] = state.counts.get(label, 0) + len(payload["ops"])
+        _write_outbox(using, label, payload)
+
+
 def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str, Any]) -> None:
     """Keep the versions of rows written on a store that events also flow into.
 

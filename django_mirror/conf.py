@@ -133,6 +133,8 @@ class MirrorSettings:
     replay: dict[str, Any]
     phases: dict[str, Any]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Interface path -> {"source", "targets", "phase", "shadow_read_rate"} (raw).
+    repositories: dict[str, Any] = field(default_factory=dict)
 
 
 def _merged(default: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -155,6 +157,9 @@ def get_settings() -> MirrorSettings:
         relay=_merged(DEFAULT_RELAY, raw.get("RELAY")),
         replay=_merged(DEFAULT_REPLAY, raw.get("REPLAY")),
         phases=_merged(DEFAULT_PHASES, raw.get("PHASES")),
+        repositories=dict(raw.get("REPOSITORIES") or {})
+        if isinstance(raw.get("REPOSITORIES") or {}, dict)
+        else {},
         models={
             label: dict(opts or {}) if isinstance(opts or {}, dict) else opts
             for label, opts in raw_models.items()

@@ -22,7 +22,10 @@ from django.db import models
 SCHEMA_VERSION = 1
 UPSERT = "upsert"
 DELETE = "delete"
-OPS = (UPSERT, DELETE)
+#: A recorded call of a repository's write method (``django_mirror.repositories``).
+CALL = "call"
+OPS = (UPSERT, DELETE, CALL)
+_OP_CODES = {"u": UPSERT, "d": DELETE, "c": CALL}
 
 #: Events of one outbox row are numbered ``outbox_id * VERSION_STRIDE + position``, on
 #: top of ``generation * GENERATION_STRIDE``: the model's count of run-time phase changes,
@@ -156,8 +159,8 @@ class Event:
         if not isinstance(data["version"], int) or isinstance(data["version"], bool):
             raise EventDecodeError(f"version {data['version']!r} is not an integer")
         row = data.get("row")
-        if data["op"] == UPSERT and not isinstance(row, dict):
-            raise EventDecodeError("upsert event has no row")
+        if data["op"] in (UPSERT, CALL) and not isinstance(row, dict):
+            raise EventDecodeError(f"{data['op']} event has no row")
         return cls(
             model=str(data["model"]),
             op=data["op"],
@@ -211,10 +214,10 @@ def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> lis
         event = {
             **base,
             "id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{payload['tx']}/{version}")),
-            "op": UPSERT if op[0] == "u" else DELETE,
+            "op": _OP_CODES[op[0]],
             "pk": op[1],
             "version": version,
-            "row": dict(zip(columns, op[2], strict=True)) if op[0] == "u" else None,
+            "row": dict(zip(columns, op[2], strict=True)) if op[0] != "d" else None,
         }
         events.append(event)
     return events

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from django_mirror import conf, reporting
 from django_mirror.capture import paused
-from django_mirror.events import Event, EventDecodeError
+from django_mirror.events import CALL, Event, EventDecodeError
 from django_mirror.models import DeadLetter, ShardCheckpoint
 from django_mirror.streams import PositionExpired, Shard, Stream, get_stream
 from django_mirror.targets import Target, target_for
@@ -267,6 +267,9 @@ class Replayer:
             if self.labels and event.model.lower() not in self.labels:
                 self.stats.skipped += 1
                 continue
+            if event.op == CALL:
+                self._dispatch_call(event, data, where)
+                continue
             config = conf.config_for_label(event.model)
             if config is None:
                 dead_letter(
@@ -297,6 +300,20 @@ class Replayer:
                         shard_id=shard_id,
                     )
                     self.stats.dead_letters += 1
+
+    def _dispatch_call(self, event: Event, data: bytes, where: dict[str, str]) -> None:
+        """A repository call: replayed at once, in stream order, on its targets."""
+        from django_mirror.repositories.calls import dispatch
+
+        try:
+            with paused():
+                dispatch(event)
+        except LookupError as exc:
+            dead_letter(str(exc), data, model=event.model, pk_value=event.key[1], **where)
+            self.stats.dead_letters += 1
+            return
+        self.stats.applied += 1
+        reporting.incr("replayed", 1, event.model)
 
     def _target(self, config: conf.ModelConfig, origin: str) -> Target:
         key = f"{config.target!r}<-{origin}"

@@ -1,0 +1,168 @@
+"""The wrapper ``@repository`` generates: one class per interface, one method per
+interface method, built from the signatures (no code written per method).
+
+- **write**: runs on the source. In phase ``capture`` and ``mirror`` the call and its
+  outcome (a result, or a tolerated error) are recorded as a call event; in ``mirror``
+  the call then runs on every target, each outcome compared with the source's. An error
+  the interface does not tolerate goes to the caller and is neither recorded nor
+  mirrored.
+- **read**: answered by the source; in ``mirror`` a sampled share also runs on each
+  target, on the shadow-read pool, compared after the method's ``preprocess``.
+- **passthrough**: the source's method, untouched.
+
+Whatever a target does, the caller gets the source's result or error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from typing import Any
+
+from django_mirror import reporting
+from django_mirror.repositories import calls
+from django_mirror.repositories.interface import PASSTHROUGH, READ, InterfaceSpec, MethodSpec
+
+
+def _config(wrapper: Any) -> Any:
+    from django_mirror.repositories import registry
+
+    return registry.config_for(wrapper._mirror_name)
+
+
+def _timed(implementation: Any, method: MethodSpec, args: Any, kwargs: Any) -> tuple[dict, float]:
+    started = time.perf_counter()
+    result = calls.run(implementation, method, list(args), dict(kwargs))
+    return result, (time.perf_counter() - started) * 1000
+
+
+def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -> None:
+    """Run a write on every target after the source; differences are write mismatches."""
+    from django_mirror.shadow.scope import current_path
+
+    args, kwargs = bound.args[1:], bound.kwargs
+    for name, target in config.targets().items():
+        with reporting.guarded(f"mirroring {config.name}.{method.name} to {name} failed"):
+            got, elapsed = _timed(target, method, args, kwargs)
+            reporting.timing(f"repository.latency.{name}", elapsed, config.name)
+            if calls.comparable(method, got) != calls.comparable(method, expected):
+                key = str(calls.partition(method, bound))
+                calls.mismatch(
+                    config.name, name, method, key, expected, got, "write", current_path()
+                )
+            else:
+                reporting.incr("write.applied", 1, config.name)
+
+
+def _shadow_read(config: Any, method: MethodSpec, bound: Any, expected: dict) -> None:
+    """Queue the read for each target on the shadow pool (skipped and counted when full)."""
+    from django_mirror.shadow import get_pool
+    from django_mirror.shadow.scope import current_path
+
+    path = current_path()
+    args, kwargs = bound.args[1:], bound.kwargs
+    for name, target in config.targets().items():
+
+        def compare(name: str = name, target: Any = target) -> None:
+            with reporting.guarded(f"shadow read of {config.name}.{method.name} failed"):
+                got, elapsed = _timed(target, method, args, kwargs)
+                reporting.read_latency("target", elapsed, config.name)
+                reporting.incr("read.compared", 1, config.name)
+                if calls.comparable(method, got) == calls.comparable(method, expected):
+                    reporting.incr("read.match", 1, config.name)
+                    return
+                key = str(calls.partition(method, bound)) if method.partition_key else "-"
+                calls.mismatch(config.name, name, method, key, expected, got, "read", path)
+
+        if not get_pool().submit(compare):
+            reporting.incr("read.skipped", 1, config.name)
+
+
+#: Striped locks: writes of one partition key in one process run on the source and are
+#: recorded in the same order. (Across processes the source's own transaction must order
+#: them: make the write and its record one transaction; see docs/repositories.md.)
+_ORDER = [threading.Lock() for _ in range(256)]
+
+
+def _ordering(method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if method.partition_key is None:
+        return contextlib.nullcontext()
+    try:
+        key = calls.partition(method, calls.bound_call(method, args, kwargs))
+    except TypeError:  # a call the signature refuses: let the source say so
+        return contextlib.nullcontext()
+    return _ORDER[hash(str(key)) % len(_ORDER)]
+
+
+def _sampled(config: Any) -> bool:
+    from django_mirror.shadow.scope import current
+
+    scope = current()
+    if scope is None:
+        return False
+    rate = config.shadow_read_rate if scope.rate is None else scope.rate
+    return scope.draw < rate
+
+
+def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
+    name = method.name
+
+    if method.kind == PASSTHROUGH:
+
+        def passthrough(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self._mirror_source, name)(*args, **kwargs)
+
+        return passthrough
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        config = _config(self)
+        source = getattr(self._mirror_source, name)
+        if config is None or config.phase == "off":
+            return source(*args, **kwargs)
+        with _ordering(method, args, kwargs) if method.kind != READ else contextlib.nullcontext():
+            return _run(config, source, args, kwargs)
+
+    def _run(config: Any, source: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = source(*args, **kwargs)
+        except method.tolerate as exc:  # an outcome: recorded and mirrored, then raised
+            error: BaseException | None = exc
+            result = None
+        else:
+            error = None
+        elapsed = (time.perf_counter() - started) * 1000
+        with reporting.guarded(f"recording {spec.name}.{name} failed"):
+            bound = calls.bound_call(method, args, kwargs)
+            expected = calls.outcome(result, error)
+            if method.kind == READ:
+                if config.phase == "mirror" and _sampled(config):
+                    reporting.read_latency("source", elapsed, config.name)
+                    _shadow_read(config, method, bound, expected)
+            else:
+                calls.record(spec, method, bound, expected)
+                if config.phase == "mirror":
+                    reporting.timing("repository.latency.source", elapsed, config.name)
+                    _mirror_write(config, method, bound, expected)
+        if error is not None:
+            raise error
+        return result
+
+    return call
+
+
+def wrapper_class(interface: type, spec: InterfaceSpec) -> type:
+    """The generated class: ``Interface.Mirrored(source_implementation)``."""
+
+    def __init__(self: Any, source: Any, name: str | None = None) -> None:
+        self._mirror_source = source
+        self._mirror_name = name or spec.name
+
+    namespace: dict[str, Any] = {"__init__": __init__, "__doc__": f"Mirrored {spec.name}."}
+    for method in spec.methods.values():
+        function = _method(spec, method)
+        original = getattr(interface, method.name)
+        namespace[method.name] = functools.wraps(original)(function)
+    return type(f"Mirrored{interface.__name__}", (), namespace)

@@ -1,0 +1,229 @@
+"""Repository-level mirroring: wrappers generated from an interface's signatures record
+write calls, replay them on targets in order, mirror them live and shadow reads."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from io import StringIO
+from typing import Any, Protocol
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.test import override_settings
+
+from django_mirror import relay
+from django_mirror.models import MismatchRecord, OutboxBatch
+from django_mirror.replay import Replayer
+from django_mirror.repositories import InterfaceError, get, read, repository, write
+from django_mirror.repositories.registry import config_for
+from django_mirror.shadow import get_pool, shadow_reads
+from tests.conftest import both_databases, drain_and_replay, in_thread
+from tests.testapp.repositories import INTERFACE, AlreadyFollowing, FollowStore
+
+
+def repositories(phase: str = "capture", **targets: str) -> override_settings:
+    targets = targets or {"main": "tests.testapp.repositories.TargetFollows"}
+    mirror = {
+        **settings.DJANGO_MIRROR,
+        "REPOSITORIES": {
+            INTERFACE: {
+                "source": "tests.testapp.repositories.SourceFollows",
+                "targets": targets,
+                "phase": phase,
+                "shadow_read_rate": 1.0,
+            }
+        },
+        "SHADOW": {"RECHECK_DELAY": 0.05},
+    }
+    return override_settings(DJANGO_MIRROR=mirror)
+
+
+def impl(name: str = "") -> Any:
+    config = config_for(INTERFACE)
+    assert config is not None
+    return config.source() if not name else config.targets()[name]
+
+
+@pytest.fixture
+def repo() -> Iterator[Any]:
+    with repositories():
+        yield get(FollowStore)
+
+
+def recorded() -> list[dict[str, Any]]:
+    return [e for batch in OutboxBatch.objects.order_by("id") for e in batch.events()]
+
+
+@both_databases
+def test_every_kind_of_parameter_is_recorded_and_replayed_as_called(kinesis, repo):
+    assert repo.follow(1, 10) == 1
+    assert repo.follow(user=2, channel=10, notify=False) == 2
+    assert repo.follow_many(11, 3, 4, 5) == 3  # *args
+    assert repo.unfollow(1, channel=10) is True
+    events = recorded()
+    assert [e["row"]["method"] for e in events] == ["follow", "follow", "follow_many", "unfollow"]
+    assert [e["pk"] for e in events] == ["10", "10", "11", "10"]  # the partition key
+    assert events[1]["row"]["kwargs"] == {"notify": False}
+    assert events[1]["row"]["outcome"] == {"return": 2}
+    drain_and_replay()
+    source, target = impl(), impl("main")
+    assert (
+        dict(target.follows)
+        == dict(source.follows)
+        == {10: {2: False}, 11: {3: True, 4: True, 5: True}}
+    )
+    assert [entry[2] for entry in target.log] == [e["id"] for e in events]  # event ids passed on
+    assert not MismatchRecord.objects.exists()
+
+
+@both_databases
+def test_passthrough_methods_are_untouched(repo):
+    assert repo.backend() == "SourceFollows"
+    assert not OutboxBatch.objects.exists()
+    assert repo.followers(10) == []  # a read in capture: source only, nothing recorded
+    assert not OutboxBatch.objects.exists()
+
+
+@both_databases
+def test_a_tolerated_error_is_recorded_and_mirrored_an_intolerable_one_only_raised(kinesis, repo):
+    repo.follow(1, 10)
+    with pytest.raises(AlreadyFollowing):
+        repo.follow(1, 10)  # the backend's answer: recorded as such
+    with pytest.raises(TypeError):
+        repo.follow(1)  # not a call the interface allows: raised before anything
+    with pytest.raises(KeyError):
+        impl().follows = None  # type: ignore[assignment]
+        impl().__dict__["follows"] = _Exploding()
+        repo.follow(2, 10)  # the source failed: the caller sees it, nothing recorded
+    outcomes = [e["row"]["outcome"] for e in recorded()]
+    assert outcomes == [
+        {"return": 1},
+        {"error": {"type": "AlreadyFollowing", "message": "1 follows 10"}},
+    ]
+    drain_and_replay()
+    assert impl("main").follows == {10: {1: True}}
+    assert not MismatchRecord.objects.exists()  # the target raised the same error
+
+
+class _Exploding(dict):  # type: ignore[type-arg]
+    def __missing__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+
+@both_databases
+def test_replay_from_the_start_rebuilds_a_target(kinesis, repo):
+    for user in range(5):
+        repo.follow(user, 20)
+    repo.unfollow(3, 20)
+    drain_and_replay()
+    assert impl("main").follows == impl().follows
+    impl("main").follows.clear()  # the target is lost and rebuilt empty
+    call_command("mirror_replay", "--from-start", "--until-caught-up", stdout=StringIO())
+    assert impl("main").follows == impl().follows == {20: {0: True, 1: True, 2: True, 4: True}}
+
+
+@both_databases
+def test_two_targets_mirrored_live_one_diverging(statsd):
+    with repositories(
+        "mirror",
+        good="tests.testapp.repositories.TargetFollows",
+        candidate="tests.testapp.repositories.DivergingFollows",
+    ):
+        repo = get(FollowStore)
+        assert repo.follow(1, 30, notify=False) == 1  # the source's answer, always
+        assert repo.follow(2, 30) == 2
+        assert impl("good").follows == impl().follows  # live, before any replay
+        assert impl("candidate").follows[30] == {1: True, 2: True}
+        records = MismatchRecord.objects.filter(kind="write")
+        assert records.count() == 2
+        assert {r.query for r in records} == {"follow on candidate"}
+        assert records[0].source_value["return"] != records[0].target_value["return"]
+        with shadow_reads():
+            assert repo.followers(30) == [2, 1]
+        assert get_pool().wait_idle(30)
+    lines = statsd.lines()
+    assert (
+        statsd.total(lines, "django_mirror.write.mismatch.tests_testapp_repositories_followstore")
+        == 2
+    )
+    assert (
+        statsd.total(lines, "django_mirror.read.compared.tests_testapp_repositories_followstore")
+        == 2
+    )
+    assert (
+        statsd.total(lines, "django_mirror.read.match.tests_testapp_repositories_followstore") == 2
+    )
+
+
+@both_databases
+def test_calls_replay_in_order_per_partition_key_under_concurrent_writers(kinesis):
+    with repositories():
+        repo = get(FollowStore)
+        errors: list[BaseException] = []
+
+        def writer(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(60):
+                user, channel = rng.randrange(8), rng.randrange(4)
+                try:
+                    if rng.random() < 0.6:
+                        repo.follow(user, channel)
+                    else:
+                        repo.unfollow(user, channel)
+                except AlreadyFollowing:
+                    pass
+
+        threads = [in_thread(lambda s=s: writer(s), errors) for s in range(4)]
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        relay.drain()
+        Replayer().run(until_caught_up=True)
+        source, target = impl(), impl("main")
+        assert target.follows == source.follows
+        for channel in range(4):  # each channel's calls in the order the source took them
+            assert [m for m, c, _ in target.log if c == channel] == [
+                m for m, c, _ in source.log if c == channel
+            ]
+        assert not MismatchRecord.objects.exists()
+
+
+def test_interfaces_are_checked_when_defined():
+    with pytest.raises(InterfaceError, match="needs a type annotation"):
+
+        @repository
+        class NoAnnotation(Protocol):
+            @write
+            def put(self, key) -> None: ...  # type: ignore[no-untyped-def]
+
+    with pytest.raises(InterfaceError, match="cannot be recorded"):
+
+        @repository
+        class Unserialisable(Protocol):
+            @write
+            def put(self, key: threading.Lock) -> None: ...
+
+    with pytest.raises(InterfaceError, match="mark it @write, @read or @passthrough"):
+
+        @repository
+        class Unmarked(Protocol):
+            def put(self, key: int) -> None: ...
+
+    with pytest.raises(InterfaceError, match="partition_key 'channel' is not an argument"):
+
+        @repository
+        class BadKey(Protocol):
+            @write(partition_key="channel")
+            def put(self, key: int) -> None: ...
+
+    @repository
+    class Fine(Protocol):
+        @read
+        def get(
+            self, keys: list[int], *, scale: dict[str, float] | None = None
+        ) -> dict[str, int]: ...
+
+    assert hasattr(Fine, "Mirrored")
