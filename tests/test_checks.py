@@ -252,3 +252,38 @@ def test_promotion_without_the_router_is_an_error_and_its_absence_a_warning():
         with override_settings(DJANGO_MIRROR=promoted):
             (error,) = check_router()
     assert error.id == "django_mirror.E018" and "testapp.Author" in error.msg
+
+
+def repository_setting(**options: Any) -> dict[str, Any]:
+    entry = {
+        "source": "tests.testapp.repositories.SourceFollows",
+        "targets": {"main": "tests.testapp.repositories.TargetFollows"},
+        "phase": "capture",
+        **options,
+    }
+    return config(
+        lambda c: c.__setitem__("REPOSITORIES", {"tests.testapp.repositories.FollowStore": entry})
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (repository_setting(), []),
+        (config(lambda c: c.__setitem__("REPOSITORIES", ["x"])), ["django_mirror.E020"]),
+        (
+            config(lambda c: c.__setitem__("REPOSITORIES", {"tests.testapp.models.Author": {}})),
+            ["django_mirror.E020"],
+        ),
+        (repository_setting(sources="x"), ["django_mirror.E020"]),
+        (repository_setting(phase="promoted"), ["django_mirror.E021"]),
+        (repository_setting(shadow_read_rate=3), ["django_mirror.E021"]),
+        (repository_setting(source="tests.testapp.nowhere.Follows"), ["django_mirror.E022"]),
+        (
+            repository_setting(targets={"x": "tests.testapp.models.Author"}),
+            ["django_mirror.E022"],
+        ),
+    ],
+)
+def test_repository_settings_are_checked(setting: Any, expected: list[str]):
+    assert found(setting) == expected
