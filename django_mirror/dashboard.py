@@ -28,6 +28,7 @@ from django_mirror.models import (
     MismatchRecord,
     ShardCheckpoint,
 )
+from django_mirror.repositories import registry as repositories
 from django_mirror.verify import last_runs
 
 KINDS = ("read", "write", "verify")
@@ -219,16 +220,22 @@ def compute(now: dt.datetime | None = None) -> Dashboard:
     )
     dead_letters = DeadLetter.objects.using(source).filter(resolved_at__isnull=True).count()
     rows = []
-    for config in _ordered_configs():
-        key = config.label.lower()
+    entries = [(c.label, c.phase, _target_name(c), c.owner) for c in _ordered_configs()]
+    # Repository interfaces mirrored call by call: their figures carry the interface's name.
+    entries += [
+        (r.name, r.phase, ", ".join(r.target_paths) or DASH, None)
+        for r in sorted(repositories.configs().values(), key=lambda r: r.name)
+    ]
+    for label, phase, target, owner in entries:
+        key = label.lower()
         figures = mismatches.get(key) or {"hour": {}, "day": {}}
         verified_at, verify_differences = verifies.get(key, (None, None))
         rows.append(
             ModelRow(
-                label=config.label,
-                phase=config.phase,
-                target=_target_name(config),
-                owner=config.owner,
+                label=label,
+                phase=phase,
+                target=target,
+                owner=owner,
                 backlog=backlogs.get(key, 0),
                 captured_per_s=recent[key]["captured"] / rate_seconds,
                 replayed_per_s=recent[key]["replayed"] / rate_seconds,

@@ -227,3 +227,15 @@ def test_interfaces_are_checked_when_defined():
         ) -> dict[str, int]: ...
 
     assert hasattr(Fine, "Mirrored")
+
+
+@both_databases
+def test_the_dashboard_shows_a_mirrored_repository_and_its_mismatches(admin_client):
+    from django_mirror import stats
+
+    with repositories("mirror", candidate="tests.testapp.repositories.DivergingFollows"):
+        get(FollowStore).follow(1, 40)
+        stats.flush()
+        page = admin_client.get("/admin/django_mirror/metricwindow/").content.decode()
+    assert INTERFACE in page and "candidate" in page
+    assert MismatchRecord.objects.filter(model=INTERFACE, kind="write").count() == 1
