@@ -78,23 +78,46 @@ def _sort_key(item: Any) -> str:
     return repr(item)
 
 
-def normalise(config: conf.ModelConfig, result: Any, ordered: bool) -> Result:
-    """The comparable form of what a query returned."""
+@dataclass(frozen=True)
+class Instances:
+    """Model instances as a read returned them: each one's primary key and attributes."""
+
+    model: type[models.Model]
+    rows: list[tuple[Any, dict[str, Any]]]
+
+
+def snapshot(result: Any) -> Any:
+    """A copy of a read's result for ``normalise`` to take later on a pool thread.
+
+    Only copies, so the request thread pays little: the objects' attributes, not their
+    encoding. What the user changes in place inside a value afterwards can still show
+    as a difference, which the re-check of both stores then finds transient.
+    """
     if isinstance(result, list) and result and isinstance(result[0], models.Model):
-        model = config.model or type(result[0])
+        return Instances(type(result[0]), [(obj.pk, obj.__dict__.copy()) for obj in result])
+    if isinstance(result, list | dict):
+        return result.copy()
+    return result
+
+
+def normalise(config: conf.ModelConfig, result: Any, ordered: bool) -> Result:
+    """The comparable form of what a query returned (or of its ``snapshot``)."""
+    if isinstance(result, list) and result and isinstance(result[0], models.Model):
+        result = Instances(type(result[0]), [(obj.pk, obj.__dict__) for obj in result])
+    if isinstance(result, Instances):
+        model = config.model or result.model
         fields = _fields(model._meta.concrete_model, config.exclude_fields)
         names = tuple(f.name for f in fields)
         rows: dict[str, tuple[Any, ...]] = {}
-        plain = []
-        for obj in result:
-            values = obj.__dict__
+        # Only a ``compare`` callable reads the plain values: not built for the others.
+        plain: list[dict[str, Any]] | None = [] if config.compare else None
+        for pk, values in result.rows:
             raw = [values.get(f.attname) for f in fields]
             # Compared and stored in the events' encoding: exact (a Decimal's scale, a
             # datetime's zone) and JSON all the way, for the mismatch records.
-            rows[pk_text(obj.pk)] = tuple(
-                encode_column(f, v) for f, v in zip(fields, raw, strict=True)
-            )
-            plain.append(dict(zip(names, raw, strict=True)))
+            rows[pk_text(pk)] = tuple(encode_column(f, v) for f, v in zip(fields, raw, strict=True))
+            if plain is not None:
+                plain.append(dict(zip(names, raw, strict=True)))
         return Result(rows=rows, names=names, plain=plain)
     if isinstance(result, list):
         items = [_drop_excluded(config, item) for item in result]

@@ -31,7 +31,11 @@ class ShadowPool:
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self.delayed: list[tuple[float, int, Job]] = []
         self.order = itertools.count()
-        self.lock = threading.Condition()
+        self.lock = threading.Lock()
+        #: Signalled when a re-check is added (the timer thread waits on it) ...
+        self.due = threading.Condition(self.lock)
+        #: ... and when the last pending job is done (``wait_idle`` waits on it).
+        self.idle = threading.Condition(self.lock)
         #: Jobs queued, waiting for their time, or running.
         self.pending = 0
         self.threads = [
@@ -59,17 +63,17 @@ class ShadowPool:
         with self.lock:
             heapq.heappush(self.delayed, (time.monotonic() + delay, next(self.order), job))
             self.pending += 1
-            self.lock.notify_all()
+            self.due.notify()
 
     def _release(self) -> None:
         while True:
             with self.lock:
                 while not self.delayed:
-                    self.lock.wait()
+                    self.due.wait()
                 due, _, job = self.delayed[0]
                 wait = due - time.monotonic()
                 if wait > 0:
-                    self.lock.wait(wait)
+                    self.due.wait(wait)
                     continue
                 heapq.heappop(self.delayed)
             self.jobs.put(job)
@@ -82,12 +86,18 @@ class ShadowPool:
             except Exception:  # a job reports its own failures; this is the last net
                 logger.warning("django-mirror: a shadow read failed", exc_info=True)
             finally:
+                # A connection is kept between jobs; one that saw an error is checked
+                # (a round trip) and closed if it is broken.
                 for connection in connections.all(initialized_only=True):
-                    if connection.errors_occurred or not connection.is_usable():
-                        connection.close()
+                    if connection.errors_occurred:
+                        if connection.is_usable():
+                            connection.errors_occurred = False
+                        else:
+                            connection.close()
                 with self.lock:
                     self.pending -= 1
-                    self.lock.notify_all()
+                    if not self.pending:
+                        self.idle.notify_all()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until no job is queued, running or waiting for its re-check (for tests,
@@ -98,7 +108,7 @@ class ShadowPool:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self.lock.wait(left)
+                self.idle.wait(left)
         return True
 
 

@@ -35,12 +35,15 @@ class ShadowRead:
     #: The alias shadowed on; None for a target that is not a database, read by key.
     secondary: str | None
     control: bool
-    path: str
+    scope: scope.Scope
     aggregate: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
     #: The keys a lookup by primary key asks for (reads of a non-database target).
     pks: list[Any] = field(default_factory=list)
     ordered: bool = False
     queued: float = 0.0
+    #: The source's answer as the request got it (``compare.snapshot``) and its time.
+    source_raw: Any = None
+    source_ms: float = 0.0
     source: compare.Result = field(default_factory=compare.Result)
     rechecks: int = 0
     last_seen: str | None = None
@@ -55,12 +58,22 @@ class ShadowRead:
     # --- request thread -------------------------------------------------------------
 
     def submit(self, result: Any, source_ms: float) -> None:
-        """Keep the source's answer and queue the comparison; never raises."""
+        """Keep a copy of the source's answer and queue the comparison; never raises.
+
+        Encoding that answer and reporting its time are left to the pool thread, so the
+        request pays for a copy only.
+        """
         with reporting.guarded("a shadow read could not be queued"):
-            reporting.read_latency("source", source_ms, self.label)
-            self.source = compare.normalise(self.config, result, self.ordered)
+            self.source_raw = compare.snapshot(result)
+            self.source_ms = source_ms
+            self.scope.queue(self._queue)
+
+    def _queue(self) -> None:
+        """Hand the comparison to the pool; counted as skipped when its queue is full."""
+        with reporting.guarded("a shadow read could not be queued"):
             self.queued = time.monotonic()
             if not get_pool().submit(self.compare):
+                reporting.read_latency("source", self.source_ms, self.label)
                 reporting.incr(self.metric("skipped"), 1, self.label)
 
     # --- pool threads ---------------------------------------------------------------
@@ -87,6 +100,7 @@ class ShadowRead:
 
     def compare(self) -> None:
         with reporting.guarded("a shadow read failed"):
+            reporting.read_latency("source", self.source_ms, self.label)
             if time.monotonic() - self.queued > self._timeout():
                 reporting.incr(self.metric("timeouts"), 1, self.label)  # waited too long
                 return
@@ -113,6 +127,7 @@ class ShadowRead:
             if not self.control:
                 reporting.read_latency("target", elapsed, self.label)
             reporting.incr(self.metric("compared"), 1, self.label)
+            self.source = compare.normalise(self.config, self.source_raw, self.ordered)
             target = compare.normalise(self.config, result, self.ordered)
             if compare.compare(self.config, self.source, target) is None:
                 reporting.incr(self.metric("match"), 1, self.label)
@@ -216,7 +231,7 @@ class ShadowRead:
                 status=MismatchRecord.Status.CONFIRMED,
                 model=self.label,
                 pk_value=",".join(pks[:10])[:255],
-                request_path=self.path[:500],
+                request_path=self.scope.path[:500],
                 query=shape,
                 source_value=source_shown,
                 target_value=target_shown,
@@ -311,7 +326,7 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
             primary=primary,
             secondary=primary if control else secondary,
             control=control,
-            path=current.path,
+            scope=current,
             ordered=queryset.ordered,
             pks=pks,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,6 +19,22 @@ class Scope:
     path: str = ""
     #: Overrides every model's ``shadow_read_rate`` when set.
     rate: float | None = None
+    #: A request's comparisons, held until its response has gone out, so they never
+    #: compete with it for the CPU (None: queued at once, as in ``shadow_reads()``).
+    held: list[Callable[[], None]] | None = None
+
+    def queue(self, job: Callable[[], None]) -> None:
+        if self.held is None:
+            job()
+        else:
+            self.held.append(job)
+
+    def release(self) -> None:
+        """Queue what was held (the response is closed, or the scope ended)."""
+        if self.held:
+            jobs, self.held[:] = list(self.held), []
+            for job in jobs:
+                job()
 
     def samples(self, config: conf.ModelConfig) -> bool:
         rate = config.shadow_read_rate if self.rate is None else self.rate
@@ -38,6 +54,16 @@ def current_path() -> str:
     """The path of the request being served, or "" outside requests."""
     scope = _scope.get()
     return scope.path if scope is not None else ""
+
+
+def enter(path: str, hold: bool) -> tuple[Scope, contextvars.Token[Scope | None]]:
+    """Open a scope for this context (the middleware's per-request scope)."""
+    scope = Scope(random.random(), path, None, [] if hold else None)
+    return scope, _scope.set(scope)
+
+
+def leave(token: contextvars.Token[Scope | None]) -> None:
+    _scope.reset(token)
 
 
 @contextmanager
