@@ -33,6 +33,9 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "memory": ("benchmarks.replay_memory", ("sqlite",)),
     "copy": ("benchmarks.copy_rows", ("sqlite", "postgres")),
     "verify": ("benchmarks.verify_rows", ("postgres",)),
+    "shadow-latency": ("benchmarks.shadow_latency", ("sqlite", "postgres")),
+    "shadow-throughput": ("benchmarks.shadow_throughput", ("sqlite", "postgres")),
+    "dynamodb": ("benchmarks.dynamodb_replay", ("sqlite",)),
 }
 
 
