@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.core.signals import setting_changed
 from django.db import connections
@@ -90,14 +91,24 @@ class ShadowPool:
                 # (a round trip) and closed if it is broken.
                 for connection in connections.all(initialized_only=True):
                     if connection.errors_occurred:
-                        if connection.is_usable():
-                            connection.errors_occurred = False
-                        else:
-                            connection.close()
+                        self._check(connection)
                 with self.lock:
                     self.pending -= 1
                     if not self.pending:
                         self.idle.notify_all()
+
+    @staticmethod
+    def _check(connection: Any) -> None:
+        """Keep a connection that is still good after an error; close one that is not
+        (or never opened: a target that was down)."""
+        try:
+            usable = connection.connection is not None and connection.is_usable()
+        except Exception:
+            usable = False
+        if usable:
+            connection.errors_occurred = False
+        else:
+            connection.close()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until no job is queued, running or waiting for its re-check (for tests,

@@ -267,8 +267,16 @@ class DatabaseTarget(Target):
             return 0
         # Decode first: a bad event must fail before anything is written.
         rows = [self._values(model, e) for e in fresh if e.op == UPSERT]
-        self._delete_rows(model, [e.pk for e in fresh])
-        self._insert_rows(model, rows)
+        # Rows held already are updated in place, so rows referring to them (an M2M
+        # table) keep their foreign keys valid even where the checks stay on (live
+        # mirroring); the others are inserted.
+        self._delete_rows(model, [e.pk for e in fresh if e.op != UPSERT])
+        upserts = [e for e in fresh if e.op == UPSERT]
+        held = {pk_text(pk) for pk in self._existing_pks(model, [e.pk for e in upserts])}
+        pk_index = [f.attname for f in model._meta.concrete_fields].index(model._meta.pk.attname)
+        in_place = [e.key[1] in held for e in upserts]
+        self._update_rows(model, [r for r, h in zip(rows, in_place, strict=True) if h], pk_index)
+        self._insert_rows(model, [r for r, h in zip(rows, in_place, strict=True) if not h])
         self._write_versions(label, fresh, current)
         return len(fresh)
 
@@ -555,6 +563,22 @@ class DatabaseTarget(Target):
                     f"({', '.join(['%s'] * len(chunk))})",
                     [pk.get_db_prep_value(pk.to_python(v), self.connection) for v in chunk],
                 )
+
+    def _update_rows(self, model: type[models.Model], rows: list[list[Any]], pk_index: int) -> None:
+        """Rewrite held rows by primary key, every column (a clash with another row's
+        unique value raises, as an insert would)."""
+        others = [i for i in range(len(model._meta.concrete_fields)) if i != pk_index]
+        if not rows or not others:
+            return
+        qn = self.connection.ops.quote_name
+        fields = model._meta.concrete_fields
+        sql = (
+            f"UPDATE {qn(model._meta.db_table)} SET "
+            f"{', '.join(f'{qn(fields[i].column)} = %s' for i in others)} "
+            f"WHERE {qn(model._meta.pk.column)} = %s"
+        )
+        with self.connection.cursor() as cursor:
+            cursor.executemany(sql, [[row[i] for i in others] + [row[pk_index]] for row in rows])
 
     def _insert_rows(self, model: type[models.Model], rows: list[list[Any]]) -> None:
         if not rows:
