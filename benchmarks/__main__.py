@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "shadow-latency": ("benchmarks.shadow_latency", ("sqlite", "postgres")),
     "shadow-throughput": ("benchmarks.shadow_throughput", ("sqlite", "postgres")),
     "dynamodb": ("benchmarks.dynamodb_replay", ("sqlite",)),
+    "repository": ("benchmarks.repository_overhead", ("sqlite", "postgres")),
 }
 
 

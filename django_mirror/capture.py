@@ -252,30 +252,36 @@ def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
     connection.ensure_connection()
     returning = keep_ids and connection.vendor == "postgresql"
     sql = _outbox_insert(using, connection.vendor, returning)
-    cursor = connection.connection.cursor()
-    try:
-        if len(rows) == 1 or keep_ids:
-            for row, chunk in zip(rows, parts, strict=True):
-                cursor.execute(sql, row)
-                if keep_ids:
-                    batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
-                    # Its own on-commit callback: Django drops it with a savepoint that
-                    # is rolled back, as the outbox row goes with it.
-                    transaction.on_commit(
-                        functools.partial(live.apply_committed, using, [(batch_id, label, chunk)]),
-                        using=using,
-                    )
-                    _remember_versions(using, label, batch_id, chunk)
-        else:
-            cursor.executemany(sql, rows)
-    finally:
-        cursor.close()
+    # Django's exception classes, as the ORM's own statements raise them.
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            if len(rows) == 1 or keep_ids:
+                for row, chunk in zip(rows, parts, strict=True):
+                    cursor.execute(sql, row)
+                    if keep_ids:
+                        batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+                        # Its own on-commit callback: Django drops it with a savepoint that
+                        # is rolled back, as the outbox row goes with it.
+                        transaction.on_commit(
+                            functools.partial(
+                                live.apply_committed, using, [(batch_id, label, chunk)]
+                            ),
+                            using=using,
+                        )
+                        _remember_versions(using, label, batch_id, chunk)
+            else:
+                cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
 
 
 def record_payload(using: str, label: str, payload: dict[str, Any]) -> None:
     """Store an outbox payload made elsewhere (a repository call) in this transaction,
     counted and shipped after commit like captured writes."""
-    with transaction.atomic(using=using):
+    # No savepoint: inside the caller's transaction a failure here fails it, like a
+    # write that cannot be captured; alone, the block is its own transaction.
+    with transaction.atomic(using=using, savepoint=False):
         state = _transaction(using)
         payload["tx"] = state.id
         state.counts[label] = state.counts.get(label, 0) + len(payload["ops"])

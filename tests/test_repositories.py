@@ -239,3 +239,34 @@ def test_the_dashboard_shows_a_mirrored_repository_and_its_mismatches(admin_clie
         page = admin_client.get("/admin/django_mirror/metricwindow/").content.decode()
     assert INTERFACE in page and "candidate" in page
     assert MismatchRecord.objects.filter(model=INTERFACE, kind="write").count() == 1
+
+
+@both_databases
+def test_a_repository_obtained_while_off_records_once_the_phase_changes():
+    with repositories("off"):
+        repo = get(FollowStore)
+        repo.follow(1, 50)
+        repo.follow(2, 50)  # the wrapper steps aside while off
+        assert not OutboxBatch.objects.exists()
+        with repositories("capture"):
+            repo.follow(3, 50)
+            assert [e["row"]["method"] for e in recorded()] == ["follow"]
+        repo.follow(4, 50)
+        assert len(recorded()) == 1
+
+
+@both_databases
+def test_a_call_that_cannot_be_recorded_fails_with_its_transaction(repo):
+    from django.db import DatabaseError, connection, transaction
+
+    table = connection.ops.quote_name(OutboxBatch._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {connection.ops.quote_name('outbox_away')}")
+    try:
+        with pytest.raises(DatabaseError), transaction.atomic():
+            repo.follow(1, 60)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"ALTER TABLE {connection.ops.quote_name('outbox_away')} RENAME TO {table}"
+            )

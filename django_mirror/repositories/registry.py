@@ -11,6 +11,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
+from django_mirror.repositories import wrapper
 from django_mirror.repositories.interface import InterfaceSpec, spec_of
 
 PHASES = ("off", "capture", "mirror")
@@ -105,6 +106,7 @@ def get(interface: type | str) -> Any:
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "DJANGO_MIRROR":
         configs.cache_clear()
+        wrapper.settings_changed()  # after the clear: a bypass must not see old configs
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.repositories")

@@ -10,15 +10,18 @@ interface method, built from the signatures (no code written per method).
   target, on the shadow-read pool, compared after the method's ``preprocess``.
 - **passthrough**: the source's method, untouched.
 
-Whatever a target does, the caller gets the source's result or error.
+Whatever a target does, the caller gets the source's result or error. While an
+interface is ``off`` (or not configured), a wrapper's first call sets the source's own
+bound methods on the instance, so later calls cost what calling the source costs; a
+change to ``DJANGO_MIRROR`` takes them off again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import time
+import weakref
 from typing import Any
 
 from django_mirror import reporting
@@ -86,14 +89,36 @@ def _shadow_read(config: Any, method: MethodSpec, bound: Any, expected: dict) ->
 _ORDER = [threading.Lock() for _ in range(256)]
 
 
-def _ordering(method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if method.partition_key is None:
-        return contextlib.nullcontext()
-    try:
-        key = calls.partition(method, calls.bound_call(method, args, kwargs))
-    except TypeError:  # a call the signature refuses: let the source say so
-        return contextlib.nullcontext()
-    return _ORDER[hash(str(key)) % len(_ORDER)]
+#: Wrappers bypassed while their interface is off, and the settings generation a bypass
+#: must have been decided in: one decided on settings read before a change must not stick.
+_bypassed: weakref.WeakSet[Any] = weakref.WeakSet()
+_bypass_lock = threading.Lock()
+_generation = 0
+
+
+def _bypass(wrapper: Any, generation: int) -> None:
+    """Set the source's bound methods on the wrapper: its calls then skip the wrapper."""
+    with _bypass_lock:
+        if generation != _generation:
+            return
+        source = wrapper._mirror_source
+        for name in wrapper._mirror_spec.methods:
+            method = getattr(source, name, None)
+            if callable(method):  # otherwise the wrapper's method raises, as it did
+                wrapper.__dict__[name] = method
+        _bypassed.add(wrapper)
+
+
+def settings_changed() -> None:
+    """Take every bypass off: each wrapper reads its interface's settings on its next call.
+    Called by the registry once its configs are cleared."""
+    global _generation
+    with _bypass_lock:
+        _generation += 1
+        for wrapper in list(_bypassed):
+            for name in wrapper._mirror_spec.methods:
+                wrapper.__dict__.pop(name, None)
+        _bypassed.clear()
 
 
 def _sampled(config: Any) -> bool:
@@ -117,14 +142,25 @@ def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
         return passthrough
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        generation = _generation
         config = _config(self)
         source = getattr(self._mirror_source, name)
         if config is None or config.phase == "off":
+            _bypass(self, generation)
             return source(*args, **kwargs)
-        with _ordering(method, args, kwargs) if method.kind != READ else contextlib.nullcontext():
-            return _run(config, source, args, kwargs)
+        if method.kind == READ or method.partition_key is None:
+            return _run(config, source, args, kwargs, None)
+        try:  # bound once: it orders the call, then records it
+            bound = calls.bound_call(method, args, kwargs)
+            key = calls.partition(method, bound)
+        except TypeError:  # a call the signature refuses: let the source say so
+            return _run(config, source, args, kwargs, None)
+        with _ORDER[hash(str(key)) % len(_ORDER)]:
+            return _run(config, source, args, kwargs, bound)
 
-    def _run(config: Any, source: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run(
+        config: Any, source: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bound: Any
+    ) -> Any:
         started = time.perf_counter()
         try:
             result = source(*args, **kwargs)
@@ -134,16 +170,20 @@ def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
         else:
             error = None
         elapsed = (time.perf_counter() - started) * 1000
-        with reporting.guarded(f"recording {spec.name}.{name} failed"):
-            bound = calls.bound_call(method, args, kwargs)
-            expected = calls.outcome(result, error)
-            if method.kind == READ:
+        if method.kind == READ:
+            with reporting.guarded(f"shadowing {spec.name}.{name} failed"):
                 if config.phase == "mirror" and _sampled(config):
+                    bound = bound or calls.bound_call(method, args, kwargs)
                     reporting.read_latency("source", elapsed, config.name)
-                    _shadow_read(config, method, bound, expected)
-            else:
-                calls.record(spec, method, bound, expected)
-                if config.phase == "mirror":
+                    _shadow_read(config, method, bound, calls.outcome(result, error))
+        else:
+            # Recorded in the caller's transaction, as row capture is: a call that cannot
+            # be recorded fails (and rolls back with the write, when they share one).
+            bound = bound or calls.bound_call(method, args, kwargs)
+            expected = calls.outcome(result, error)
+            calls.record(spec, method, bound, expected)
+            if config.phase == "mirror":
+                with reporting.guarded(f"mirroring {spec.name}.{name} failed"):
                     reporting.timing("repository.latency.source", elapsed, config.name)
                     _mirror_write(config, method, bound, expected)
         if error is not None:
@@ -160,7 +200,11 @@ def wrapper_class(interface: type, spec: InterfaceSpec) -> type:
         self._mirror_source = source
         self._mirror_name = name or spec.name
 
-    namespace: dict[str, Any] = {"__init__": __init__, "__doc__": f"Mirrored {spec.name}."}
+    namespace: dict[str, Any] = {
+        "__init__": __init__,
+        "__doc__": f"Mirrored {spec.name}.",
+        "_mirror_spec": spec,
+    }
     for method in spec.methods.values():
         function = _method(spec, method)
         original = getattr(interface, method.name)
