@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from django.db import DatabaseError
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -126,6 +127,8 @@ class Replayer:
         self.owner = make_owner()
         self.alias = conf.source_alias()
         self.stop = False
+        #: Replay repository calls also on the targets that ran them live (from start).
+        self.include_live_calls = False
         self.stats = ReplayStats()
         self._positions: dict[str, str | None] = {}
         self._targets: dict[str, Target] = {}
@@ -138,8 +141,10 @@ class Replayer:
         )
 
     def reset(self) -> None:
-        """Forget this consumer's checkpoints: the next run reads every shard from its start."""
+        """Forget this consumer's checkpoints: the next run reads every shard from its
+        start, into rebuilt targets (so repository calls made live are replayed too)."""
         self._checkpoints().delete()
+        self.include_live_calls = True
 
     def _claim(self, shards: list[Shard]) -> list[ShardCheckpoint]:
         """Checkpoints of the readable shards this process holds or could take the lease of."""
@@ -307,9 +312,12 @@ class Replayer:
 
         try:
             with paused():
-                dispatch(event)
-        except LookupError as exc:
-            dead_letter(str(exc), data, model=event.model, pk_value=event.key[1], **where)
+                dispatch(event, include_live=self.include_live_calls)
+        except DatabaseError:
+            raise  # the source is away: replay stops without checkpointing
+        except Exception as exc:  # unknown interface or method, bad arguments, ...
+            reason = f"{type(exc).__name__}: {exc}"
+            dead_letter(reason, data, model=event.model, pk_value=event.key[1], **where)
             self.stats.dead_letters += 1
             return
         self.stats.applied += 1

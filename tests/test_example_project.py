@@ -55,12 +55,13 @@ def test_demo_mirrors_every_row(tmp_path: Path) -> None:
     assert differing == 0
     assert source_rows == target_rows > 1000  # seeded rows plus what the operations left
     steps = ("1 capture", "2 copy", "3 replay", "4 verify", "5 mirror", "6 promote", "rollback")
-    for step in (*steps, "compare"):
+    for step in (*steps, "repository", "compare"):
         assert f"== {step}:" in result.stdout, output
     # Each step from 4 on prints mirror_verify's result, every model without a difference.
     verified = re.findall(r"^follows\.\w+: \d+ rows, (\d+) differ", result.stdout, re.M)
     assert len(verified) == 4 * 5 and set(verified) == {"0"}, output
     assert "0 mismatches" in result.stdout, output
+    assert_repository_mirrored(result.stdout, output)
 
 
 @pytest.mark.skipif(
@@ -75,6 +76,20 @@ def test_demo_with_the_follows_in_dynamodb(tmp_path: Path) -> None:
     assert "follows.Follow" in result.stdout and "fetch checksums" in result.stdout, output
     assert "all stay in mirror" in result.stdout, output
     assert "OK: 0 rows differ between source and target" in result.stdout, output
+    assert_repository_mirrored(result.stdout, output)
+
+
+def assert_repository_mirrored(stdout: str, output: str) -> None:
+    """The repository step: calls recorded and replayed, none differing live, and every
+    channel's followers the same in the SQL table and the DynamoDB items."""
+    assert "== repository:" in stdout, output
+    recorded = re.search(r"^\s*(\d+) calls recorded, (\d+) replayed;", stdout, re.M)
+    assert recorded is not None, output
+    assert int(recorded[1]) >= int(recorded[2]) > 0, output
+    assert "live mismatches: 0 write, 0 read" in stdout, output
+    channels = re.search(r"SQL vs DynamoDB: (\d+) channels, (\d+) channels differ$", stdout, re.M)
+    assert channels is not None and int(channels[1]) > 0, output
+    assert channels[2] == "0", output
 
 
 def test_demo_project_passes_checks_and_has_its_migrations() -> None:

@@ -270,3 +270,32 @@ def test_a_call_that_cannot_be_recorded_fails_with_its_transaction(repo):
             cursor.execute(
                 f"ALTER TABLE {connection.ops.quote_name('outbox_away')} RENAME TO {table}"
             )
+
+
+@both_databases
+def test_calls_made_live_are_not_replayed_again_except_from_the_start(kinesis):
+    with repositories("mirror"):
+        repo = get(FollowStore)
+        repo.follow(1, 70)
+        repo.follow(2, 70)
+        assert [e["row"]["live"] for e in recorded()] == [["main"], ["main"]]
+        drain_and_replay()
+        assert len(impl("main").log) == 2  # live only: replay left them out
+        assert not MismatchRecord.objects.exists()
+        impl("main").follows.clear()  # rebuilt
+        impl("main").log.clear()
+        call_command("mirror_replay", "--from-start", "--until-caught-up", stdout=StringIO())
+        assert impl("main").follows == impl().follows and len(impl("main").log) == 2
+
+
+@both_databases
+def test_a_call_replay_cannot_make_goes_to_the_dead_letters(kinesis, repo):
+    from django_mirror.models import DeadLetter
+
+    repo.follow(1, 80)
+    batch = OutboxBatch.objects.get()
+    batch.payload = batch.payload.replace('"follow"', '"no_such_method"')
+    batch.save()
+    drain_and_replay()
+    [letter] = DeadLetter.objects.all()
+    assert "no method 'no_such_method'" in letter.reason and letter.model == INTERFACE

@@ -112,6 +112,7 @@ def record(
     bound: Any,
     result: dict[str, Any],
     using: str | None = None,
+    live: list[str] | None = None,
 ) -> None:
     """Add the call to the outbox, in the caller's transaction if there is one (a call
     rolled back with its transaction leaves no event)."""
@@ -123,7 +124,7 @@ def record(
         "ts": timezone.now().isoformat(),
         "now": timezone.now(),
         "source": using,
-        "columns": ["method", "args", "kwargs", "outcome"],
+        "columns": ["method", "args", "kwargs", "outcome", "live"],
         "gen": 0,
         "ops": [
             [
@@ -134,6 +135,7 @@ def record(
                     [encode(a) for a in args],
                     {k: encode(v) for k, v in bound.kwargs.items()},
                     result,
+                    live or [],  # the targets that ran it already: replay skips them
                 ],
             ]
         ],
@@ -144,10 +146,11 @@ def record(
 # --- replay ------------------------------------------------------------------------------------
 
 
-def dispatch(event: Event) -> int:
+def dispatch(event: Event, include_live: bool = False) -> int:
     """Replay one call event on every target implementation of its interface; a target
-    whose outcome differs from the recorded one is a write mismatch. Returns the number
-    of targets called."""
+    whose outcome differs from the recorded one is a write mismatch. Targets that ran
+    the call live (phase ``mirror``) are skipped, unless ``include_live`` (a replay from
+    the start, into rebuilt targets). Returns the number of targets called."""
     from django_mirror.repositories import registry
 
     config = registry.config_for(event.model)
@@ -160,7 +163,10 @@ def dispatch(event: Event) -> int:
     args = [decode(a) for a in row.get("args", [])]
     kwargs = {k: decode(v) for k, v in row.get("kwargs", {}).items()}
     called = 0
+    live = set() if include_live else set(row.get("live") or ())
     for name, target in config.targets().items():
+        if name in live:
+            continue
         with replaying(event.id):
             replayed = run(target, method, args, kwargs)
         called += 1

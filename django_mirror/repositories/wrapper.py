@@ -41,14 +41,17 @@ def _timed(implementation: Any, method: MethodSpec, args: Any, kwargs: Any) -> t
     return result, (time.perf_counter() - started) * 1000
 
 
-def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -> None:
-    """Run a write on every target after the source; differences are write mismatches."""
+def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -> list[str]:
+    """Run a write on every target after the source; differences are write mismatches.
+    Returns the targets that ran it, which replay then leaves out."""
     from django_mirror.shadow.scope import current_path
 
     args, kwargs = bound.args[1:], bound.kwargs
+    ran: list[str] = []
     for name, target in config.targets().items():
         with reporting.guarded(f"mirroring {config.name}.{method.name} to {name} failed"):
             got, elapsed = _timed(target, method, args, kwargs)
+            ran.append(name)
             reporting.timing(f"repository.latency.{name}", elapsed, config.name)
             if calls.comparable(method, got) != calls.comparable(method, expected):
                 key = str(calls.partition(method, bound))
@@ -57,6 +60,7 @@ def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -
                 )
             else:
                 reporting.incr("write.applied", 1, config.name)
+    return ran
 
 
 def _shadow_read(config: Any, method: MethodSpec, bound: Any, expected: dict) -> None:
@@ -181,11 +185,12 @@ def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
             # be recorded fails (and rolls back with the write, when they share one).
             bound = bound or calls.bound_call(method, args, kwargs)
             expected = calls.outcome(result, error)
-            calls.record(spec, method, bound, expected)
+            live: list[str] = []
             if config.phase == "mirror":
                 with reporting.guarded(f"mirroring {spec.name}.{name} failed"):
                     reporting.timing("repository.latency.source", elapsed, config.name)
-                    _mirror_write(config, method, bound, expected)
+                    live = _mirror_write(config, method, bound, expected)
+            calls.record(spec, method, bound, expected, live=live)
         if error is not None:
             raise error
         return result

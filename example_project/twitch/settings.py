@@ -122,6 +122,24 @@ DJANGO_MIRROR = {
         "follows.Tag": MIRRORED,
         "follows.Follow": MIRRORED,
     },
+    # The same follows seen through the service's own interface: its write calls are
+    # recorded and replayed on (in phase "mirror": also made live on) a DynamoDB store
+    # that keeps one item per channel, and its reads compared (docs/repositories.md).
+    "REPOSITORIES": {
+        "follows.repositories.FollowRepository": {
+            "source": "follows.repositories.SqlFollowRepository",
+            "targets": {"dynamodb": "follows.repositories.DynamoFollowRepository"},
+            "phase": env("REPOSITORY_PHASE", default="capture"),
+            "shadow_read_rate": 1.0,
+        },
+    },
+}
+# Where DynamoFollowRepository keeps its items (it creates the table on first use;
+# mirror_demo points it at its moto server like the stream).
+FOLLOW_REPOSITORY_DYNAMODB = {
+    "table_name": env("FOLLOW_REPOSITORY_TABLE", default="twitch-follows-by-channel"),
+    "region_name": os.environ["AWS_DEFAULT_REGION"],
+    "endpoint_url": env("AWS_ENDPOINT_URL", default=None),
 }
 if env("MIRROR_TARGET", default="database") == "dynamodb":
     # The follows themselves go to DynamoDB, one item per follow (mirror_setup makes the

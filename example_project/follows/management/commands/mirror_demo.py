@@ -3,8 +3,10 @@
 It starts from empty databases and a fresh stream and walks capture, copy, replay,
 verify, mirror (live writes, shadowed reads) and promote, then rolls back to mirror,
 writing mixed follows operations in between and printing ``mirror_verify``'s result
-after each step; last it compares source and target row by row. It exits non-zero
-when any row differs, so it doubles as a smoke test.
+after each step. Then the same follows are mirrored a level up, through the service's
+own ``FollowRepository`` into a DynamoDB store keyed by channel (docs/repositories.md).
+Last it compares source and target row by row. It exits non-zero when any row or
+channel differs, so it doubles as a smoke test.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,20 +25,27 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.test.utils import override_settings
 
-from django_mirror import conf, paused, relay
-from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
+from django_mirror import conf, paused, relay, stats
+from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord, OutboxBatch
+from django_mirror.repositories import get as get_repository
+from django_mirror.repositories.registry import RepositoryConfig, config_for
 from django_mirror.shadow import get_pool, shadow_reads
 from django_mirror.streams import get_stream
 from django_mirror.targets import get_target
 from follows.models import Channel, Follow, Tag, User
+from follows.repositories import AlreadyFollowing, DynamoFollowRepository, FollowRepository
 from follows.workload import Workload
 
 COMPARED: list[type[models.Model]] = [User, Tag, Channel, Channel.tags.through, Follow]
 #: The models the demo moves through the phases, together.
 MOVED: list[type[models.Model]] = [User, Tag, Channel, Follow]
+#: The repository interface the demo mirrors, by the name its calls and records carry.
+INTERFACE = "follows.repositories.FollowRepository"
+#: Calls the repository step makes in each phase.
+CALLS = 150
 
 
 def table_rows(model: type[models.Model], alias: str) -> dict[Any, tuple[Any, ...]]:
@@ -53,6 +63,15 @@ def target_rows(model: type[models.Model], config: conf.ModelConfig) -> dict[Any
     names = [f.attname for f in model._meta.concrete_fields]
     rows = get_target(config).scan(model)
     return {row[model._meta.pk.attname]: tuple(row[n] for n in names) for row in rows}
+
+
+def sql_follows() -> dict[int, dict[int, bool]]:
+    """Every channel's followers in the ``Follow`` table: ``{channel: {user: notifications}}``."""
+    follows: dict[int, dict[int, bool]] = {}
+    rows = Follow.objects.order_by().values_list("channel_id", "user_id", "notifications")
+    for channel_id, user_id, notifications in rows:
+        follows.setdefault(channel_id, {})[user_id] = notifications
+    return follows
 
 
 def count_differences(source: dict[Any, tuple], target: dict[Any, tuple]) -> int:
@@ -89,8 +108,8 @@ class Command(BaseCommand):
                 call_command("migrate", database=alias, verbosity=0, interactive=False)
                 call_command("flush", database=alias, verbosity=0, interactive=False)
 
-        with self.kinesis() as mirror:
-            with override_settings(DJANGO_MIRROR=mirror):
+        with self.kinesis() as mirror, self.repository_table(mirror) as table:
+            with override_settings(DJANGO_MIRROR=mirror, FOLLOW_REPOSITORY_DYNAMODB=table):
                 self.pipeline(options["operations"], options["seed"], source)
         self.stdout.write(f"demo finished in {time.monotonic() - started:.1f} s")
 
@@ -130,6 +149,27 @@ class Command(BaseCommand):
         finally:
             if server is not None:
                 server.stop()
+
+    @contextmanager
+    def repository_table(self, mirror: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """``FOLLOW_REPOSITORY_DYNAMODB`` beside the stream: on the embedded moto server,
+        or, on an external endpoint, a table of this run's own, deleted at the end."""
+        table = dict(settings.FOLLOW_REPOSITORY_DYNAMODB)
+        ours = bool(table.get("endpoint_url"))
+        if ours:
+            table["table_name"] = f"{table['table_name']}-demo-{uuid.uuid4().hex[:8]}"
+        else:
+            table["endpoint_url"] = mirror["STREAM"]["OPTIONS"]["endpoint_url"]
+        try:
+            yield table
+        finally:
+            if ours:
+                try:
+                    DynamoFollowRepository(**table).client.delete_table(
+                        TableName=table["table_name"]
+                    )
+                except Exception as exc:  # best effort, as for the stream
+                    self.stderr.write(f"could not delete table {table['table_name']!r}: {exc}")
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -209,6 +249,11 @@ class Command(BaseCommand):
                 self.catch_up(source)
                 self.verify()
 
+            with self.step(
+                "repository", "FollowRepository: the SQL store mirrored to DynamoDB by channel"
+            ) as note:
+                channels_differing = self.repository(source, seed, note)
+
             with self.step("compare", "every row of every mirrored table, both directions"):
                 differing = self.compare(source)
         finally:
@@ -219,7 +264,127 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING(f"{dead} dead letters (see the admin)"))
         if differing or dead:
             raise CommandError(f"{differing} rows differ between source and target")
+        if channels_differing:
+            raise CommandError(f"{channels_differing} channels differ between SQL and DynamoDB")
         self.stdout.write(self.style.SUCCESS("OK: 0 rows differ between source and target"))
+
+    # --- the repository step ---------------------------------------------------------------
+
+    @contextmanager
+    def repository_phase(self, phase: str) -> Iterator[RepositoryConfig]:
+        """The repository in ``phase``: a repository has no run-time phase (no
+        ``MirrorState``), its settings decide, so this overrides them for the block."""
+        mirror = copy.deepcopy(settings.DJANGO_MIRROR)
+        mirror["REPOSITORIES"][INTERFACE]["phase"] = phase
+        with override_settings(DJANGO_MIRROR=mirror):
+            config = config_for(INTERFACE)
+            assert config is not None and config.phase == phase
+            yield config
+
+    def repository(self, source: str, seed: int, note: Any) -> int:
+        """Copy the follows into the DynamoDB store; make calls in phase capture and
+        replay them; make calls in phase mirror (live) with their reads shadowed; then
+        compare every channel's followers in both stores. Returns the channels differing."""
+        rng = random.Random(seed)
+        # A few channels and users, so follows collide with existing ones and unfollows
+        # miss: the tolerated AlreadyFollowing and False outcomes are mirrored too.
+        users = list(User.objects.order_by("pk").values_list("pk", flat=True))
+        channels = list(Channel.objects.order_by("pk").values_list("pk", flat=True))
+        users, channels = (
+            rng.sample(users, min(40, len(users))),
+            rng.sample(channels, min(12, len(channels))),
+        )
+        mismatches = MismatchRecord.objects.using(source).filter(model=INTERFACE)
+
+        with self.repository_phase("capture") as config:
+            dynamo: DynamoFollowRepository = config.targets()["dynamodb"]
+            created = dynamo.setup()
+            existing = sql_follows()
+            copied = dynamo.copy(existing)
+            note(
+                f"{'created' if created else 'found'} table {dynamo.table_name!r}; copied "
+                f"{copied} channels ({sum(map(len, existing.values()))} follows) into it"
+            )
+            outcomes = self.repository_calls(source, rng, users, channels, CALLS)
+            self.catch_up(source)
+            note(
+                f"phase capture: {CALLS} calls ({outcomes}), replayed on dynamodb "
+                f"({mismatches.count()} outcomes differed)"
+            )
+
+        with self.repository_phase("mirror") as config:
+            outcomes = self.repository_calls(source, rng, users, channels, CALLS)
+            repo = get_repository(FollowRepository)
+            with shadow_reads(rate=1.0):
+                for channel_id in channels * 10:
+                    repo.followers(channel_id)
+                    repo.follower_count(channel_id)
+            assert get_pool().wait_idle(120), "shadow reads did not finish"
+            note(f"phase mirror: {CALLS} calls ({outcomes}), made on dynamodb too")
+            live = [mismatches.filter(kind=kind).count() for kind in ("write", "read")]
+            before = mismatches.count()
+            self.catch_up(source)
+            twice = mismatches.count() - before
+
+        stats.flush()
+        figures: dict[str, int] = {}
+        for window in MetricWindow.objects.using(source).filter(model=INTERFACE):
+            for name, count in window.counts.items():
+                figures[name] = figures.get(name, 0) + count
+        note(
+            f"{figures.get('captured', 0)} calls recorded, {figures.get('replayed', 0)} "
+            f"replayed; {figures.get('write.applied', 0)} writes mirrored live, "
+            f"{figures.get('read.compared', 0)} reads compared "
+            f"({figures.get('read.match', 0)} matched)"
+        )
+        note(f"live mismatches: {live[0]} write, {live[1]} read")
+        if twice:
+            # See "Known limitations" in docs/repositories.md.
+            note(
+                f"replay ran the {CALLS} calls made live a second time on dynamodb: "
+                f"{twice} outcomes differed from the recorded ones"
+            )
+        expected = sql_follows()
+        held = dynamo.snapshot()
+        compared = expected.keys() | held.keys()
+        # Each channel's followers with their notification flag, and the item's count.
+        differing = sum(
+            1
+            for channel_id in compared
+            if held.get(channel_id, ({}, 0))
+            != (expected.get(channel_id, {}), len(expected.get(channel_id, {})))
+        )
+        note(
+            f"followers per channel, SQL vs DynamoDB: {len(compared)} channels, "
+            f"{differing} channels differ"
+        )
+        return differing
+
+    def repository_calls(
+        self, source: str, rng: random.Random, users: list[int], channels: list[int], count: int
+    ) -> str:
+        """``count`` follows and unfollows through the mirrored repository, each in a
+        transaction with its call event; returns what the source answered."""
+        repo = get_repository(FollowRepository)
+        answers: Counter[str] = Counter()
+        for _ in range(count):
+            user_id, channel_id = rng.choice(users), rng.choice(channels)
+            # The source's writes (on the follows' write alias, here the source) and the
+            # call's outbox row (always on SOURCE) commit together: a call is recorded if
+            # and only if its write is. The tolerated error is caught inside the block,
+            # else it would roll back the write and the recorded call with it.
+            with transaction.atomic(using=source):
+                try:
+                    if rng.random() < 0.6:
+                        repo.follow(user_id, channel_id, notifications=rng.random() < 0.7)
+                        answers["followed"] += 1
+                    elif repo.unfollow(user_id, channel_id):
+                        answers["unfollowed"] += 1
+                    else:
+                        answers["not following"] += 1
+                except AlreadyFollowing:
+                    answers["already following"] += 1
+        return ", ".join(f"{n} {what}" for what, n in sorted(answers.items()))
 
     def target_alias(self) -> str:
         config = conf.model_config(User)
