@@ -18,7 +18,6 @@ thread, on a client configured the same.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Outcome, Row, interleaved, log, spread
+from benchmarks.replay_apply import follow_values, row_image
 
 RATIO_TARGET = 0.8
 BATCH = 1_000
@@ -37,18 +37,9 @@ WRITE_CHUNK = 25
 
 
 def follow_row(model: type[Any], pk: int, generation: int) -> dict[str, Any]:
-    """Follow ``pk``'s row image as capture ships it; ``generation`` changes a few columns."""
-    from django_mirror.events import encode_column
-
-    values = {
-        "id": pk,
-        "user_id": pk,
-        "channel_id": pk % 1_000,
-        "notifications": (pk + generation) % 3 != 0,
-        "created_at": dt.datetime(2024, 5, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=pk),
-        "origin": ("web", "ios", "android")[(pk + generation) % 3],
-    }
-    return {f.column: encode_column(f, values[f.attname]) for f in model._meta.concrete_fields}
+    """Follow ``pk``'s row image as capture ships it: the same rows the replay benchmark
+    applies to a database."""
+    return row_image(model, follow_values(pk, generation))
 
 
 def build_round(model: type[Any], batches: int) -> list[list[Any]]:

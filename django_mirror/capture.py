@@ -295,12 +295,12 @@ def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str,
     switch to ``promoted``, a rollback, replay catching up); a version kept beside each
     direct write lets those late events lose to it, as on any target.
     """
-    from django_mirror.targets import DatabaseTarget
+    from django_mirror.targets import database_target
 
     newest: dict[str, tuple[int, bool]] = {}
     for event in event_dicts(batch_id, label, payload):
         newest[pk_text(decode_value(event["pk"]))] = (event["version"], event["op"] == DELETE)
-    DatabaseTarget(using, relax_foreign_keys=False).store_versions(
+    database_target(using, live=True).store_versions(
         label.lower(),
         [(key, version, deleted) for key, (version, deleted) in newest.items()],
         replace=list(newest),

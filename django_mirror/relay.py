@@ -17,6 +17,7 @@ from django.db.models import F, Sum
 
 from django_mirror import conf, reporting
 from django_mirror.events import decode_value, partition_key, pk_text
+from django_mirror.locking import write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
 
@@ -71,12 +72,7 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     stream = get_stream()
     result = RelayResult()
     with transaction.atomic(using=using):
-        if connections[using].vendor == "sqlite":
-            # Take the write lock first: a read-then-write transaction meeting another
-            # writer is a deadlock SQLite answers with "database is locked" at once.
-            with connections[using].cursor() as cursor:
-                table = connections[using].ops.quote_name(OutboxBatch._meta.db_table)
-                cursor.execute(f"UPDATE {table} SET attempts = attempts WHERE 0 = 1")
+        write_lock_first(using, OutboxBatch._meta.db_table)
         claim = OutboxBatch.objects.using(using).order_by("id")
         if connections[using].features.has_select_for_update_skip_locked:
             claim = claim.select_for_update(skip_locked=True)

@@ -34,29 +34,15 @@ class KinesisStream(Stream):
         region_name: str = "us-east-1",
         endpoint_url: str | None = None,
         shard_count: int = 1,
-        max_attempts: int = 8,
-        base_delay: float = 0.05,
-        max_delay: float = 2.0,
-        connect_timeout: float = 2.0,
-        read_timeout: float = 10.0,
-        client_kwargs: dict[str, Any] | None = None,
+        **client_options: Any,
     ) -> None:
+        """``client_options``: retries, backoff and timeouts, as ``AwsClient`` takes them."""
         self.name = stream_name
         self.region_name = region_name
         self.endpoint_url = endpoint_url
         self.shard_count = shard_count
-        self.max_attempts = max_attempts
-        self.aws = AwsClient(
-            "kinesis",
-            region_name,
-            endpoint_url,
-            max_attempts,
-            base_delay,
-            max_delay,
-            connect_timeout,
-            read_timeout,
-            client_kwargs,
-        )
+        self.aws = AwsClient("kinesis", region_name, endpoint_url, **client_options)
+        self.max_attempts = self.aws.max_attempts
 
     @property
     def client(self) -> Any:

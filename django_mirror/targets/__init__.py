@@ -18,6 +18,7 @@ __all__ = [
     "CacheTarget",
     "DatabaseTarget",
     "DynamoDBTarget",
+    "database_target",
     "Target",
     "get_target",
     "latest_per_row",
@@ -26,8 +27,10 @@ __all__ = [
 
 
 @functools.cache
-def _target(spec: str, live: bool = False) -> Target:
-    return DatabaseTarget(spec, relax_foreign_keys=not live)
+def database_target(alias: str, live: bool = False) -> DatabaseTarget:
+    """The one ``DatabaseTarget`` of an alias per process; ``live`` ones, written from the
+    application's own connections, keep foreign-key checks on."""
+    return DatabaseTarget(alias, relax_foreign_keys=not live)
 
 
 @functools.cache
@@ -41,7 +44,7 @@ def get_target(config: conf.ModelConfig) -> Target:
     """The target a model's config names: a ``DATABASES`` alias or a backend dict (one
     instance per distinct dict, so its clients and connections are reused)."""
     if isinstance(config.target, str):
-        return _target(config.target)
+        return database_target(config.target)
     return _backend(json.dumps(config.target or {}, sort_keys=True, default=str))
 
 
@@ -54,13 +57,13 @@ def target_for(config: conf.ModelConfig, origin: str, live: bool = False) -> Tar
     foreign-key checks must stay on; replay's are its own and relax them.
     """
     if config.target_alias is not None and origin == config.target_alias:
-        return _target(conf.source_alias(), live)
+        return database_target(conf.source_alias(), live)
     if live and config.target_alias is not None:
-        return _target(config.target_alias, live)
+        return database_target(config.target_alias, live)
     return get_target(config)
 
 
 def clear_cache() -> None:
     """Forget target instances (settings changed: endpoints, aliases, options)."""
-    _target.cache_clear()
+    database_target.cache_clear()
     _backend.cache_clear()

@@ -22,6 +22,7 @@ from django.db import DatabaseError, DataError, IntegrityError, connections, mod
 from django_mirror import conf, images
 from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
 from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
+from django_mirror.locking import write_lock_first
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
 
@@ -437,6 +438,7 @@ class DatabaseTarget(Target):
         label = model._meta.label_lower
         pk = model._meta.pk
         keys = [pk_text(row[pk.attname]) for row in rows]
+        write_lock_first(self.alias, RowVersion._meta.db_table)  # reads, then inserts
         held = self._versions(label, keys, lock=False)
         present = {
             pk_text(value) for value in self._existing_pks(model, [r[pk.attname] for r in rows])
