@@ -44,7 +44,6 @@ class ShadowRead:
     #: The source's answer as the request got it (``compare.snapshot``) and its time.
     source_raw: Any = None
     source_ms: float = 0.0
-    source: compare.Result = field(default_factory=compare.Result)
     rechecks: int = 0
     last_seen: str | None = None
 
@@ -127,14 +126,16 @@ class ShadowRead:
             if not self.control:
                 reporting.read_latency("target", elapsed, self.label)
             reporting.incr(self.metric("compared"), 1, self.label)
-            self.source = compare.normalise(self.config, self.source_raw, self.ordered)
+            source = compare.normalise(self.config, self.source_raw, self.ordered)
             target = compare.normalise(self.config, result, self.ordered)
-            if compare.compare(self.config, self.source, target) is None:
+            if compare.compare(self.config, source, target) is None:
                 reporting.incr(self.metric("match"), 1, self.label)
                 return
             reporting.incr(self.metric("suspected"), 1, self.label)
-            delay = float(conf.get_settings().shadow["RECHECK_DELAY"])
-            get_pool().later(delay, self.recheck)
+            self._recheck_later()
+
+    def _recheck_later(self) -> None:
+        get_pool().later(float(conf.get_settings().shadow["RECHECK_DELAY"]), self.recheck)
 
     def recheck(self) -> None:
         """Both stores again: a difference that went away was a race with a write.
@@ -169,9 +170,7 @@ class ShadowRead:
                 self.last_seen = seen
                 self.rechecks += 1
                 if self.rechecks < MAX_RECHECKS:
-                    get_pool().later(
-                        float(conf.get_settings().shadow["RECHECK_DELAY"]), self.recheck
-                    )
+                    self._recheck_later()
                 else:
                     reporting.incr(self.metric("unsettled"), 1, self.label)
                 return
