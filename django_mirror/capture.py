@@ -213,7 +213,7 @@ def record(
     counts = tx.counts
     counts[model._meta.label] = counts.get(model._meta.label, 0) + len(upserts) + len(deletes)
     if getattr(connections[using], "_mirror_batch", None) is None:
-        _write_outbox(using, model._meta.label, payload)
+        _write_outbox(using, model._meta.label, payload, config.live)
 
 
 @functools.cache
@@ -228,7 +228,9 @@ def _outbox_insert(using: str, vendor: str, returning: bool = False) -> str:
     return sql + " RETURNING id" if returning else sql
 
 
-def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
+def _write_outbox(
+    using: str, label: str, payload: dict[str, Any], mirrored_live: bool | None = None
+) -> None:
     """Insert the payload's ops as outbox rows.
 
     This runs on every captured write, so it skips the ORM and Django's cursor wrapper
@@ -247,8 +249,10 @@ def _write_outbox(using: str, label: str, payload: dict[str, Any]) -> None:
         (now, label, len(c["ops"]), json.dumps(c, separators=(",", ":"), ensure_ascii=False), 0)
         for c in parts
     ]
-    config = conf.config_for_label(label)
-    keep_ids = config is not None and config.live
+    if mirrored_live is None:  # the caller did not have the model's config at hand
+        config = conf.config_for_label(label)
+        mirrored_live = config is not None and config.live
+    keep_ids = mirrored_live
     connection.ensure_connection()
     returning = keep_ids and connection.vendor == "postgresql"
     sql = _outbox_insert(using, connection.vendor, returning)
