@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import json
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import signals
 from django.utils import timezone
 
@@ -76,21 +79,31 @@ class _Transaction:
     __slots__ = ("id", "counts", "after_commit")
 
     def __init__(self, using: str) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = next(_transaction_ids)
         self.counts: dict[str, int] = {}
         self.after_commit = functools.partial(_after_commit, using, self.counts)
 
 
-def _transaction(using: str) -> _Transaction:
+def _transaction_id_source() -> Iterator[str]:
+    """Unique transaction ids, cheaper than a ``uuid4()`` per transaction: a random
+    per-process prefix and a counter, still 32 hex digits."""
+    prefix = uuid.uuid4().hex[:20]
+    for n in itertools.count():
+        yield f"{prefix}{n:012x}"
+
+
+_transaction_ids = _transaction_id_source()
+
+
+def _transaction(connection: BaseDatabaseWrapper) -> _Transaction:
     """The capture state of the open transaction; also arms the after-commit hook."""
-    connection = connections[using]
     state = getattr(connection, "_mirror_tx", None)
     if state is not None and any(
         entry[1] is state.after_commit for entry in connection.run_on_commit
     ):
         return state
-    state = _Transaction(using)
-    transaction.on_commit(state.after_commit, using=using)
+    state = _Transaction(connection.alias)
+    connection.on_commit(state.after_commit)
     connection._mirror_tx = state  # type: ignore[attr-defined]
     return state
 
@@ -106,12 +119,18 @@ def uncommitted_events(using: str) -> bool:
     )
 
 
-def _after_commit(using: str, counts: dict[str, int]) -> None:
+@functools.cache
+def _relay() -> Any:
+    """``django_mirror.relay``, imported once on first use: it needs the app's models."""
     from django_mirror import relay
 
+    return relay
+
+
+def _after_commit(using: str, counts: dict[str, int]) -> None:
     for label, count in counts.items():
         reporting.incr("captured", count, label)
-    relay.after_commit(using)
+    _relay().after_commit(using)
 
 
 def read_rows(
@@ -132,42 +151,48 @@ def read_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What capture needs to know of one model's rows, worked out once per model."""
+
+    label: str
+    fields: tuple[models.Field, ...]
+    columns: list[str]
+    pk_attname: str
+    #: How to image a whole-row save from its instance; None when it must be re-read.
+    imager: images.Imager | None
+
+
 @functools.cache
-def _image_fields(model: type[models.Model], exclude: tuple[str, ...]) -> tuple[models.Field, ...]:
-    """The concrete fields an event's row image carries, in column order."""
-    return tuple(
+def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
+    """The image of ``model``'s rows: its concrete fields less ``exclude``, in column order."""
+    model = model._meta.concrete_model  # proxies write their concrete model's table
+    fields = tuple(
         f for f in model._meta.concrete_fields if f.name not in exclude and f.attname not in exclude
+    )
+    return _Shape(
+        label=model._meta.label,
+        fields=fields,
+        columns=[f.column for f in fields],
+        pk_attname=model._meta.pk.attname,
+        imager=images.plan(model, fields),
     )
 
 
-@functools.cache
-def _columns(fields: tuple[models.Field, ...]) -> list[str]:
-    return [f.column for f in fields]
-
-
-def _pending(
-    using: str,
-    tx: _Transaction,
-    model: type[models.Model],
-    fields: tuple[models.Field, ...],
-    generation: int,
+def _payload(
+    connection: BaseDatabaseWrapper, tx_id: str, shape: _Shape, generation: int
 ) -> dict[str, Any]:
-    """The open outbox payload of ``model`` in this ORM call or statement."""
-    connection = connections[using]
+    """A new outbox payload: the events of ``shape``'s model in one ORM call or statement."""
     now = timezone.now()
-    payload = {
-        "tx": tx.id,
+    return {
+        "tx": tx_id,
         "ts": now.isoformat(),
         "now": now,
-        "source": using,
-        "columns": _columns(fields),
+        "source": connection.alias,
+        "columns": shape.columns,
         "gen": generation,
         "ops": [],
     }
-    batches = getattr(connection, "_mirror_batch", None)
-    if batches is None:
-        return payload
-    return batches.setdefault(model._meta.label, payload)
 
 
 def record(
@@ -188,32 +213,42 @@ def record(
     config = active_config(model, using)
     if config is None:
         return
-    model = model._meta.concrete_model  # proxies write their concrete model's table
-    fields = _image_fields(model, config.exclude_fields)
-    pk_field = model._meta.pk
+    shape = _shape(model, config.exclude_fields)
     upserts: list[list[Any]] = []
     reread = list(upsert_pks)
-    steps = images.plan(model, fields)
+    imager = shape.imager
     for obj in instances:
-        image = images.instance_image(obj, steps) if steps is not None else None
+        image = imager(obj.__dict__) if imager is not None else None
         if image is None:
             reread.append(obj.pk)
         else:
             upserts.append(["u", encode_value(obj.pk), image])
-    for values in read_rows(model, reread, using, lock=lock):
-        image = [encode_column(f, values[f.attname]) for f in fields]
-        upserts.append(["u", encode_value(values[pk_field.attname]), image])
+    if reread:
+        pk_attname = shape.pk_attname
+        for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
+            image = [encode_column(f, values[f.attname]) for f in shape.fields]
+            upserts.append(["u", encode_value(values[pk_attname]), image])
     deletes = [["d", encode_value(pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
-    tx = _transaction(using)
-    payload = _pending(using, tx, model, fields, config.generation)
-    payload["ops"].extend(upserts)
-    payload["ops"].extend(deletes)
-    counts = tx.counts
-    counts[model._meta.label] = counts.get(model._meta.label, 0) + len(upserts) + len(deletes)
-    if getattr(connections[using], "_mirror_batch", None) is None:
-        _write_outbox(using, model._meta.label, payload, config.live)
+    connection = connections[using]
+    tx = _transaction(connection)
+    batches = getattr(connection, "_mirror_batch", None)
+    if batches is None:
+        payload = _payload(connection, tx.id, shape, config.generation)
+    else:
+        payload = batches.get(shape.label) or batches.setdefault(
+            shape.label, _payload(connection, tx.id, shape, config.generation)
+        )
+    payload["ops"] += upserts
+    payload["ops"] += deletes
+    tx.counts[shape.label] = tx.counts.get(shape.label, 0) + len(upserts) + len(deletes)
+    if batches is None:
+        _write_outbox(connection, shape.label, payload, config.live)
+
+
+#: One encoder for every payload: ``json.dumps`` with options builds a new one each call.
+_encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @functools.cache
@@ -229,7 +264,10 @@ def _outbox_insert(using: str, vendor: str, returning: bool = False) -> str:
 
 
 def _write_outbox(
-    using: str, label: str, payload: dict[str, Any], mirrored_live: bool | None = None
+    connection: BaseDatabaseWrapper,
+    label: str,
+    payload: dict[str, Any],
+    mirrored_live: bool | None = None,
 ) -> None:
     """Insert the payload's ops as outbox rows.
 
@@ -237,18 +275,17 @@ def _write_outbox(
     and hands one prepared statement to the driver. For a model mirrored live, the new
     batch ids (which number the events' versions) are kept for the after-commit apply.
     """
-    connection = connections[using]
+    using = connection.alias
     ops = payload["ops"]
-    now = connection.ops.adapt_datetimefield_value(payload["now"])
-    parts = []
-    for start in range(0, len(ops), MAX_BATCH_EVENTS):
-        chunk = {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
-        del chunk["now"]
-        parts.append(chunk)
-    rows = [
-        (now, label, len(c["ops"]), json.dumps(c, separators=(",", ":"), ensure_ascii=False), 0)
-        for c in parts
-    ]
+    now = connection.ops.adapt_datetimefield_value(payload.pop("now"))
+    if len(ops) <= MAX_BATCH_EVENTS:
+        parts = [payload]
+    else:
+        parts = [
+            {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
+            for start in range(0, len(ops), MAX_BATCH_EVENTS)
+        ]
+    rows = [(now, label, len(c["ops"]), _encode_payload(c), 0) for c in parts]
     if mirrored_live is None:  # the caller did not have the model's config at hand
         config = conf.config_for_label(label)
         mirrored_live = config is not None and config.live
@@ -267,11 +304,10 @@ def _write_outbox(
                         batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
                         # Its own on-commit callback: Django drops it with a savepoint that
                         # is rolled back, as the outbox row goes with it.
-                        transaction.on_commit(
+                        connection.on_commit(
                             functools.partial(
                                 live.apply_committed, using, [(batch_id, label, chunk)]
-                            ),
-                            using=using,
+                            )
                         )
                         _remember_versions(using, label, batch_id, chunk)
             else:
@@ -286,10 +322,11 @@ def record_payload(using: str, label: str, payload: dict[str, Any]) -> None:
     # No savepoint: inside the caller's transaction a failure here fails it, like a
     # write that cannot be captured; alone, the block is its own transaction.
     with transaction.atomic(using=using, savepoint=False):
-        state = _transaction(using)
+        connection = connections[using]
+        state = _transaction(connection)
         payload["tx"] = state.id
         state.counts[label] = state.counts.get(label, 0) + len(payload["ops"])
-        _write_outbox(using, label, payload)
+        _write_outbox(connection, label, payload)
 
 
 def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str, Any]) -> None:
@@ -324,24 +361,10 @@ def batch(using: str) -> Iterator[None]:
     finally:
         connection._mirror_batch = None  # type: ignore[attr-defined]
     for label, payload in pending.items():
-        _write_outbox(using, label, payload)
+        _write_outbox(connection, label, payload)
 
 
 # --- signal receivers -------------------------------------------------------------------
-
-
-def _on_post_save(
-    sender: type[models.Model],
-    instance: models.Model,
-    using: str,
-    update_fields: Any = None,
-    raw: bool = False,
-    **kw: Any,
-) -> None:
-    if update_fields is None and not raw:
-        record(sender, using, instances=[instance])
-    else:  # a partial save leaves the other columns as the database has them
-        record(sender, using, upsert_pks=[instance.pk])
 
 
 def _on_post_delete(
@@ -457,6 +480,47 @@ def _atomic_save_base(original):  # type: ignore[no-untyped-def]
     return save_base
 
 
+def _captured_save_table(original):  # type: ignore[no-untyped-def]
+    """Wrap ``Model._save_table`` so a saved row is captured as soon as it is written.
+
+    Not from ``post_save``: a receiver that runs before ours and writes the same row
+    (connected at import time, it does) would be captured first, and the save's older
+    image would then replay over it. Each table of a multi-table model is its own
+    ``_save_table`` call, so a mirrored parent is captured when a child is saved.
+    """
+
+    @functools.wraps(original)
+    def _save_table(  # type: ignore[no-untyped-def]
+        self,
+        raw=False,
+        cls=None,
+        force_insert=False,
+        force_update=False,
+        using=None,
+        update_fields=None,
+    ):
+        updated = original(
+            self,
+            raw=raw,
+            cls=cls,
+            force_insert=force_insert,
+            force_update=force_update,
+            using=using,
+            update_fields=update_fields,
+        )
+        model = type(self)
+        if cls is not None and cls is not model._meta.concrete_model:
+            model = cls  # a parent's table of a multi-table model
+        if update_fields is None and not raw:
+            record(model, using, instances=[self])
+        else:  # a partial save leaves the other columns as the database has them
+            record(model, using, upsert_pks=[self.pk])
+        return updated
+
+    _save_table._mirror_wrapped = True  # type: ignore[attr-defined]
+    return _save_table
+
+
 def connect_signals() -> None:
     """(Re)connect receivers for exactly the mirrored models, so others pay nothing."""
     while _connected:
@@ -469,10 +533,11 @@ def connect_signals() -> None:
             # Deleting either end fast-deletes its rows here without a signal.
             parents.update(f.related_model for f in model._meta.concrete_fields if f.many_to_one)
             continue
-        _connect(signals.post_save, _on_post_save, model)
         _connect(signals.post_delete, _on_post_delete, model)
         if not getattr(model.save_base, "_mirror_wrapped", False):
             model.save_base = _atomic_save_base(model.save_base)  # type: ignore[method-assign]
+        if not getattr(model._save_table, "_mirror_wrapped", False):
+            model._save_table = _captured_save_table(model._save_table)  # type: ignore[method-assign]
         parents.update(
             f.related_model
             for f in model._meta.concrete_fields

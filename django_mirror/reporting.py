@@ -8,7 +8,10 @@ raised into the write, relay, replay or read that reported it. Names are listed 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,12 +87,70 @@ def metric_name(name: str, model: str | None = None) -> str:
     return f"{NAMESPACE}.{name}.{model.lower().replace('.', '_')}"
 
 
+#: Seconds between sends of the counters summed meanwhile.
+FLUSH_INTERVAL = 1.0
+
+
+class _Counters:
+    """Counters summed in memory and sent once a second (and at exit).
+
+    Counting happens on every committed write; one UDP packet each would cost the
+    writer more than the rest of capture's bookkeeping. statsd sums counters over its
+    own flush interval anyway, so sending a second's sum loses nothing. Each sum is
+    kept with the client current when it was counted, so it goes where the settings
+    of that moment said.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[tuple[Any, str], int] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, name: str, count: int) -> None:
+        with _metric_guard():
+            key = (_client(), name)
+            with self.lock:
+                pending = self.pending
+                first = not pending
+                pending[key] = pending.get(key, 0) + count
+                if first and (self.thread is None or not self.thread.is_alive()):
+                    self.thread = threading.Thread(
+                        target=self._run, name="django-mirror-statsd", daemon=True
+                    )
+                    self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            self.flush()  # guarded: never raises
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        clients: dict[Any, list[tuple[str, int]]] = {}
+        for (client, name), count in pending.items():
+            clients.setdefault(client, []).append((name, count))
+        for client, counts in clients.items():
+            with _metric_guard(), client.pipeline() as pipe:
+                for name, count in counts:
+                    pipe.incr(name, count)
+
+
+_counters = _Counters()
+# A forked worker leaves what the parent counted to the parent, and starts its own thread.
+os.register_at_fork(after_in_child=_counters.__init__)
+
+
+def flush() -> None:
+    """Send the counters summed so far now, rather than within the second."""
+    _counters.flush()
+
+
 def incr(name: str, count: int = 1, model: str | None = None) -> None:
     if count:
         if model is not None:
             stats.add(model, name, count)  # the dashboard's figures, statsd or not
-        with _metric_guard():
-            _client().incr(metric_name(name, model), count)
+        _counters.add(metric_name(name, model), count)
 
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
@@ -152,3 +213,4 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.reporting")
+atexit.register(flush)

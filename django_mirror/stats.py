@@ -16,9 +16,11 @@ import math
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
@@ -31,7 +33,13 @@ BUCKETS: tuple[float, ...] = tuple(round(0.05 * 1.12**i, 4) for i in range(124))
 #: How long windows are kept.
 RETENTION = dt.timedelta(days=2)
 
-PROCESS = f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+def _process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:100]
+
+
+#: This process's name in ``MetricWindow`` rows; renewed in a forked child.
+PROCESS = _process_name()
 
 _Key = tuple[str, dt.datetime]
 
@@ -46,24 +54,36 @@ class _Recorder:
         self.dirty: set[_Key] = set()
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
+        self.minute: tuple[int, bool, dt.datetime] | None = None
 
     def key(self, model: str) -> _Key:
-        return model, timezone.now().replace(second=0, microsecond=0)
+        """The model and the current minute, as ``timezone.now()`` gives it (made once a
+        minute: this runs on every committed write)."""
+        number, use_tz = int(time.time() // 60), settings.USE_TZ
+        cached = self.minute
+        if cached is None or cached[:2] != (number, use_tz):
+            start = dt.datetime.fromtimestamp(number * 60, dt.UTC if use_tz else None)
+            self.minute = cached = (number, use_tz, start)
+        return model, cached[2]
 
     def add(self, model: str, name: str, count: int) -> None:
         key = self.key(model)
         with self.lock:
             self.counts[key][name] += count
+            new = key not in self.dirty
             self.dirty.add(key)
-        self._ensure_thread()
+        if new:  # the writer thread is looked at once per window and flush, not per add
+            self._ensure_thread()
 
     def observe(self, model: str, store: str, milliseconds: float) -> None:
         key = self.key(model)
         bucket = min(bisect.bisect_left(BUCKETS, milliseconds), len(BUCKETS) - 1)
         with self.lock:
             self.latency[key][store][bucket] += 1
+            new = key not in self.dirty
             self.dirty.add(key)
-        self._ensure_thread()
+        if new:
+            self._ensure_thread()
 
     def _ensure_thread(self) -> None:
         if self.thread is None or not self.thread.is_alive():
@@ -78,8 +98,11 @@ class _Recorder:
         while True:
             self.wake.wait(float(conf.get_settings().shadow["STATS_INTERVAL"]))
             self.wake.clear()
-            self.flush()
-            close_old_connections()
+            try:
+                self.flush()
+                close_old_connections()
+            except Exception:  # the thread must outlive any one failure
+                logger.warning("django-mirror: dashboard figures not written", exc_info=True)
 
     def flush(self, quiet: bool = False) -> int:
         """Write every window changed since the last flush; returns how many."""
@@ -145,6 +168,18 @@ def reset() -> None:
 
 
 atexit.register(lambda: _recorder.flush(quiet=True) if _recorder.dirty else None)
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker (gunicorn ``--preload``) starts with no figures and a name of its
+    own: the parent writes what it counted, and workers must not overwrite each other's
+    rows."""
+    global PROCESS
+    PROCESS = _process_name()
+    _recorder.__init__()  # type: ignore[misc]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def merge_histograms(histograms: Iterable[Mapping[str, int]]) -> dict[int, int]:

@@ -161,6 +161,9 @@ class StatsdListener:
 
     def lines(self) -> list[str]:
         """Everything received so far, after a moment for packets still in flight."""
+        from django_mirror import reporting
+
+        reporting.flush()  # counters are summed and sent once a second
         time.sleep(0.2)
         return list(self.received)
 

@@ -636,3 +636,27 @@ def test_replay_writes_nothing_to_any_outbox(kinesis):
     assert not OutboxBatch.objects.using("default").exists()
     assert not OutboxBatch.objects.using("new").exists()
     assert_mirrored(Author, Book, Tag, BookTag, Secret)
+
+
+@both_databases
+def test_a_post_save_receiver_writing_the_same_row_is_captured_after_the_save(kinesis):
+    """A receiver connected before django-mirror's (any app's, at import) that updates the
+    row it was told about: the save's image must not land after the update's and win."""
+
+    def bump(sender: type[Counter], instance: Counter, created: bool, **kw: Any) -> None:
+        if created:
+            Counter.objects.filter(pk=instance.pk).update(value=F("value") + 1)
+
+    signals.post_save.connect(bump, sender=Counter, dispatch_uid="test.bump")
+    # Put it first, as a receiver connected at import time is.
+    with signals.post_save.lock:
+        receivers = signals.post_save.receivers
+        receivers.insert(0, receivers.pop())
+        signals.post_save.sender_receivers_cache.clear()
+    try:
+        Counter.objects.create(name="bumped", value=1)
+    finally:
+        signals.post_save.disconnect(sender=Counter, dispatch_uid="test.bump")
+    drain_and_replay()
+    assert Counter.objects.get(name="bumped").value == 2
+    assert_mirrored(Counter)
