@@ -660,3 +660,16 @@ def test_a_post_save_receiver_writing_the_same_row_is_captured_after_the_save(ki
     drain_and_replay()
     assert Counter.objects.get(name="bumped").value == 2
     assert_mirrored(Counter)
+
+
+@both_databases
+def test_saving_a_child_of_a_mirrored_model_captures_the_parents_row(kinesis):
+    """Multi-table inheritance: the child's table is not mirrored, its parent's is."""
+    from tests.testapp.models import Novelist
+
+    novelist = Novelist.objects.create(name="Mary Ann Evans", pen_name="George Eliot")
+    novelist.name = "Marian Evans"
+    novelist.save()
+    drain_and_replay()
+    assert Author.objects.using("new").get(pk=novelist.pk).name == "Marian Evans"
+    assert_mirrored(Author)

@@ -94,3 +94,9 @@ class Reading(models.Model):
 
     day = models.DateField(primary_key=True)
     value = models.IntegerField(default=0)
+
+
+class Novelist(Author):
+    """Not mirrored, but its parent is: saving one writes a mirrored table (the parent's)."""
+
+    pen_name = models.CharField(max_length=100)
