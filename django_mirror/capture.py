@@ -15,7 +15,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,8 +211,21 @@ def record(
     ``lock`` when the rows might not be locked by this transaction yet.
     """
     config = active_config(model, using)
-    if config is None:
-        return
+    if config is not None:
+        _record(config, connections[using], model, upsert_pks, delete_pks, lock, instances)
+
+
+def _record(
+    config: conf.ModelConfig,
+    connection: BaseDatabaseWrapper,
+    model: type[models.Model],
+    upsert_pks: Iterable[Any] = (),
+    delete_pks: Iterable[Any] = (),
+    lock: bool = False,
+    instances: Iterable[models.Model] = (),
+) -> None:
+    """:func:`record` once the model's config and the connection are known."""
+    using = connection.alias
     shape = _shape(model, config.exclude_fields)
     upserts: list[list[Any]] = []
     reread = list(upsert_pks)
@@ -231,7 +244,6 @@ def record(
     deletes = [["d", encode_value(pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
-    connection = connections[using]
     tx = _transaction(connection)
     batches = getattr(connection, "_mirror_batch", None)
     if batches is None:
@@ -461,31 +473,15 @@ def _connect(signal: signals.ModelSignal, receiver: Any, sender: type[models.Mod
     _connected.append((signal, sender, uid))
 
 
-def _atomic_save_base(original):  # type: ignore[no-untyped-def]
-    """Wrap ``Model.save_base`` in a transaction so the row and its outbox row commit together.
-
-    Django saves a single-table model in autocommit mode without one, which would
-    let a crash fall between the row's commit and its event's.
-    """
-
-    @functools.wraps(original)
-    def save_base(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        if active_config(type(self), using) is None or connections[using].in_atomic_block:
-            return original(self, *args, **kwargs)
-        with transaction.atomic(using=using, savepoint=False):
-            return original(self, *args, **kwargs)
-
-    save_base._mirror_wrapped = True  # type: ignore[attr-defined]
-    return save_base
-
-
 def _captured_save_table(original):  # type: ignore[no-untyped-def]
-    """Wrap ``Model._save_table`` so a saved row is captured as soon as it is written.
+    """Wrap ``Model._save_table`` so a saved row is captured as soon as it is written,
+    in one transaction with it.
 
     Not from ``post_save``: a receiver that runs before ours and writes the same row
     (connected at import time, it does) would be captured first, and the save's older
-    image would then replay over it. Each table of a multi-table model is its own
+    image would then replay over it. Django writes a single-table model in autocommit
+    mode without a transaction, which would let a crash fall between the row's commit
+    and its event's: here they share one. Each table of a multi-table model is its own
     ``_save_table`` call, so a mirrored parent is captured when a child is saved.
     """
 
@@ -499,22 +495,23 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
         using=None,
         update_fields=None,
     ):
-        updated = original(
-            self,
-            raw=raw,
-            cls=cls,
-            force_insert=force_insert,
-            force_update=force_update,
-            using=using,
-            update_fields=update_fields,
-        )
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
             model = cls  # a parent's table of a multi-table model
-        if update_fields is None and not raw:
-            record(model, using, instances=[self])
-        else:  # a partial save leaves the other columns as the database has them
-            record(model, using, upsert_pks=[self.pk])
+        config = active_config(model, using)
+        if config is None:
+            return original(self, raw, cls, force_insert, force_update, using, update_fields)
+        connection = connections[using]
+        with (
+            nullcontext()
+            if connection.in_atomic_block
+            else transaction.atomic(using=using, savepoint=False)
+        ):
+            updated = original(self, raw, cls, force_insert, force_update, using, update_fields)
+            if update_fields is None and not raw:
+                _record(config, connection, model, instances=[self])
+            else:  # a partial save leaves the other columns as the database has them
+                _record(config, connection, model, upsert_pks=[self.pk])
         return updated
 
     _save_table._mirror_wrapped = True  # type: ignore[attr-defined]
@@ -534,8 +531,6 @@ def connect_signals() -> None:
             parents.update(f.related_model for f in model._meta.concrete_fields if f.many_to_one)
             continue
         _connect(signals.post_delete, _on_post_delete, model)
-        if not getattr(model.save_base, "_mirror_wrapped", False):
-            model.save_base = _atomic_save_base(model.save_base)  # type: ignore[method-assign]
         if not getattr(model._save_table, "_mirror_wrapped", False):
             model._save_table = _captured_save_table(model._save_table)  # type: ignore[method-assign]
         parents.update(

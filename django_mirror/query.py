@@ -158,8 +158,8 @@ class MirroredQuerySet(models.QuerySet):
             created = super().bulk_create(
                 objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
             )
-            known = [obj for obj in created if obj.pk is not None]
             unknown = [obj for obj in created if obj.pk is None]
+            known = [obj for obj in created if obj.pk is not None] if unknown else created
             pks = _pks_by_unique_values(self.model, unknown, self.db) if unknown else []
             if ignore_conflicts or update_conflicts:
                 # A conflicting row holds what the database kept, not the instance: lock

@@ -120,5 +120,6 @@ DJANGO_MIRROR = {
         "testapp.BigKey": MIRRORED,
         "testapp.Counter": MIRRORED,
         "testapp.Secret": {**MIRRORED, "exclude_fields": ["token"]},
+        "testapp.Place": MIRRORED,
     },
 }

@@ -96,7 +96,14 @@ class Reading(models.Model):
     value = models.IntegerField(default=0)
 
 
-class Novelist(Author):
+class Place(models.Model):
+    """Mirrored, with an unmirrored multi-table child."""
+
+    name = models.CharField(max_length=100)
+    objects = MirroredManager()
+
+
+class Cafe(Place):
     """Not mirrored, but its parent is: saving one writes a mirrored table (the parent's)."""
 
-    pen_name = models.CharField(max_length=100)
+    seats = models.IntegerField(default=0)
