@@ -230,14 +230,16 @@ def _record(
     upserts: list[list[Any]] = []
     reread = list(upsert_pks)
     imager = shape.imager
+    # The key of ``model``'s own table: a multi-table child's ``pk`` is not set yet
+    # when its parent's table has just been written.
+    pk_attname = shape.pk_attname
     for obj in instances:
         image = imager(obj.__dict__) if imager is not None else None
         if image is None:
-            reread.append(obj.pk)
+            reread.append(getattr(obj, pk_attname))
         else:
-            upserts.append(["u", encode_value(obj.pk), image])
+            upserts.append(["u", encode_value(getattr(obj, pk_attname)), image])
     if reread:
-        pk_attname = shape.pk_attname
         for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
             image = [encode_column(f, values[f.attname]) for f in shape.fields]
             upserts.append(["u", encode_value(values[pk_attname]), image])
@@ -511,7 +513,8 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
             if update_fields is None and not raw:
                 _record(config, connection, model, instances=[self])
             else:  # a partial save leaves the other columns as the database has them
-                _record(config, connection, model, upsert_pks=[self.pk])
+                pk = getattr(self, model._meta.pk.attname)
+                _record(config, connection, model, upsert_pks=[pk])
         return updated
 
     _save_table._mirror_wrapped = True  # type: ignore[attr-defined]

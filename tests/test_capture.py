@@ -670,6 +670,10 @@ def test_saving_a_child_of_a_mirrored_model_captures_the_parents_row(kinesis):
     cafe = Cafe.objects.create(name="Bettys", seats=40)
     cafe.name = "Bettys Harrogate"
     cafe.save()
+    Cafe.objects.create(name="Taylors", seats=12).save(update_fields=["name"])
+    events = [e for b in OutboxBatch.objects.order_by("id") for e in b.events()]
+    assert [e["op"] for e in events] == [UPSERT] * 4  # create, save, create, partial save
+    assert [decode_value(e["pk"]) for e in events] == [cafe.pk, cafe.pk, cafe.pk + 1, cafe.pk + 1]
     drain_and_replay()
     assert Place.objects.using("new").get(pk=cafe.pk).name == "Bettys Harrogate"
     assert_mirrored(Place)
