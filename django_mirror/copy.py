@@ -7,6 +7,7 @@ run at the same time in any order. Progress is checkpointed after every chunk.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from django.utils import timezone
 from django_mirror import conf
 from django_mirror.capture import paused
 from django_mirror.events import pk_text
+from django_mirror.locking import retrying
 from django_mirror.models import CopyProgress
 from django_mirror.targets import Target, get_target
 from django_mirror.targets.base import CopyResult
@@ -25,6 +27,9 @@ from django_mirror.targets.base import CopyResult
 #: Chunks are sized towards this many seconds each, unless fixed.
 CHUNK_SECONDS = 0.5
 MIN_CHUNK, MAX_CHUNK, FIRST_CHUNK = 100, 50_000, 1_000
+#: Tries of a chunk that lost a deadlock to replay or the service's writers: each try
+#: is one target transaction, rolled back whole when it loses.
+CHUNK_ATTEMPTS = 5
 
 
 class CopyRefused(RuntimeError):
@@ -137,7 +142,9 @@ class Copier:
         while not self.stop:
             began = time.monotonic()
             with paused():
-                result, last, count = self._chunk(source, attnames, last)
+                result, last, count = retrying(
+                    functools.partial(self._chunk, source, attnames, last), CHUNK_ATTEMPTS
+                )
             if not count:
                 break
             self.stats.read += count

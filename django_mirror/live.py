@@ -10,16 +10,15 @@ recorded as a write mismatch, never raised into the request.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.db import OperationalError
 
 from django_mirror import conf, reporting
 from django_mirror.events import Event, event_dicts, pk_text
+from django_mirror.locking import retrying
 from django_mirror.targets import ApplyResult, Target, target_for
 
 logger = logging.getLogger("django_mirror.live")
@@ -52,27 +51,10 @@ ATTEMPTS = 3
 #: After a target cannot be reached at all, live applies to it are left to replay for
 #: this many seconds, so requests do not each wait on a dead target.
 PAUSE_AFTER_FAILURE = 5.0
-#: SQLSTATEs (PostgreSQL) and error numbers (MySQL/MariaDB) of lock conflicts.
-LOCK_CONFLICTS = {"40P01", "40001", 1213, 1205}
 
 _paused_until: dict[str, float] = {}
-
-
-def _lock_conflict(exc: Exception) -> bool:
-    cause = exc.__cause__
-    code = getattr(cause, "sqlstate", None) or (getattr(cause, "args", None) or [None])[0]
-    return code in LOCK_CONFLICTS or "database is locked" in str(exc)
-
-
 def _apply_retrying(target: Target, events: list[Event]) -> ApplyResult:
-    for attempt in range(1, ATTEMPTS):
-        try:
-            return target.apply_live(events)
-        except OperationalError as exc:
-            if not _lock_conflict(exc):
-                raise
-            time.sleep(random.uniform(0, 0.01 * 2**attempt))
-    return target.apply_live(events)
+    return retrying(lambda: target.apply_live(events), ATTEMPTS)
 
 
 def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> None:
