@@ -9,6 +9,7 @@ lease so several replay processes can share the shards of one stream.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -25,11 +26,15 @@ from django.utils import timezone
 from django_mirror import conf, reporting
 from django_mirror.capture import paused
 from django_mirror.events import CALL, Event, EventDecodeError
+from django_mirror.locking import retrying
 from django_mirror.models import DeadLetter, ShardCheckpoint
 from django_mirror.streams import PositionExpired, Shard, Stream, get_stream
 from django_mirror.targets import Target, target_for
 
 logger = logging.getLogger("django_mirror.replay")
+
+#: Tries of a batch that loses a deadlock or lock timeout on a database target.
+APPLY_ATTEMPTS = 5
 
 
 @dataclass
@@ -289,7 +294,9 @@ class Replayer:
             by_target[self._target(config, event.source)].append(event)
         with paused():
             for target, events in by_target.items():
-                result = target.apply(events)
+                # Copy, live applies and the service may hold the same rows: a batch that
+                # loses a deadlock is rolled back whole and applied again.
+                result = retrying(functools.partial(target.apply, events), APPLY_ATTEMPTS)
                 self.stats.applied += result.applied
                 self.stats.stale += result.stale
                 for label, count in result.applied_by_model.items():
