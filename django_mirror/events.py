@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import json
 import math
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from django.db import models
 
@@ -104,6 +103,24 @@ def encode_column(field_: models.Field, value: Any) -> Any:
     return encode_value(value)
 
 
+class _RowKey:
+    """``Event.key``: worked out on first use, then kept in the instance.
+
+    As ``functools.cached_property`` does, without the lock it takes on every first use
+    until Python 3.12, which costs replay more than the key itself does.
+    """
+
+    @overload
+    def __get__(self, event: None, owner: type | None = None) -> _RowKey: ...
+    @overload
+    def __get__(self, event: Event, owner: type | None = None) -> tuple[str, str]: ...
+    def __get__(self, event: Event | None, owner: type | None = None) -> Any:
+        if event is None:
+            return self
+        key = event.__dict__["key"] = (event.model.lower(), pk_text(event.pk))
+        return key
+
+
 @dataclass
 class Event:
     """One row write. ``row`` is the full after-image keyed by column (None for deletes)."""
@@ -119,10 +136,8 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     schema: int = SCHEMA_VERSION
 
-    @functools.cached_property
-    def key(self) -> tuple[str, str]:
-        """Identity of the row across stores: lower-cased label and the pk's text form."""
-        return (self.model.lower(), pk_text(self.pk))
+    #: Identity of the row across stores: lower-cased label and the pk's text form.
+    key = _RowKey()
 
     @property
     def partition_key(self) -> str:

@@ -1,7 +1,8 @@
 """Step 2 of the runbook as it happens in production, on PostgreSQL: ``mirror_copy`` pages
 through a table while eight writers keep updating, deleting and inserting its rows and a
 replay process applies their events to the same target rows. Once relay and replay
-drain, ``mirror_verify`` must find no difference."""
+drain, ``mirror_verify`` must find no difference. And the one race a copy chunk must
+close, made to happen every time: replay deleting a row the chunk is inserting."""
 
 from __future__ import annotations
 
@@ -11,16 +12,25 @@ import threading
 import time
 from collections import Counter as Tally
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 
-from django_mirror import paused, relay
-from django_mirror.models import DeadLetter
+from django_mirror import conf, paused, relay
+from django_mirror.copy import Copier
+from django_mirror.models import DeadLetter, RowVersion
 from django_mirror.replay import Replayer
-from tests.conftest import assert_mirrored, both_databases, drain_and_replay, in_thread
+from django_mirror.targets.database import DatabaseTarget
+from tests.conftest import (
+    assert_mirrored,
+    both_databases,
+    delete_event,
+    drain_and_replay,
+    in_thread,
+)
 from tests.faults import configured_stream, unique_stream_name
 from tests.testapp.models import Author, Counter
 
@@ -149,3 +159,41 @@ def test_copy_while_writers_and_replay_run_verifies_clean(postgres: None, aws: N
         assert sum(r["rows"] for r in verified) == Counter.objects.count() + Author.objects.count()
         assert not DeadLetter.objects.exists(), list(DeadLetter.objects.values("reason"))
     assert_mirrored(Counter, Author)
+
+
+def waiting_for_a_lock(cursor: Any) -> bool:
+    """Whether a session on the cursor's database waits for a lock (another's)."""
+    cursor.execute("SELECT pg_stat_clear_snapshot()")  # else fixed for the transaction
+    cursor.execute(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return bool(cursor.fetchone()[0])
+
+
+@both_databases
+def test_copy_never_brings_back_a_row_replay_deletes_while_the_chunk_runs(postgres: None) -> None:
+    """Replay deletes a row the target does not hold yet, which leaves only a tombstone,
+    and its transaction stays open while a copy chunk holding the row (read before the
+    delete) checks and inserts. The copy must wait for replay or find the tombstone:
+    once both commit, the row is gone, as in the source."""
+    with paused():
+        counters = Counter.objects.bulk_create([Counter(name=f"c{i}", value=i) for i in range(10)])
+    doomed = counters[4]
+    config = conf.model_config(Counter)
+    assert config is not None
+    errors: list[BaseException] = []
+    with transaction.atomic(using="new"), connections["new"].cursor() as cursor:
+        # Replay's own apply: the tombstone claimed, the absent row's DELETE run.
+        assert DatabaseTarget("new").apply([delete_event(doomed, 10**9)]).applied == 1
+        copy = in_thread(lambda: Copier(config).run(restart=True), errors)
+        deadline = time.monotonic() + 30
+        while copy.is_alive() and not waiting_for_a_lock(cursor):
+            assert time.monotonic() < deadline, "the copy neither finished nor waited"
+            time.sleep(0.01)
+    copy.join(30)
+    assert not copy.is_alive() and not errors, errors
+    copied = set(Counter.objects.using("new").values_list("pk", flat=True))
+    assert copied == {c.pk for c in counters} - {doomed.pk}, "the deleted row came back"
+    tombstone = RowVersion.objects.using("new").get(model="testapp.counter", pk_value=doomed.pk)
+    assert (tombstone.version, tombstone.deleted) == (10**9, True)
