@@ -53,6 +53,8 @@ ATTEMPTS = 3
 PAUSE_AFTER_FAILURE = 5.0
 
 _paused_until: dict[str, float] = {}
+
+
 def _apply_retrying(target: Target, events: list[Event]) -> ApplyResult:
     return retrying(lambda: target.apply_live(events), ATTEMPTS)
 
