@@ -25,6 +25,9 @@ logger = logging.getLogger("django_mirror.shadow")
 
 Job = Callable[[], None]
 
+#: Seconds an idle worker waits for a job before it looks whether its pool was closed.
+IDLE_POLL = 1.0
+
 
 class ShadowPool:
     def __init__(self, size: int, queue_size: int) -> None:
@@ -39,6 +42,8 @@ class ShadowPool:
         self.idle = threading.Condition(self.lock)
         #: Jobs queued, waiting for their time, or running.
         self.pending = 0
+        #: Set by ``close()``: the threads end once nothing is pending.
+        self.closing = False
         self.threads = [
             threading.Thread(target=self._work, name=f"django-mirror-shadow-{i}", daemon=True)
             for i in range(size)
@@ -52,24 +57,42 @@ class ShadowPool:
     def submit(self, job: Job) -> bool:
         """Queue a job; False (and nothing queued) when the queue is full."""
         with self.lock:
-            try:
-                self.jobs.put_nowait(job)
-            except queue.Full:
-                return False
-            self.pending += 1
-        return True
+            if not self.closing:
+                try:
+                    self.jobs.put_nowait(job)
+                except queue.Full:
+                    return False
+                self.pending += 1
+                return True
+        return get_pool().submit(job)  # raced with a settings change: the new pool takes it
 
     def later(self, delay: float, job: Job) -> None:
         """Run ``job`` after ``delay`` seconds (re-checks are never skipped for space)."""
         with self.lock:
-            heapq.heappush(self.delayed, (time.monotonic() + delay, next(self.order), job))
-            self.pending += 1
-            self.due.notify()
+            if not self.closing:
+                heapq.heappush(self.delayed, (time.monotonic() + delay, next(self.order), job))
+                self.pending += 1
+                self.due.notify()
+                return
+        get_pool().later(delay, job)  # raced with a settings change: the new pool takes it
+
+    def close(self) -> None:
+        """Let the threads finish every job queued or waiting for its time, then end and
+        close their database connections (an abandoned pool would hold them open)."""
+        with self.lock:
+            self.closing = True
+            self.due.notify_all()
+
+    def _done(self) -> bool:
+        with self.lock:
+            return self.closing and not self.pending
 
     def _release(self) -> None:
         while True:
             with self.lock:
                 while not self.delayed:
+                    if self.closing:
+                        return
                     self.due.wait()
                 due, _, job = self.delayed[0]
                 wait = due - time.monotonic()
@@ -80,8 +103,11 @@ class ShadowPool:
             self.jobs.put(job)
 
     def _work(self) -> None:
-        while True:
-            job = self.jobs.get()
+        while not self._done():
+            try:
+                job = self.jobs.get(timeout=IDLE_POLL)
+            except queue.Empty:
+                continue
             try:
                 job()
             except Exception:  # a job reports its own failures; this is the last net
@@ -96,6 +122,7 @@ class ShadowPool:
                     self.pending -= 1
                     if not self.pending:
                         self.idle.notify_all()
+        connections.close_all()  # this thread's connections only
 
     @staticmethod
     def _check(connection: Any) -> None:
@@ -140,10 +167,12 @@ def get_pool() -> ShadowPool:
 
 def reset_pool() -> None:
     """Forget the pool so the next use starts one with the current settings; the old
-    one's threads finish what they hold and then sit idle."""
+    one's threads finish what they hold, then end."""
     global _pool
     with _pool_lock:
-        _pool = None
+        old, _pool = _pool, None  # gone before it closes: get_pool() never returns it then
+    if old is not None:
+        old.close()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
