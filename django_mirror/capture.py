@@ -247,13 +247,12 @@ def _record(
     if not upserts and not deletes:
         return
     tx = _transaction(connection)
-    batches = getattr(connection, "_mirror_batch", None)
-    if batches is None:
+    batches = getattr(connection, "_mirror_batch", None)  # inside batch(): one per model
+    payload = batches.get(shape.label) if batches is not None else None
+    if payload is None:
         payload = _payload(connection, tx.id, shape, config.generation)
-    else:
-        payload = batches.get(shape.label) or batches.setdefault(
-            shape.label, _payload(connection, tx.id, shape, config.generation)
-        )
+        if batches is not None:
+            batches[shape.label] = payload
     payload["ops"] += upserts
     payload["ops"] += deletes
     tx.counts[shape.label] = tx.counts.get(shape.label, 0) + len(upserts) + len(deletes)
