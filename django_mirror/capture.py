@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import itertools
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -24,19 +23,12 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import signals
 from django.utils import timezone
 
-from django_mirror import conf, images, live, reporting
+from django_mirror import conf, images, outbox, reporting
 from django_mirror.batching import chunks, keys_per_statement
 from django_mirror.events import (
-    DELETE,
-    decode_value,
     encode_column,
     encode_value,
-    event_dicts,
-    pk_text,
 )
-
-#: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
-MAX_BATCH_EVENTS = 10_000
 
 _paused: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "django_mirror_paused", default=False
@@ -157,7 +149,7 @@ class _Shape:
 
     label: str
     fields: tuple[models.Field, ...]
-    columns: list[str]
+    columns: tuple[str, ...]
     pk_attname: str
     #: How to image a whole-row save from its instance; None when it must be re-read.
     imager: images.Imager | None
@@ -173,7 +165,7 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
     return _Shape(
         label=model._meta.label,
         fields=fields,
-        columns=[f.column for f in fields],
+        columns=tuple(f.column for f in fields),
         pk_attname=model._meta.pk.attname,
         imager=images.plan(model, fields),
     )
@@ -181,18 +173,15 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
 
 def _payload(
     connection: BaseDatabaseWrapper, tx_id: str, shape: _Shape, generation: int
-) -> dict[str, Any]:
+) -> outbox.Payload:
     """A new outbox payload: the events of ``shape``'s model in one ORM call or statement."""
-    now = timezone.now()
-    return {
-        "tx": tx_id,
-        "ts": now.isoformat(),
-        "now": now,
-        "source": connection.alias,
-        "columns": shape.columns,
-        "gen": generation,
-        "ops": [],
-    }
+    return outbox.Payload(
+        tx=tx_id,
+        now=timezone.now(),
+        source=connection.alias,
+        columns=shape.columns,
+        gen=generation,
+    )
 
 
 def record(
@@ -227,18 +216,19 @@ def _record(
     """:func:`record` once the model's config and the connection are known."""
     using = connection.alias
     shape = _shape(model, config.exclude_fields)
-    upserts: list[list[Any]] = []
+    # Ops as lists, or as their JSON text when an imager wrote it (see outbox.Payload).
+    upserts: list[Any] = []
     reread = list(upsert_pks)
     imager = shape.imager
     # The key of ``model``'s own table: a multi-table child's ``pk`` is not set yet
     # when its parent's table has just been written.
     pk_attname = shape.pk_attname
     for obj in instances:
-        image = imager(obj.__dict__) if imager is not None else None
-        if image is None:
+        op = imager(obj.__dict__) if imager is not None else None
+        if op is None:
             reread.append(getattr(obj, pk_attname))
         else:
-            upserts.append(["u", encode_value(getattr(obj, pk_attname)), image])
+            upserts.append(op)
     if reread:
         for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
             image = [encode_column(f, values[f.attname]) for f in shape.fields]
@@ -253,83 +243,14 @@ def _record(
         payload = _payload(connection, tx.id, shape, config.generation)
         if batches is not None:
             batches[shape.label] = payload
-    payload["ops"] += upserts
-    payload["ops"] += deletes
+    payload.ops += upserts
+    payload.ops += deletes
     tx.counts[shape.label] = tx.counts.get(shape.label, 0) + len(upserts) + len(deletes)
     if batches is None:
-        _write_outbox(connection, shape.label, payload, config.live)
+        outbox.write(connection, shape.label, payload, config.live)
 
 
-#: One encoder for every payload: ``json.dumps`` with options builds a new one each call.
-_encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-@functools.cache
-def _outbox_insert(using: str, vendor: str, returning: bool = False) -> str:
-    """The outbox ``INSERT`` in the driver's own parameter style."""
-    from django_mirror.models import OutboxBatch
-
-    qn = connections[using].ops.quote_name
-    columns = ", ".join(qn(c) for c in ("created_at", "model", "count", "payload", "attempts"))
-    values = ", ".join(["?" if vendor == "sqlite" else "%s"] * 5)
-    sql = f"INSERT INTO {qn(OutboxBatch._meta.db_table)} ({columns}) VALUES ({values})"
-    return sql + " RETURNING id" if returning else sql
-
-
-def _write_outbox(
-    connection: BaseDatabaseWrapper,
-    label: str,
-    payload: dict[str, Any],
-    mirrored_live: bool | None = None,
-) -> None:
-    """Insert the payload's ops as outbox rows.
-
-    This runs on every captured write, so it skips the ORM and Django's cursor wrapper
-    and hands one prepared statement to the driver. For a model mirrored live, the new
-    batch ids (which number the events' versions) are kept for the after-commit apply.
-    """
-    using = connection.alias
-    ops = payload["ops"]
-    now = connection.ops.adapt_datetimefield_value(payload.pop("now"))
-    if len(ops) <= MAX_BATCH_EVENTS:
-        parts = [payload]
-    else:
-        parts = [
-            {**payload, "ops": ops[start : start + MAX_BATCH_EVENTS]}
-            for start in range(0, len(ops), MAX_BATCH_EVENTS)
-        ]
-    rows = [(now, label, len(c["ops"]), _encode_payload(c), 0) for c in parts]
-    if mirrored_live is None:  # the caller did not have the model's config at hand
-        config = conf.config_for_label(label)
-        mirrored_live = config is not None and config.live
-    keep_ids = mirrored_live
-    connection.ensure_connection()
-    returning = keep_ids and connection.vendor == "postgresql"
-    sql = _outbox_insert(using, connection.vendor, returning)
-    # Django's exception classes, as the ORM's own statements raise them.
-    with connection.wrap_database_errors:
-        cursor = connection.connection.cursor()
-        try:
-            if len(rows) == 1 or keep_ids:
-                for row, chunk in zip(rows, parts, strict=True):
-                    cursor.execute(sql, row)
-                    if keep_ids:
-                        batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
-                        # Its own on-commit callback: Django drops it with a savepoint that
-                        # is rolled back, as the outbox row goes with it.
-                        connection.on_commit(
-                            functools.partial(
-                                live.apply_committed, using, [(batch_id, label, chunk)]
-                            )
-                        )
-                        _remember_versions(using, label, batch_id, chunk)
-            else:
-                cursor.executemany(sql, rows)
-        finally:
-            cursor.close()
-
-
-def record_payload(using: str, label: str, payload: dict[str, Any]) -> None:
+def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
     """Store an outbox payload made elsewhere (a repository call) in this transaction,
     counted and shipped after commit like captured writes."""
     # No savepoint: inside the caller's transaction a failure here fails it, like a
@@ -337,28 +258,9 @@ def record_payload(using: str, label: str, payload: dict[str, Any]) -> None:
     with transaction.atomic(using=using, savepoint=False):
         connection = connections[using]
         state = _transaction(connection)
-        payload["tx"] = state.id
-        state.counts[label] = state.counts.get(label, 0) + len(payload["ops"])
-        _write_outbox(connection, label, payload)
-
-
-def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str, Any]) -> None:
-    """Keep the versions of rows written on a store that events also flow into.
-
-    Once a model is mirrored live, events can arrive from the other store too (the
-    switch to ``promoted``, a rollback, replay catching up); a version kept beside each
-    direct write lets those late events lose to it, as on any target.
-    """
-    from django_mirror.targets import database_target
-
-    newest: dict[str, tuple[int, bool]] = {}
-    for event in event_dicts(batch_id, label, payload):
-        newest[pk_text(decode_value(event["pk"]))] = (event["version"], event["op"] == DELETE)
-    database_target(using, live=True).store_versions(
-        label.lower(),
-        [(key, version, deleted) for key, (version, deleted) in newest.items()],
-        replace=list(newest),
-    )
+        payload.tx = state.id
+        state.counts[label] = state.counts.get(label, 0) + len(payload.ops)
+        outbox.write(connection, label, payload)
 
 
 @contextmanager
@@ -374,7 +276,7 @@ def batch(using: str) -> Iterator[None]:
     finally:
         connection._mirror_batch = None  # type: ignore[attr-defined]
     for label, payload in pending.items():
-        _write_outbox(connection, label, payload)
+        outbox.write(connection, label, payload)
 
 
 # --- signal receivers -------------------------------------------------------------------

@@ -33,6 +33,11 @@ VERSION_STRIDE = 100_000
 GENERATION_STRIDE = 10**16
 
 
+#: Compact JSON, as events and outbox payloads are written; one encoder for every call,
+#: where ``json.dumps`` with options builds a new one each time.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 class EventDecodeError(ValueError):
     """A stream record is not a valid django-mirror event."""
 
@@ -158,7 +163,7 @@ class Event:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return encode_json(self.to_dict()).encode()
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:

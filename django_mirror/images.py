@@ -16,13 +16,14 @@ import math
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.backends.utils import format_number
 
-from django_mirror.events import encode_column
+from django_mirror.events import encode_column, encode_json
 
 _NOT_PLAIN = object()
 
@@ -84,13 +85,23 @@ def _bytes(field: models.Field, value: Any) -> Any:
 
 
 def _json(field: models.Field, value: Any) -> Any:
-    """Exactly what ``json`` makes of it, as a re-read would return."""
+    """Exactly what ``json`` makes of it, as a re-read would return.
+
+    Not a float written with an exponent: PostgreSQL's ``jsonb`` keeps numbers as
+    ``numeric`` and gives ``1e+16`` back as the integer ``10000000000000000``.
+    """
     if field.encoder is not None or field.decoder is not None:  # type: ignore[attr-defined]
         return _NOT_PLAIN
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        return json.loads(json.dumps(value, allow_nan=False), parse_float=_float_in_full)
     except (TypeError, ValueError):
         return _NOT_PLAIN
+
+
+def _float_in_full(text: str) -> float:
+    if "e" in text or "E" in text:
+        raise ValueError(f"{text} has an exponent")
+    return float(text)
 
 
 Normaliser = Callable[[models.Field, Any], Any]
@@ -136,11 +147,12 @@ def passes_unchanged(field: models.Field) -> bool:
     return _normaliser(field) in (_int, _str, _bool, _float)
 
 
-#: Plain types that are their own encoding: only their exact type needs checking.
+#: Plain types whose JSON is their own text: only their exact type needs checking.
 _SELF_ENCODING = {_int: int, _str: str, _bool: bool}
 
-#: From an instance's ``__dict__`` to its encoded row image, or None to re-read the row.
-Imager = Callable[[dict[str, Any]], "list[Any] | None"]
+#: From an instance's ``__dict__`` to its upsert op as outbox JSON text
+#: (``["u", pk, [column values]]``), or None to re-read the row.
+Imager = Callable[[dict[str, Any]], "str | None"]
 
 
 @functools.cache
@@ -149,10 +161,14 @@ def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Imager 
     written value cannot be known without reading it back.
 
     The imager is generated per model, one straight line of checks per field, as
-    ``dataclasses`` generates ``__init__``: it runs for every row of every save and
-    ``bulk_create``, where a loop over per-field steps costs several times as much.
+    ``dataclasses`` generates ``__init__``, and writes the op's JSON itself: it runs for
+    every row of every save and ``bulk_create``, where a loop over per-field steps and a
+    JSON encoder walking nested lists cost several times as much.
     """
-    names: dict[str, Any] = {"_NOT_PLAIN": _NOT_PLAIN}
+    pk_index = next((i for i, f in enumerate(fields) if f.primary_key), None)
+    if pk_index is None:
+        return None
+    names: dict[str, Any] = {"_NOT_PLAIN": _NOT_PLAIN, "_quote": encode_basestring}
     lines = ["def image(values):", "    try:"]
     lines += [f"        v{i} = values[{f.attname!r}]" for i, f in enumerate(fields)]
     lines += ["    except KeyError:", "        return None  # deferred: not written"]
@@ -160,36 +176,43 @@ def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Imager 
         normalise = _normaliser(f)
         if normalise is None:
             return None
+        lines += [f"    if v{i} is None:"]
+        lines += [f'        v{i} = "null"'] if f.null else ["        return None"]
         if normalise in _SELF_ENCODING:
             names[f"t{i}"] = _SELF_ENCODING[normalise]
-            check = [f"    elif type(v{i}) is not t{i}:", "        return None"]
+            lines += [f"    elif type(v{i}) is not t{i}:", "        return None"]
+            if normalise is _bool:
+                lines += ["    else:", f'        v{i} = "true" if v{i} else "false"']
+            elif normalise is _str:
+                lines += ["    else:", f"        v{i} = _quote(v{i})"]
+            # an int is its own JSON text, as the f-string below formats it
         else:
             if normalise is _datetime and settings.USE_TZ:
-                names[f"e{i}"] = _aware_datetime_encoded
+                names[f"e{i}"] = _aware_datetime_json
             else:
-                names[f"e{i}"] = functools.partial(_encoded, f, normalise)
-            check = [
+                names[f"e{i}"] = functools.partial(_json_text, f, normalise)
+            lines += [
                 "    else:",
                 f"        v{i} = e{i}(v{i})",
                 f"        if v{i} is _NOT_PLAIN:",
                 "            return None",
             ]
-        lines += [f"    if v{i} is None:", "        pass" if f.null else "        return None"]
-        lines += check
-    lines.append(f"    return [{', '.join(f'v{i}' for i in range(len(fields)))}]")
+    columns = ",".join(f"{{v{i}}}" for i in range(len(fields)))
+    lines.append(f"    return f'[\"u\",{{v{pk_index}}},[{columns}]]'")
     exec("\n".join(lines), names)  # noqa: S102 - source built above from field indexes
     return names["image"]  # type: ignore[no-any-return]
 
 
-def _aware_datetime_encoded(value: Any) -> Any:
-    """The common case, inlined: an aware datetime, stored and encoded in UTC."""
+def _aware_datetime_json(value: Any) -> Any:
+    """The common case, inlined: an aware datetime, stored and encoded in UTC
+    (an ISO timestamp needs no JSON escaping)."""
     if type(value) is not dt.datetime or value.tzinfo is None:
         return _NOT_PLAIN
     if value.tzinfo is not dt.UTC:
         value = value.astimezone(dt.UTC)
-    return {"$dt": value.isoformat()}
+    return f'{{"$dt":"{value.isoformat()}"}}'
 
 
-def _encoded(field: models.Field, normalise: Normaliser, value: Any) -> Any:
+def _json_text(field: models.Field, normalise: Normaliser, value: Any) -> Any:
     value = normalise(field, value)
-    return value if value is _NOT_PLAIN else encode_column(field, value)
+    return value if value is _NOT_PLAIN else encode_json(encode_column(field, value))

@@ -7,7 +7,6 @@ batches; elsewhere they may ship a batch twice, which replay's versions make har
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from django.db import DatabaseError, close_old_connections, connections, transac
 from django.db.models import F, Sum
 
 from django_mirror import conf, reporting
-from django_mirror.events import decode_value, partition_key, pk_text
+from django_mirror.events import decode_value, encode_json, partition_key, pk_text
 from django_mirror.locking import write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
@@ -45,7 +44,7 @@ def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Recor
     records = []
     dead = 0
     for event in batch.events():
-        data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        data = encode_json(event).encode()
         pk = decode_value(event["pk"])
         key = partition_key(event["model"], pk)
         if len(data) + len(key.encode()) > stream.max_record_bytes:

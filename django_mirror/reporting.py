@@ -68,18 +68,24 @@ def guarded(what: str, level: int = logging.WARNING) -> Iterator[None]:
     """Swallow and count what goes wrong inside: instrumentation and mirroring never
     break the request or command they serve (like sentry-sdk's
     ``capture_internal_exceptions``)."""
-    global failures
     try:
         yield
     except Exception:
-        failures += 1
-        logger.log(level, "django-mirror: %s", what, exc_info=True)
+        _swallowed(what, level)
+
+
+def _swallowed(what: str, level: int) -> None:
+    """Count and log the exception being handled."""
+    global failures
+    failures += 1
+    logger.log(level, "django-mirror: %s", what, exc_info=True)
 
 
 def _metric_guard() -> Any:
     return guarded("a metric could not be sent", logging.DEBUG)
 
 
+@cache  # a handful of names, made on every committed write
 def metric_name(name: str, model: str | None = None) -> str:
     """``django_mirror.<name>[.<app_label>_<model>]``: statsd splits names on dots."""
     if model is None:
@@ -107,7 +113,7 @@ class _Counters:
         self.thread: threading.Thread | None = None
 
     def add(self, name: str, count: int) -> None:
-        with _metric_guard():
+        try:  # not guarded(): a context manager costs more than the rest of this
             key = (_client(), name)
             with self.lock:
                 pending = self.pending
@@ -118,6 +124,8 @@ class _Counters:
                         target=self._run, name="django-mirror-statsd", daemon=True
                     )
                     self.thread.start()
+        except Exception:
+            _swallowed("a metric could not be sent", logging.DEBUG)
 
     def _run(self) -> None:
         while True:

@@ -116,17 +116,16 @@ def record(
 ) -> None:
     """Add the call to the outbox, in the caller's transaction if there is one (a call
     rolled back with its transaction leaves no event)."""
-    from django_mirror import capture
+    from django_mirror import capture, outbox
 
     using = using or conf.source_alias()
     args = list(bound.args[1:])
-    payload: dict[str, Any] = {
-        "ts": timezone.now().isoformat(),
-        "now": timezone.now(),
-        "source": using,
-        "columns": ["method", "args", "kwargs", "outcome", "live"],
-        "gen": 0,
-        "ops": [
+    payload = outbox.Payload(
+        tx="",  # the transaction's id, set as it is stored
+        now=timezone.now(),
+        source=using,
+        columns=("method", "args", "kwargs", "outcome", "live"),
+        ops=[
             [
                 "c",
                 encode_value(pk_text(partition(method, bound))),
@@ -139,7 +138,7 @@ def record(
                 ],
             ]
         ],
-    }
+    )
     capture.record_payload(using, interface.name, payload)
 
 

@@ -1,0 +1,38 @@
+"""The outbox rows capture stores: how a large write is split, and how PostgreSQL keeps
+their payloads."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connections
+
+from django_mirror import outbox
+from django_mirror.models import OutboxBatch
+from tests.testapp.models import Tag
+
+
+@pytest.mark.django_db
+def test_a_write_of_more_events_than_a_row_holds_fills_consecutive_rows() -> None:
+    rows = outbox.MAX_BATCH_EVENTS + 1
+    Tag.objects.bulk_create([Tag(name=f"t{n}") for n in range(rows)])
+    batches = list(OutboxBatch.objects.order_by("id"))
+    assert [b.count for b in batches] == [outbox.MAX_BATCH_EVENTS, 1]
+    events = [event for batch in batches for event in batch.events()]
+    versions = [event["version"] for event in events]
+    assert versions == sorted(set(versions)), "versions must grow and never collide"
+    assert {event["pk"] for event in events} == set(Tag.objects.values_list("pk", flat=True))
+    assert len({event["tx"] for event in events}) == 1
+
+
+@pytest.mark.django_db
+def test_postgresql_compresses_payloads_with_lz4() -> None:
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        pytest.skip("TOAST compression is PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attname = 'payload'",
+            [OutboxBatch._meta.db_table],
+        )
+        assert cursor.fetchone() == ("l",)
