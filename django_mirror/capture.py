@@ -253,10 +253,15 @@ def _record(
 def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
     """Store an outbox payload made elsewhere (a repository call) in this transaction,
     counted and shipped after commit like captured writes."""
-    # No savepoint: inside the caller's transaction a failure here fails it, like a
-    # write that cannot be captured; alone, the block is its own transaction.
-    with transaction.atomic(using=using, savepoint=False):
-        connection = connections[using]
+    # Inside the caller's transaction a failure here fails it (marked for rollback, as a
+    # nested atomic block without a savepoint would), like a write that cannot be
+    # captured; alone, the block is its own transaction.
+    connection = connections[using]
+    with (
+        transaction.mark_for_rollback_on_error(using)
+        if connection.in_atomic_block
+        else transaction.atomic(using=using, savepoint=False)
+    ):
         state = _transaction(connection)
         payload.tx = state.id
         state.counts[label] = state.counts.get(label, 0) + len(payload.ops)

@@ -12,8 +12,10 @@ import datetime as dt
 import json
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, overload
 
 from django.db import models
@@ -33,9 +35,28 @@ VERSION_STRIDE = 100_000
 GENERATION_STRIDE = 10**16
 
 
-#: Compact JSON, as events and outbox payloads are written; one encoder for every call,
-#: where ``json.dumps`` with options builds a new one each time.
-encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def _json_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, without setting
+    up an encoder on every call: the C encoder is made once, and reused.
+
+    It skips the circular-reference check, which needs a fresh dict per call: values
+    here come from databases and JSON, and a cycle ends in ``RecursionError`` instead.
+    """
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    if c_make_encoder is None:  # no C accelerator (PyPy): the pure-Python encoder
+        return plain.encode
+    made = c_make_encoder(
+        None, plain.default, encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def encode_json(value: Any) -> str:
+        return "".join(made(value, 0))
+
+    return encode_json
+
+
+#: Compact JSON, as events and outbox payloads are written.
+encode_json = _json_encoder()
 
 
 class EventDecodeError(ValueError):

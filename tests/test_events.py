@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import transaction
+from hypothesis import given
+from hypothesis import strategies as st
 
 from django_mirror import relay
 from django_mirror.events import (
@@ -22,6 +24,7 @@ from django_mirror.events import (
     EventDecodeError,
     decode_row,
     decode_value,
+    encode_json,
     encode_value,
 )
 from django_mirror.models import OutboxBatch
@@ -360,3 +363,25 @@ def test_a_row_naming_an_unknown_column_is_refused():
         decode_row(Author, {"id": 1, "nickname": "A"})
     with pytest.raises(EventDecodeError, match="untagged object value"):
         decode_row(Author, {"id": 1, "name": {"first": "A", "last": "L"}})
+
+
+json_documents = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and infinities too: JSONField contents may hold them
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_documents)
+def test_event_json_is_what_json_dumps_writes(value: Any) -> None:
+    """The reused C encoder writes exactly the standard library's compact JSON."""
+    assert encode_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_event_json_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_json({"when": dt.date(2024, 1, 1)})

@@ -3,9 +3,11 @@ write calls, replay them on targets in order, mirror them live and shadow reads.
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from typing import Any, Protocol
 
@@ -18,9 +20,11 @@ from django_mirror import relay
 from django_mirror.models import MismatchRecord, OutboxBatch
 from django_mirror.replay import Replayer
 from django_mirror.repositories import InterfaceError, get, read, repository, write
+from django_mirror.repositories.interface import binder
 from django_mirror.repositories.registry import config_for
 from django_mirror.shadow import get_pool, shadow_reads
 from tests.conftest import both_databases, drain_and_replay, in_thread
+from tests.testapp.models import Unmirrored
 from tests.testapp.repositories import INTERFACE, AlreadyFollowing, FollowStore
 
 
@@ -255,21 +259,40 @@ def test_a_repository_obtained_while_off_records_once_the_phase_changes():
         assert len(recorded()) == 1
 
 
-@both_databases
-def test_a_call_that_cannot_be_recorded_fails_with_its_transaction(repo):
-    from django.db import DatabaseError, connection, transaction
+@contextmanager
+def outbox_gone() -> Iterator[None]:
+    """The outbox table renamed away, so recording anything fails."""
+    from django.db import connection
 
     table = connection.ops.quote_name(OutboxBatch._meta.db_table)
+    away = connection.ops.quote_name("outbox_away")
     with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {table} RENAME TO {connection.ops.quote_name('outbox_away')}")
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {away}")
     try:
-        with pytest.raises(DatabaseError), transaction.atomic():
-            repo.follow(1, 60)
+        yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"ALTER TABLE {connection.ops.quote_name('outbox_away')} RENAME TO {table}"
-            )
+            cursor.execute(f"ALTER TABLE {away} RENAME TO {table}")
+
+
+@both_databases
+def test_a_call_that_cannot_be_recorded_fails_with_its_transaction(repo):
+    from django.db import DatabaseError, transaction
+
+    with outbox_gone(), pytest.raises(DatabaseError), transaction.atomic():
+        repo.follow(1, 60)
+
+
+@both_databases
+def test_a_caught_recording_failure_still_rolls_the_transaction_back(repo):
+    """Catching the error must not let the caller commit writes whose call went unrecorded."""
+    from django.db import DatabaseError, transaction
+
+    with outbox_gone(), transaction.atomic():
+        Unmirrored.objects.create(name="beside the call")
+        with pytest.raises(DatabaseError):
+            repo.follow(1, 61)
+    assert not Unmirrored.objects.filter(name="beside the call").exists()
 
 
 @both_databases
@@ -299,3 +322,33 @@ def test_a_call_replay_cannot_make_goes_to_the_dead_letters(kinesis, repo):
     drain_and_replay()
     [letter] = DeadLetter.objects.all()
     assert "no method 'no_such_method'" in letter.reason and letter.model == INTERFACE
+
+
+def _simple(self, user: int, channel: int = 3, tags: list | None = None) -> None: ...  # type: ignore[no-untyped-def]
+def _keyword_only(self, user: int, *, channel: int = 3) -> None: ...  # type: ignore[no-untyped-def]
+def _positional_only(self, user: int, /, channel: int) -> None: ...  # type: ignore[no-untyped-def]
+def _variadic(self, *users: int, **options: int) -> None: ...  # type: ignore[no-untyped-def]
+
+
+@pytest.mark.parametrize("function", [_simple, _keyword_only, _positional_only, _variadic])
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [((1,), {}), ((1, 2), {}), ((1,), {"channel": 2}), ((), {"user": 1}), ((1, 2, 3, 4), {})],
+)
+def test_calls_are_bound_as_the_signature_binds_them(
+    function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Recorded calls replay from these arguments: the generated binder must agree with
+    ``inspect.Signature.bind``, refusals included."""
+    signature = inspect.signature(function)
+    try:
+        expected = signature.bind(None, *args, **kwargs)
+    except TypeError:
+        with pytest.raises(TypeError):
+            binder(signature)(*args, **kwargs)
+        return
+    expected.apply_defaults()
+    bound = binder(signature)(*args, **kwargs)
+    assert bound.args == expected.args[1:]
+    assert bound.kwargs == expected.kwargs
+    assert bound.arguments == {k: v for k, v in expected.arguments.items() if k != "self"}

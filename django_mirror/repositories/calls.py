@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from django_mirror import conf, reporting
 from django_mirror.events import Event, decode_value, encode_value, pk_text
-from django_mirror.repositories.interface import InterfaceSpec, MethodSpec
+from django_mirror.repositories.interface import BoundCall, InterfaceSpec, MethodSpec
 
 logger = logging.getLogger("django_mirror.repositories")
 
@@ -93,11 +93,9 @@ def comparable(method: MethodSpec, recorded: dict[str, Any]) -> Any:
 # --- recording --------------------------------------------------------------------------------
 
 
-def bound_call(method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def bound_call(method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> BoundCall:
     """The call's arguments bound to the signature (defaults applied): what replays it."""
-    bound = method.signature.bind(None, *args, **kwargs)
-    bound.apply_defaults()
-    return bound
+    return method.bind(*args, **kwargs)
 
 
 def partition(method: MethodSpec, bound: Any) -> Any:
@@ -119,7 +117,7 @@ def record(
     from django_mirror import capture, outbox
 
     using = using or conf.source_alias()
-    args = list(bound.args[1:])
+    args = list(bound.args)
     payload = outbox.Payload(
         tx="",  # the transaction's id, set as it is stored
         now=timezone.now(),

@@ -46,7 +46,7 @@ def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -
     Returns the targets that ran it, which replay then leaves out."""
     from django_mirror.shadow.scope import current_path
 
-    args, kwargs = bound.args[1:], bound.kwargs
+    args, kwargs = bound.args, bound.kwargs
     ran: list[str] = []
     for name, target in config.targets().items():
         with reporting.guarded(f"mirroring {config.name}.{method.name} to {name} failed"):
@@ -69,7 +69,7 @@ def _shadow_read(config: Any, method: MethodSpec, bound: Any, expected: dict) ->
     from django_mirror.shadow.scope import current_path
 
     path = current_path()
-    args, kwargs = bound.args[1:], bound.kwargs
+    args, kwargs = bound.args, bound.kwargs
     for name, target in config.targets().items():
 
         def compare(name: str = name, target: Any = target) -> None:
