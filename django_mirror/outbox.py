@@ -42,7 +42,7 @@ class Payload:
     source: str
     columns: Sequence[str]
     gen: int = 0
-    ops: list[Any] = field(default_factory=list)
+    ops: list[str | list[Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The stored form, ``{"tx", "ts", "source", "columns", "gen", "ops"}``, which
@@ -54,17 +54,13 @@ class Payload:
             f'"ops":[{_ops_json(self.ops)}]}}'
         )
 
-    def stored(self) -> dict[str, Any]:
-        """What the relay will read back from this payload's row."""
-        return json.loads(self.to_json())  # type: ignore[no-any-return]
-
 
 @functools.cache
 def _columns_json(columns: tuple[str, ...]) -> str:
     return encode_json(columns)
 
 
-def _ops_json(ops: list[Any]) -> str:
+def _ops_json(ops: list[str | list[Any]]) -> str:
     """The ops, comma-separated; those already JSON text go in as they are."""
     if any(type(op) is str for op in ops):
         return ",".join(op if type(op) is str else encode_json(op) for op in ops)
@@ -88,28 +84,35 @@ def _driver_cursor(connection: BaseDatabaseWrapper) -> Any:
 
     Django's psycopg cursors interpolate parameters into the SQL text, which means
     escaping a whole payload (tens of KB for a ``bulk_create``) on every write. Server-side
-    binding sends it as it is. It never prepares a named statement, so the outbox write
-    stays safe behind PgBouncer's transaction pooling.
+    binding sends it as it is. Each statement goes unnamed, never prepared, so the outbox
+    write stays safe behind PgBouncer's transaction pooling.
     """
     raw = connection.connection
     if connection.vendor == "postgresql":
-        server_binding = _server_binding_cursor()
-        if server_binding is not None:
-            return server_binding(raw)
+        psycopg = _psycopg()
+        if psycopg is not None and isinstance(raw, psycopg.Connection):
+            return _UnpreparedCursor()(raw)
     return raw.cursor()
 
 
 @functools.cache
-def _server_binding_cursor() -> type | None:
-    """psycopg 3's cursor that never prepares, or None under psycopg2."""
+def _psycopg() -> Any:
+    """The psycopg 3 module, or None where only psycopg2 is installed."""
     try:
         import psycopg
     except ImportError:
         return None
+    return psycopg
 
-    class UnpreparedCursor(psycopg.Cursor):  # type: ignore[type-arg]
+
+@functools.cache
+def _UnpreparedCursor() -> type:  # noqa: N802 - a class, made on first use
+    """psycopg 3's server-side binding cursor, each statement sent unnamed."""
+
+    class UnpreparedCursor(_psycopg().Cursor):  # type: ignore[misc]
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            return super().execute(query, params, prepare=False)
+            kwargs["prepare"] = False
+            return super().execute(query, params, **kwargs)
 
     return UnpreparedCursor
 
@@ -148,22 +151,17 @@ def write(
     with connection.wrap_database_errors:
         cursor = _driver_cursor(connection)
         try:
-            if len(rows) == 1 or keep_ids:
-                for row, part in zip(rows, parts, strict=True):
-                    cursor.execute(sql, row)
-                    if keep_ids:
-                        batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
-                        stored = part.stored()
-                        # Its own on-commit callback: Django drops it with a savepoint that
-                        # is rolled back, as the outbox row goes with it.
-                        connection.on_commit(
-                            functools.partial(
-                                live.apply_committed, using, [(batch_id, label, stored)]
-                            )
-                        )
-                        _remember_versions(using, label, batch_id, stored)
-            else:
-                cursor.executemany(sql, rows)
+            for row in rows:  # more than one only past MAX_BATCH_EVENTS events
+                cursor.execute(sql, row)
+                if keep_ids:
+                    batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+                    stored = json.loads(row[3])  # what the relay will read back
+                    # Its own on-commit callback: Django drops it with a savepoint that
+                    # is rolled back, as the outbox row goes with it.
+                    connection.on_commit(
+                        functools.partial(live.apply_committed, using, [(batch_id, label, stored)])
+                    )
+                    _remember_versions(using, label, batch_id, stored)
         finally:
             cursor.close()
 

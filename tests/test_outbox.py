@@ -31,8 +31,13 @@ def test_postgresql_compresses_payloads_with_lz4() -> None:
         pytest.skip("TOAST compression is PostgreSQL's")
     with connection.cursor() as cursor:
         cursor.execute(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        )
+        (has_lz4,) = cursor.fetchone()
+        cursor.execute(
             "SELECT attcompression FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attname = 'payload'",
             [OutboxBatch._meta.db_table],
         )
-        assert cursor.fetchone() == ("l",)
+        # A server built without lz4 keeps its default.
+        assert cursor.fetchone() == ("l" if has_lz4 else "",)

@@ -328,9 +328,12 @@ def _simple(self, user: int, channel: int = 3, tags: list | None = None) -> None
 def _keyword_only(self, user: int, *, channel: int = 3) -> None: ...  # type: ignore[no-untyped-def]
 def _positional_only(self, user: int, /, channel: int) -> None: ...  # type: ignore[no-untyped-def]
 def _variadic(self, *users: int, **options: int) -> None: ...  # type: ignore[no-untyped-def]
+def _shadowing(self, _mirror_BoundCall: int, channel: int = 3) -> None: ...  # type: ignore[no-untyped-def]  # noqa: N803
 
 
-@pytest.mark.parametrize("function", [_simple, _keyword_only, _positional_only, _variadic])
+@pytest.mark.parametrize(
+    "function", [_simple, _keyword_only, _positional_only, _variadic, _shadowing]
+)
 @pytest.mark.parametrize(
     "args, kwargs",
     [((1,), {}), ((1, 2), {}), ((1,), {"channel": 2}), ((), {"user": 1}), ((1, 2, 3, 4), {})],

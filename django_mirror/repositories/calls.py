@@ -98,7 +98,7 @@ def bound_call(method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
     return method.bind(*args, **kwargs)
 
 
-def partition(method: MethodSpec, bound: Any) -> Any:
+def partition(method: MethodSpec, bound: BoundCall) -> Any:
     if method.partition_key is None:
         return "-"
     return bound.arguments[method.partition_key]
@@ -107,7 +107,7 @@ def partition(method: MethodSpec, bound: Any) -> Any:
 def record(
     interface: InterfaceSpec,
     method: MethodSpec,
-    bound: Any,
+    bound: BoundCall,
     result: dict[str, Any],
     using: str | None = None,
     live: list[str] | None = None,

@@ -57,7 +57,10 @@ def binder(signature: inspect.Signature) -> Binder:
     recorded write binds every call. Anything else goes through ``Signature.bind``.
     """
     params = list(signature.parameters.values())[1:]
-    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+    if any(
+        p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.name.startswith("_mirror_")
+        for p in params
+    ):  # the generated code's own names would be shadowed by such a parameter
 
         def bind(*args: Any, **kwargs: Any) -> BoundCall:
             bound = signature.bind(None, *args, **kwargs)

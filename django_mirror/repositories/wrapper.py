@@ -26,7 +26,13 @@ from typing import Any
 
 from django_mirror import reporting
 from django_mirror.repositories import calls
-from django_mirror.repositories.interface import PASSTHROUGH, READ, InterfaceSpec, MethodSpec
+from django_mirror.repositories.interface import (
+    PASSTHROUGH,
+    READ,
+    BoundCall,
+    InterfaceSpec,
+    MethodSpec,
+)
 
 
 def _config(wrapper: Any) -> Any:
@@ -41,7 +47,7 @@ def _timed(implementation: Any, method: MethodSpec, args: Any, kwargs: Any) -> t
     return result, (time.perf_counter() - started) * 1000
 
 
-def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -> list[str]:
+def _mirror_write(config: Any, method: MethodSpec, bound: BoundCall, expected: dict) -> list[str]:
     """Run a write on every target after the source; differences are write mismatches.
     Returns the targets that ran it, which replay then leaves out."""
     from django_mirror.shadow.scope import current_path
@@ -63,7 +69,7 @@ def _mirror_write(config: Any, method: MethodSpec, bound: Any, expected: dict) -
     return ran
 
 
-def _shadow_read(config: Any, method: MethodSpec, bound: Any, expected: dict) -> None:
+def _shadow_read(config: Any, method: MethodSpec, bound: BoundCall, expected: dict) -> None:
     """Queue the read for each target on the shadow pool (skipped and counted when full)."""
     from django_mirror.shadow import get_pool
     from django_mirror.shadow.scope import current_path
@@ -163,7 +169,11 @@ def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
             return _run(config, source, args, kwargs, bound)
 
     def _run(
-        config: Any, source: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bound: Any
+        config: Any,
+        source: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        bound: BoundCall | None,
     ) -> Any:
         started = time.perf_counter()
         try:
