@@ -114,11 +114,12 @@ def record(
 ) -> None:
     """Add the call to the outbox, in the caller's transaction if there is one (a call
     rolled back with its transaction leaves no event)."""
-    from django_mirror import capture, outbox
+    from django_mirror.capture import record_payload  # they need the app's models
+    from django_mirror.outbox import Payload
 
     using = using or conf.source_alias()
     args = list(bound.args)
-    payload = outbox.Payload(
+    payload = Payload(
         tx="",  # the transaction's id, set as it is stored
         now=timezone.now(),
         source=using,
@@ -137,7 +138,7 @@ def record(
             ]
         ],
     )
-    capture.record_payload(using, interface.name, payload)
+    record_payload(using, interface.name, payload)
 
 
 # --- replay ------------------------------------------------------------------------------------

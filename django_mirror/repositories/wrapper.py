@@ -36,9 +36,11 @@ from django_mirror.repositories.interface import (
 
 
 def _config(wrapper: Any) -> Any:
-    from django_mirror.repositories import registry
+    # From the module, not its package: ``from package import module`` runs importlib's
+    # Python-level fromlist handling on every call.
+    from django_mirror.repositories.registry import config_for
 
-    return registry.config_for(wrapper._mirror_name)
+    return config_for(wrapper._mirror_name)
 
 
 def _timed(implementation: Any, method: MethodSpec, args: Any, kwargs: Any) -> tuple[dict, float]:
