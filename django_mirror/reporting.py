@@ -93,39 +93,63 @@ def metric_name(name: str, model: str | None = None) -> str:
     return f"{NAMESPACE}.{name}.{model.lower().replace('.', '_')}"
 
 
-#: Seconds between sends of the counters summed meanwhile.
+#: Seconds between sends of the counters summed and the timers kept meanwhile.
 FLUSH_INTERVAL = 1.0
+#: Timers kept between sends at the most; past it (the sending thread stalled) new ones
+#: are dropped and counted in ``failures``, so memory never grows without bound.
+MAX_TIMINGS = 100_000
 
 
-class _Counters:
-    """Counters summed in memory and sent once a second (and at exit).
+class _Outgoing:
+    """Counters summed and timers kept in memory, sent once a second (and at exit),
+    several metrics a packet.
 
-    Counting happens on every committed write; one UDP packet each would cost the
-    writer more than the rest of capture's bookkeeping. statsd sums counters over its
-    own flush interval anyway, so sending a second's sum loses nothing. Each sum is
-    kept with the client current when it was counted, so it goes where the settings
-    of that moment said.
+    Counting happens on every committed write and timing on every shadowed read; one
+    UDP packet each would cost the writer or the pool more than the rest of its
+    bookkeeping. statsd sums counters and aggregates timers over its own flush interval
+    anyway, so sending a second's worth together loses nothing. Each metric is kept
+    with the client current when it was taken, so it goes where the settings of that
+    moment said.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.pending: dict[tuple[Any, str], int] = {}
+        self.counts: dict[tuple[Any, str], int] = {}
+        self.timings: list[tuple[Any, str, float]] = []
         self.thread: threading.Thread | None = None
 
-    def add(self, name: str, count: int) -> None:
+    def count(self, name: str, count: int) -> None:
         try:  # not guarded(): a context manager costs more than the rest of this
             key = (_client(), name)
             with self.lock:
-                pending = self.pending
-                first = not pending
-                pending[key] = pending.get(key, 0) + count
-                if first and (self.thread is None or not self.thread.is_alive()):
-                    self.thread = threading.Thread(
-                        target=self._run, name="django-mirror-statsd", daemon=True
-                    )
-                    self.thread.start()
+                counts = self.counts
+                if not counts and not self.timings:
+                    self._start_sending()
+                counts[key] = counts.get(key, 0) + count
         except Exception:
             _swallowed("a metric could not be sent", logging.DEBUG)
+
+    def observe(self, name: str, milliseconds: float) -> None:
+        global failures
+        try:
+            client = _client()
+            with self.lock:
+                if len(self.timings) >= MAX_TIMINGS:
+                    failures += 1
+                    return
+                if not self.counts and not self.timings:
+                    self._start_sending()
+                self.timings.append((client, name, milliseconds))
+        except Exception:
+            _swallowed("a metric could not be sent", logging.DEBUG)
+
+    def _start_sending(self) -> None:
+        """The first metric since the last send: see that the sending thread runs."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(
+                target=self._run, name="django-mirror-statsd", daemon=True
+            )
+            self.thread.start()
 
     def _run(self) -> None:
         while True:
@@ -134,31 +158,34 @@ class _Counters:
 
     def flush(self) -> None:
         with self.lock:
-            pending, self.pending = self.pending, {}
-        clients: dict[Any, list[tuple[str, int]]] = {}
-        for (client, name), count in pending.items():
-            clients.setdefault(client, []).append((name, count))
-        for client, counts in clients.items():
+            counts, self.counts = self.counts, {}
+            timings, self.timings = self.timings, []
+        clients: dict[Any, list[tuple[str, str, float]]] = {}
+        for (client, name), count in counts.items():
+            clients.setdefault(client, []).append(("incr", name, count))
+        for client, name, milliseconds in timings:
+            clients.setdefault(client, []).append(("timing", name, milliseconds))
+        for client, metrics in clients.items():
             with _metric_guard(), client.pipeline() as pipe:
-                for name, count in counts:
-                    pipe.incr(name, count)
+                for kind, name, value in metrics:
+                    getattr(pipe, kind)(name, value)
 
 
-_counters = _Counters()
-# A forked worker leaves what the parent counted to the parent, and starts its own thread.
-os.register_at_fork(after_in_child=_counters.__init__)
+_outgoing = _Outgoing()
+# A forked worker leaves what the parent took to the parent, and starts its own thread.
+os.register_at_fork(after_in_child=_outgoing.__init__)
 
 
 def flush() -> None:
-    """Send the counters summed so far now, rather than within the second."""
-    _counters.flush()
+    """Send the counters and timers taken so far now, rather than within the second."""
+    _outgoing.flush()
 
 
 def incr(name: str, count: int = 1, model: str | None = None) -> None:
     if count:
         if model is not None:
             stats.add(model, name, count)  # the dashboard's figures, statsd or not
-        _counters.add(metric_name(name, model), count)
+        _outgoing.count(metric_name(name, model), count)
 
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
@@ -167,16 +194,14 @@ def gauge(name: str, value: float, model: str | None = None) -> None:
 
 
 def timing(name: str, milliseconds: float, model: str | None = None) -> None:
-    with _metric_guard():
-        _client().timing(metric_name(name, model), milliseconds)
+    _outgoing.observe(metric_name(name, model), milliseconds)
 
 
 def read_latency(store: str, milliseconds: float, model: str) -> None:
     """One read's time on ``store`` ("source" or "target"): a statsd timer and the
     dashboard's histogram."""
     stats.observe(model, store, milliseconds)
-    with _metric_guard():
-        _client().timing(metric_name(f"read.latency.{store}", model), milliseconds)
+    _outgoing.observe(metric_name(f"read.latency.{store}", model), milliseconds)
 
 
 def sentry_mismatch(

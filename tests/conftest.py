@@ -145,6 +145,7 @@ class StatsdListener:
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.received: list[str] = []
+        self.packets = 0
         self.closed = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -158,12 +159,13 @@ class StatsdListener:
             except OSError:
                 return
             self.received += data.decode().splitlines()
+            self.packets += 1
 
     def lines(self) -> list[str]:
         """Everything received so far, after a moment for packets still in flight."""
         from django_mirror import reporting
 
-        reporting.flush()  # counters are summed and sent once a second
+        reporting.flush()  # counters and timers are sent once a second
         time.sleep(0.2)
         return list(self.received)
 

@@ -45,3 +45,15 @@ def test_a_broken_statsd_never_breaks_a_write(kinesis):
         drain_and_replay()
     assert Author.objects.using("new").filter(name="still saved").exists()
     assert reporting.failures > before
+
+
+def test_every_timer_sample_is_sent_several_a_packet(statsd):
+    samples = [n / 8 for n in range(300)]
+    for milliseconds in samples:
+        reporting.timing("probe", milliseconds, "testapp.Book")
+    lines = [
+        line for line in statsd.lines() if line.startswith("django_mirror.probe.testapp_book:")
+    ]
+    assert all(line.endswith("|ms") for line in lines)
+    assert sorted(float(line.split(":")[1].split("|")[0]) for line in lines) == samples
+    assert statsd.packets <= len(samples) / 10
