@@ -75,6 +75,9 @@ class _Transaction:
         self.counts: dict[str, int] = {}
         self.after_commit = functools.partial(_after_commit, using, self.counts)
 
+    def count(self, label: str, events: int) -> None:
+        self.counts[label] = self.counts.get(label, 0) + events
+
 
 def _transaction_id_source() -> Iterator[str]:
     """Unique transaction ids, cheaper than a ``uuid4()`` per transaction: a random
@@ -171,19 +174,6 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
     )
 
 
-def _payload(
-    connection: BaseDatabaseWrapper, tx_id: str, shape: _Shape, generation: int
-) -> outbox.Payload:
-    """A new outbox payload: the events of ``shape``'s model in one ORM call or statement."""
-    return outbox.Payload(
-        tx=tx_id,
-        now=timezone.now(),
-        source=connection.alias,
-        columns=shape.columns,
-        gen=generation,
-    )
-
-
 def record(
     model: type[models.Model],
     using: str,
@@ -240,12 +230,18 @@ def _record(
     batches = getattr(connection, "_mirror_batch", None)  # inside batch(): one per model
     payload = batches.get(shape.label) if batches is not None else None
     if payload is None:
-        payload = _payload(connection, tx.id, shape, config.generation)
+        payload = outbox.Payload(
+            tx=tx.id,
+            now=timezone.now(),
+            source=connection.alias,
+            columns=shape.columns,
+            gen=config.generation,
+        )
         if batches is not None:
             batches[shape.label] = payload
     payload.ops += upserts
     payload.ops += deletes
-    tx.counts[shape.label] = tx.counts.get(shape.label, 0) + len(upserts) + len(deletes)
+    tx.count(shape.label, len(upserts) + len(deletes))
     if batches is None:
         outbox.write(connection, shape.label, payload, config.live)
 
@@ -264,7 +260,7 @@ def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
     ):
         state = _transaction(connection)
         payload.tx = state.id
-        state.counts[label] = state.counts.get(label, 0) + len(payload.ops)
+        state.count(label, len(payload.ops))
         outbox.write(connection, label, payload)
 
 

@@ -118,7 +118,6 @@ def record(
     from django_mirror.outbox import Payload
 
     using = using or conf.source_alias()
-    args = list(bound.args)
     payload = Payload(
         tx="",  # the transaction's id, set as it is stored
         now=timezone.now(),
@@ -130,7 +129,7 @@ def record(
                 encode_value(pk_text(partition(method, bound))),
                 [
                     method.name,
-                    [encode(a) for a in args],
+                    [encode(a) for a in bound.args],
                     {k: encode(v) for k, v in bound.kwargs.items()},
                     result,
                     live or [],  # the targets that ran it already: replay skips them

@@ -79,13 +79,24 @@ class _Column:
     """How one column of upsert events' row images becomes driver parameters."""
 
     name: str
-    #: From a non-null image value to the parameter; None: the value goes as it is
-    #: unless it is tagged (``{"$dec": ...}``).
+    #: From a non-null Python value to the parameter; None: the value goes as it is.
+    prepare: Callable[[Any], Any] | None
+    #: The field's default, for a column the image leaves out.
+    default: Callable[[], Any]
+    #: From a non-null image value to the parameter (decoded, then prepared); None: the
+    #: value goes as it is unless it is tagged (``{"$dec": ...}``). Made once from
+    #: ``prepare``: it runs for every value replay applies.
     load: Callable[[Any], Any] | None
-    #: The parameter where the image leaves the column out: the field's default.
-    fill: Callable[[], Any]
     #: ``load`` of a whole column at once, or None where it cannot do it.
     load_all: Callable[[Sequence[Any]], list[Any] | None] | None = None
+
+    def prepared(self, value: Any) -> Any:
+        """The parameter of a Python value."""
+        return value if self.prepare is None or value is None else self.prepare(value)
+
+    def fill(self) -> Any:
+        """The parameter where the image leaves the column out."""
+        return self.prepared(self.default())
 
     def convert(self, values: Sequence[Any]) -> Sequence[Any]:
         """The parameters of one column of many rows (``_MISSING`` where left out).
@@ -112,12 +123,11 @@ class _Column:
 
 @dataclass(frozen=True)
 class _RowSpec:
-    fields: list[tuple[str, Any, Any]]  # column, driver conversion or None, default
     columns: list[_Column]
     names: frozenset[str]
-    pk_column: str
-    #: The key's parameter from the event's pk.
-    pk_param: Callable[[Any], Any]
+    #: The primary key's column, and how an event's pk becomes its Python value.
+    pk: _Column
+    pk_to_python: Callable[[Any], Any]
     #: Keys of this Python type are their own parameters (int keys).
     pk_plain: type | None
     #: Every column's value of a whole row image, in field order (two or more columns).
@@ -204,18 +214,6 @@ def _decoded_prepared(prepare: Callable[[Any], Any], raw: Any) -> Any:
     return None if value is None else prepare(value)
 
 
-def _filled(default: Callable[[], Any], prepare: Callable[[Any], Any] | None) -> Any:
-    value = default()
-    return value if prepare is None or value is None else prepare(value)
-
-
-def _pk_param(
-    to_python: Callable[[Any], Any], prepare: Callable[[Any], Any] | None, pk: Any
-) -> Any:
-    value = to_python(pk)
-    return value if prepare is None or value is None else prepare(value)
-
-
 def _bools_as_ints(values: Sequence[Any]) -> list[Any] | None:
     """A column of booleans (and nulls) as the 1s and 0s SQLite stores for them, or None
     when it holds anything else.
@@ -239,8 +237,9 @@ def _column(field: models.Field, connection: Any) -> _Column:
             load_all = _bools_as_ints
     return _Column(
         field.column,
+        prepare,
+        field.get_default,
         None if prepare is None else functools.partial(_decoded_prepared, prepare),
-        functools.partial(_filled, field.get_default, prepare),
         load_all,
     )
 
@@ -634,10 +633,10 @@ class DatabaseTarget(Target):
             raw = [[image.get(c.name, _MISSING) for image in images] for c in spec.columns]
         columns: list[Sequence[Any]] = []
         for column, values in zip(spec.columns, raw, strict=True):
-            if column.name == spec.pk_column:
+            if column is spec.pk:
                 pks = [e.pk for e in upserts]
                 if spec.pk_plain is None or set(map(type, pks)) - {spec.pk_plain}:
-                    pks = [spec.pk_param(pk) for pk in pks]
+                    pks = [column.prepared(spec.pk_to_python(pk)) for pk in pks]
                 columns.append(pks)
             else:
                 columns.append(column.convert(values))
@@ -645,13 +644,12 @@ class DatabaseTarget(Target):
 
     def _params(self, model: type[models.Model], values: dict[str, Any]) -> list[Any]:
         """Driver parameters of a row read as ``{attname: value}``."""
-        params = []
-        for (_, prepare, default), f in zip(
-            self._spec(model).fields, model._meta.concrete_fields, strict=True
-        ):
-            value = values[f.attname] if f.attname in values else default()
-            params.append(value if prepare is None or value is None else prepare(value))
-        return params
+        return [
+            column.prepared(values[f.attname]) if f.attname in values else column.fill()
+            for column, f in zip(
+                self._spec(model).columns, model._meta.concrete_fields, strict=True
+            )
+        ]
 
     def _spec(self, model: type[models.Model]) -> _RowSpec:
         """How to turn a model's rows into driver parameters; built once per model, since
@@ -660,21 +658,19 @@ class DatabaseTarget(Target):
         if spec is None:
             conn = self.connection
             pk = model._meta.pk
-            pk_prepare = _preparer(pk, conn)
-            names = [f.column for f in model._meta.concrete_fields]
+            columns = [_column(f, conn) for f in model._meta.concrete_fields]
+            pk_column = next(c for c in columns if c.name == pk.column)
+            names = [c.name for c in columns]
             spec = _RowSpec(
-                fields=[
-                    (f.column, _preparer(f, conn), f.get_default)
-                    for f in model._meta.concrete_fields
-                ],
-                columns=[_column(f, conn) for f in model._meta.concrete_fields],
+                columns=columns,
                 names=frozenset(names),
-                pk_column=pk.column,
-                pk_param=functools.partial(_pk_param, pk.to_python, pk_prepare),
+                pk=pk_column,
+                pk_to_python=pk.to_python,
                 # An int key, the common case, is its own parameter: no call for it.
                 pk_plain=(
                     int
-                    if pk_prepare is None and type(pk).to_python is models.IntegerField.to_python
+                    if pk_column.prepare is None
+                    and type(pk).to_python is models.IntegerField.to_python
                     else None
                 ),
                 whole=operator.itemgetter(*names) if len(names) > 1 else None,
