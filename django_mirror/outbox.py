@@ -142,10 +142,9 @@ def write(
     if mirrored_live is None:  # the caller did not have the model's config at hand
         config = conf.config_for_label(label)
         mirrored_live = config is not None and config.live
-    keep_ids = mirrored_live
     if connection.connection is None:
         connection.ensure_connection()
-    returning = keep_ids and connection.vendor == "postgresql"
+    returning = mirrored_live and connection.vendor == "postgresql"
     sql = _insert_sql(using, connection.vendor, returning)
     # Django's exception classes, as the ORM's own statements raise them.
     with connection.wrap_database_errors:
@@ -153,7 +152,7 @@ def write(
         try:
             for row in rows:  # more than one only past MAX_BATCH_EVENTS events
                 cursor.execute(sql, row)
-                if keep_ids:
+                if mirrored_live:
                     batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
                     stored = json.loads(row[3])  # what the relay will read back
                     # Its own on-commit callback: Django drops it with a savepoint that
