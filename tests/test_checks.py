@@ -225,7 +225,7 @@ def test_one_model_with_several_problems_reports_each():
 def test_manage_py_check_refuses_a_bad_setting():
     with override_settings(DJANGO_MIRROR=config(model("testapp.Author", target="newdb"))):
         with pytest.raises(SystemCheckError, match=r"django_mirror\.E004"):
-            call_command("check")
+            call_command("check", databases=[])
 
 
 def test_a_sampled_model_without_the_middleware_is_warned_about():

@@ -57,6 +57,21 @@ class RecordingTransport(Transport):
         )
 
 
+#: The worst case for leaks, in the installed sentry-sdk's terms: personal data, SQL
+#: parameters and stack frames' local variables all sent. Values must stay out even so.
+SEND_EVERYTHING: dict[str, Any] = (
+    {
+        "data_collection": {
+            "user_info": True,
+            "database_query_data": True,
+            "stack_frame_variables": True,
+        }
+    }
+    if int(sentry_sdk.VERSION.split(".")[0]) >= 3
+    else {"send_default_pii": True, "include_local_variables": True}
+)
+
+
 @contextmanager
 def sentry_recording() -> Iterator[RecordingTransport]:
     """sentry-sdk initialised as a project would, its envelopes kept for the test."""
@@ -64,10 +79,9 @@ def sentry_recording() -> Iterator[RecordingTransport]:
     sentry_sdk.init(
         dsn="https://public@sentry.example.invalid/1",
         transport=transport,
-        send_default_pii=True,  # the worst case: values must stay out even so
         attach_stacktrace=True,
-        include_local_variables=True,
         default_integrations=True,
+        **SEND_EVERYTHING,
     )
     try:
         yield transport
