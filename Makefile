@@ -7,8 +7,10 @@ PY    := $(VENV)/bin/python
 # Touched after a successful install; rebuilt only when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-# Interpreter used to create the venv: python3.11 if it runs, else python3.
-PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
+# Interpreter used to create the venv: the newest of python3.13, 3.12, 3.11 that runs
+# (the newest Python gets the newest Django), else python3. `make test` then runs the
+# newest release of every dependency; `make test-oldest` the lower bounds.
+PYTHON ?= $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c '' >/dev/null 2>&1 && echo python$(v))) python3)
 
 # Extra arguments for every pytest run, e.g. `make test PYTEST_ARGS="-x -k kinesis"`.
 PYTEST_ARGS ?=
@@ -27,13 +29,14 @@ SQLITE_ENV := env -u DATABASE_URL -u TARGET_DATABASE_URL $(DJANGO_ENV)
 # $(call port_open,HOST,PORT): shell condition, true if a TCP connect succeeds within 1 s.
 port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), timeout=1).close()" 2>/dev/null
 
-.PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb \
+.PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb test-oldest \
         demo bench lint tox clean browser screenshot
 
 help:
 	@echo "make venv           create $(VENV) and install '.[dev]' (+ '.[mysql]' if it builds)"
-	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB"
+	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
+	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
 	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
@@ -47,6 +50,9 @@ help:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version)')" != "$$($(PYTHON) -c 'import sys; print(sys.version)')" ]; then \
+	  echo "$(VENV) runs another Python than $(PYTHON): making it anew"; rm -rf $(VENV); \
+	fi
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
@@ -80,6 +86,7 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory test-sqlite
 	@$(MAKE) --no-print-directory test-postgres
 	@$(MAKE) --no-print-directory test-mariadb
+	@$(MAKE) --no-print-directory test-oldest
 
 # Lint and "no missing migrations".
 check: $(STAMP)
@@ -110,6 +117,16 @@ test-mariadb: $(STAMP)
 	  set -x; \
 	  $(DJANGO_ENV) DATABASE_URL=$(MYSQL_SOURCE_URL) TARGET_DATABASE_URL=$(MYSQL_TARGET_URL) \
 	    $(PY) -m pytest $(PYTEST_ARGS); \
+	fi
+
+# The lower bound of every dependency (requirements/oldest.txt), on Python 3.11.
+test-oldest: $(STAMP)
+	@echo "== tests on SQLite with the oldest supported dependencies"
+	@if python3.11 -c '' 2>/dev/null || [ -n "$(PYENV_PATHS)" ]; then \
+	  env -u DATABASE_URL -u TARGET_DATABASE_URL PATH="$$PATH$(PYENV_PATHS)" \
+	    $(VENV)/bin/tox -e oldest -- $(PYTEST_ARGS); \
+	else \
+	  echo "skipped: no python3.11 to run the oldest supported dependencies on"; \
 	fi
 
 # --- other tasks -----------------------------------------------------------------

@@ -7,6 +7,7 @@ class DjangoMirrorConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django_mirror import capture, checks  # noqa: F401  (registers the checks)
+        from django_mirror import capture, checks, runtime  # noqa: F401  (registers the checks)
 
         capture.connect_signals()
+        runtime.start()

@@ -29,6 +29,7 @@ from django_mirror.events import (
     encode_column,
     encode_value,
 )
+from django_mirror.locking import write_lock_first
 
 _paused: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "django_mirror_paused", default=False
@@ -90,6 +91,12 @@ def _transaction_id_source() -> Iterator[str]:
 _transaction_ids = _transaction_id_source()
 
 
+def after_fork() -> None:
+    """A forked worker numbers its transactions under a prefix of its own."""
+    global _transaction_ids
+    _transaction_ids = _transaction_id_source()
+
+
 def _transaction(connection: BaseDatabaseWrapper) -> _Transaction:
     """The capture state of the open transaction; also arms the after-commit hook."""
     state = getattr(connection, "_mirror_tx", None)
@@ -98,7 +105,8 @@ def _transaction(connection: BaseDatabaseWrapper) -> _Transaction:
     ):
         return state
     state = _Transaction(connection.alias)
-    connection.on_commit(state.after_commit)
+    # Robust: should ours fail after all, Django still runs the app's later callbacks.
+    connection.on_commit(state.after_commit, robust=True)
     connection._mirror_tx = state  # type: ignore[attr-defined]
     return state
 
@@ -123,9 +131,10 @@ def _relay() -> Any:
 
 
 def _after_commit(using: str, counts: dict[str, int]) -> None:
-    for label, count in counts.items():
-        reporting.incr("captured", count, label)
-    _relay().after_commit(using)
+    with reporting.guarded("after-commit bookkeeping failed; the outbox keeps the events"):
+        for label, count in counts.items():
+            reporting.incr("captured", count, label)
+        _relay().after_commit(using)
 
 
 def read_rows(
@@ -243,7 +252,37 @@ def _record(
     payload.ops += deletes
     tx.count(shape.label, len(upserts) + len(deletes))
     if batches is None:
-        outbox.write(connection, shape.label, payload, config.live)
+        _store(connection, shape.label, payload, config.live)
+
+
+def _store(
+    connection: BaseDatabaseWrapper,
+    label: str,
+    payload: outbox.Payload,
+    mirrored_live: bool | None = None,
+) -> None:
+    """Write the payload to the outbox; should that fail, the write's transaction must
+    not commit without it, even if the caller catches the error."""
+    with transaction.mark_for_rollback_on_error(connection.alias):
+        outbox.write(connection, label, payload, mirrored_live)
+
+
+@contextmanager
+def write_transaction(using: str, model: type[models.Model]) -> Iterator[None]:
+    """The transaction a captured write of ``model`` and its events share.
+
+    Outside a transaction, one of ours, which on SQLite takes the write lock first: a
+    transaction that reads before it writes (the rows to lock, a delete's cascades)
+    would otherwise fail at once with "database is locked" whenever another connection
+    writes. Inside the caller's, nothing of ours around Django's own work: Django
+    raises and marks what it would.
+    """
+    if connections[using].in_atomic_block:
+        yield
+        return
+    with transaction.atomic(using=using, savepoint=False):
+        write_lock_first(using, model._meta.db_table)
+        yield
 
 
 def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
@@ -277,7 +316,7 @@ def batch(using: str) -> Iterator[None]:
     finally:
         connection._mirror_batch = None  # type: ignore[attr-defined]
     for label, payload in pending.items():
-        outbox.write(connection, label, payload)
+        _store(connection, label, payload)
 
 
 # --- signal receivers -------------------------------------------------------------------
@@ -313,6 +352,9 @@ def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: i
 def _on_m2m_changed(sender, instance, action, reverse, pk_set, using, **kw) -> None:  # type: ignore[no-untyped-def]
     if active_config(sender, using) is None:
         return
+    if action in ("pre_add", "pre_remove", "pre_clear"):
+        # SQLite: Django reads the rows present before it writes, and so do we.
+        write_lock_first(using, sender._meta.db_table)
     if action in ("pre_remove", "pre_clear"):
         pending = instance.__dict__.setdefault("_mirror_m2m_pending", {})
         pending[sender] = _m2m_rows(sender, instance, reverse, pk_set, using)
@@ -349,6 +391,7 @@ def _on_parent_pre_delete(sender, instance, using, **kw) -> None:  # type: ignor
     fields = [f for f in _rewriting_relations(sender) if active_config(f.model, using)]
     if not fields:
         return
+    write_lock_first(using, sender._meta.db_table)  # SQLite: these reads come first
     if connections[using].features.has_select_for_update:
         list(models.QuerySet(model=sender, using=using).filter(pk=instance.pk).select_for_update())
     pending = {}

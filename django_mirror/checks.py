@@ -416,3 +416,32 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="django_mirror.W003",
         )
     ]
+
+
+@register(Tags.models, "django_mirror")
+def check_sqlite_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """django-mirror's threads write to the source (the relay after commit, the dashboard's
+    figures): on SQLite, one more writer beside the app's own requests."""
+    if not conf.get_settings().models:
+        return []
+    warnings = []
+    for alias in sorted(conf.database_aliases()):
+        database = settings.DATABASES.get(alias, {})
+        if not str(database.get("ENGINE", "")).endswith("sqlite3"):
+            continue
+        mode = str((database.get("OPTIONS") or {}).get("transaction_mode") or "DEFERRED")
+        if mode.upper() == "IMMEDIATE":
+            continue
+        warnings.append(
+            Warning(
+                f"SQLite database {alias!r} runs transactions in {mode.upper()} mode: one of "
+                "yours that reads before it writes fails at once with 'database is locked' "
+                "while another connection writes, and django-mirror's relay and dashboard "
+                "threads write to it.",
+                hint=f"Set DATABASES[{alias!r}]['OPTIONS'] = "
+                "{'transaction_mode': 'IMMEDIATE', 'timeout': 20}: transactions then wait "
+                "for the write lock instead (see docs/guarantees.md).",
+                id="django_mirror.W006",
+            )
+        )
+    return warnings

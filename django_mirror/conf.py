@@ -7,6 +7,7 @@ and the hot capture path down to one dict lookup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
@@ -40,6 +41,8 @@ DEFAULT_RELAY: dict[str, Any] = {
     # the committing thread; "off": leave it all to ``mirror_relay``.
     "ON_COMMIT": "thread",
     "BATCH_SIZE": 500,
+    # Seconds a relay holds the batches it claimed before another relay may take them.
+    "LEASE_SECONDS": 60.0,
 }
 DEFAULT_REPLAY: dict[str, Any] = {
     "BATCH_SIZE": 1000,
@@ -222,17 +225,19 @@ def mirrored_models() -> dict[type[models.Model], ModelConfig]:
 #: ``django_mirror.phases`` (a watcher thread); empty until it first reads them.
 overrides: dict[str, tuple[str, int]] = {}
 _effective: dict[tuple[int, str, int], ModelConfig] = {}
-_watching = False
+#: Called once, on the first phase lookup of the process (``phases`` adds the one that
+#: waits a moment for the first read of the overrides).
+first_lookup_hooks: list[Callable[[], None]] = []
+_looked_up = False
 
 
 def _current(config: ModelConfig | None) -> ModelConfig | None:
     """``config`` with its run-time phase; an auto M2M table follows its owner's."""
-    global _watching
-    if not _watching:
-        _watching = True
-        from django_mirror import phases
-
-        phases.watch()
+    global _looked_up
+    if not _looked_up:
+        _looked_up = True
+        for hook in first_lookup_hooks:
+            hook()
     if config is None or not overrides:
         return config
     override = overrides.get((config.owner or config.label).lower())

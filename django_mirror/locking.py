@@ -46,11 +46,22 @@ def retrying(transaction: Callable[[], T], attempts: int) -> T:
     return transaction()
 
 
-def write_lock_first(using: str, table: str) -> None:
-    """On SQLite, inside a transaction: take the write lock with a write that changes
-    nothing. Elsewhere a no-op (row locks order the writers)."""
+def defers_write_lock(using: str) -> bool:
+    """SQLite in its default DEFERRED mode: a transaction takes the write lock only at
+    its first write, and so fails at once if it read first and another writer got in."""
     connection = connections[using]
     if connection.vendor != "sqlite":
+        return False
+    mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or "DEFERRED"
+    return str(mode).upper() == "DEFERRED"
+
+
+def write_lock_first(using: str, table: str) -> None:
+    """On SQLite in DEFERRED mode, inside a transaction: take the write lock with a
+    write that changes nothing. Elsewhere a no-op (IMMEDIATE transactions begin with
+    the lock; row locks order the writers of other databases)."""
+    if not defers_write_lock(using):
         return
+    connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {connection.ops.quote_name(table)} SET rowid = rowid WHERE 0 = 1")

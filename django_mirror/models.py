@@ -28,6 +28,11 @@ class OutboxBatch(models.Model):
     count = models.PositiveIntegerField(help_text="Events in this batch.")
     payload = models.TextField(help_text="JSON: transaction, time, columns and operations.")
     attempts = models.PositiveIntegerField(default=0)
+    claimed_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A relay is shipping it until then; after, another relay may take it.",
+    )
 
     class Meta:
         verbose_name = "outbox batch"

@@ -158,7 +158,8 @@ def write(
                     # Its own on-commit callback: Django drops it with a savepoint that
                     # is rolled back, as the outbox row goes with it.
                     connection.on_commit(
-                        functools.partial(live.apply_committed, using, [(batch_id, label, stored)])
+                        functools.partial(live.apply_committed, using, [(batch_id, label, stored)]),
+                        robust=True,
                     )
                     _remember_versions(using, label, batch_id, stored)
         finally:

@@ -23,7 +23,7 @@ from django.db import connections, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from django_mirror import conf
+from django_mirror import conf, failures
 
 if TYPE_CHECKING:
     from django_mirror.models import MirrorState
@@ -52,6 +52,9 @@ class Precondition:
 # --- reading the run-time phases -----------------------------------------------------------
 
 
+_reading = failures.RepeatedFailures("phases", "could not read the run-time phases")
+
+
 def refresh() -> bool:
     """Read the overrides into ``conf.overrides`` now; False if the table could not be read."""
     from django_mirror.models import MirrorState
@@ -62,51 +65,79 @@ def refresh() -> bool:
         )
         conf.overrides = {label.lower(): (phase, gen) for label, phase, gen in rows}
     except Exception:  # not migrated yet, database away: settings keep deciding
-        logger.debug("django-mirror: could not read phase overrides", exc_info=True)
+        _reading.failed()
         return False
+    _reading.succeeded()
     return True
 
 
-class _Watcher(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(name="django-mirror-phases", daemon=True)
+class Watcher:
+    """Re-reads the overrides every ``PHASES["REFRESH"]`` seconds on a thread of its own
+    (``runtime`` starts it), from the first time a phase is asked for in this process."""
+
+    name = "phase watcher"
+
+    def __init__(self, needed: bool = False) -> None:
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        #: Set on the first phase lookup: before it, the database is not touched.
+        self.needed = threading.Event()
+        if needed:
+            self.needed.set()
         self.loaded = threading.Event()
         self.wake = threading.Event()
+        self.stopping = False
 
-    def run(self) -> None:
-        while True:
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return
+            self.stopping = False
+            self.thread = threading.Thread(
+                target=self._run, name="django-mirror-phases", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping = True
+        self.needed.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def after_fork(self) -> None:
+        """A forked worker keeps the phases it inherited and goes on re-reading them."""
+        self.__init__(needed=self.needed.is_set())  # type: ignore[misc]
+
+    def first_lookup(self, wait: float = 1.0) -> None:
+        """The first phase lookup of the process: give the watcher ``wait`` seconds for a
+        first read, so the first write already runs in the current phase."""
+        self.needed.set()
+        self.loaded.wait(wait)
+
+    def _run(self) -> None:
+        self.needed.wait()
+        while not self.stopping:
+            refresh()  # never raises
+            self.loaded.set()
             try:
-                refresh()
-            finally:
-                self.loaded.set()
                 # Between reads, hold no connection: a test database can be dropped and
                 # a server restarted without this thread in the way.
                 connections.close_all()
+            except Exception:  # the thread outlives any one failure
+                _reading.failed()
             self.wake.wait(float(conf.get_settings().phases["REFRESH"]))
             self.wake.clear()
 
 
-_watcher: _Watcher | None = None
-_watcher_lock = threading.Lock()
-
-
-def watch(wait: float = 1.0) -> None:
-    """Start this process's watcher (once) and give it ``wait`` seconds for a first read,
-    so the first write already runs in the current phase."""
-    global _watcher
-    with _watcher_lock:
-        if _watcher is not None and _watcher.is_alive():
-            return
-        _watcher = _Watcher()
-        _watcher.start()
-    _watcher.loaded.wait(wait)
+watcher = Watcher()
+conf.first_lookup_hooks.append(watcher.first_lookup)
 
 
 def reload() -> None:
     """Re-read now in this process, and wake the watcher (after a change made here)."""
     refresh()
-    if _watcher is not None:
-        _watcher.wake.set()
+    watcher.wake.set()
 
 
 # --- preconditions -------------------------------------------------------------------------

@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from django.db import connections, models, transaction
+from django.core.exceptions import FieldError
+from django.db import connections, models, router
 from django.db.models import Q
+from django.db.models.sql import UpdateQuery
 
 from django_mirror import capture
 from django_mirror.batching import chunks, keys_per_statement
+from django_mirror.locking import defers_write_lock
 from django_mirror.shadow import reads
 
 T = TypeVar("T")
@@ -106,35 +109,65 @@ class MirroredQuerySet(models.QuerySet):
         return self._shadowed(reads.AGGREGATE, run, aggregate=(args, kwargs))
 
     # --- writes ---------------------------------------------------------------------
+    # Each decides on the alias Django will write to (a router may read elsewhere), and
+    # lets Django check its arguments before any statement or transaction of ours, so
+    # a refused call raises what it raises without django-mirror and leaves the
+    # caller's transaction usable.
+
+    def _write_db(self) -> str:
+        """The alias this queryset's writes go to, as Django picks it for them."""
+        return self._db or router.db_for_write(self.model, **self._hints)
 
     def update(self, **kwargs: Any) -> int:
-        if capture.active_config(self.model, self.db) is None:
+        using = self._write_db()
+        if (
+            not kwargs
+            or self.query.is_sliced
+            or self.query.combinator
+            or capture.active_config(self.model, using) is None
+        ):
             return super().update(**kwargs)
-        with transaction.atomic(using=self.db, savepoint=False):
+        _check_update(self, kwargs)
+        with capture.write_transaction(using, self.model):
             # Lock the matching rows, then update exactly those, so the events name
             # every row the statement changed and no other.
-            locked = self.order_by().values_list("pk", flat=True)
-            if connections[self.db].features.has_select_for_update:
-                locked = locked.select_for_update()
-            pks = list(locked)
+            pks = _locked_pks(self, using)
             rows = 0
-            for chunk in chunks(pks, keys_per_statement(self.db)):
-                rows += super(MirroredQuerySet, self.filter(pk__in=chunk)).update(**kwargs)
-            capture.record(self.model, self.db, upsert_pks=pks)
+            for chunk in chunks(pks, keys_per_statement(using)):
+                chunk_qs = self.using(using).filter(pk__in=chunk)
+                rows += super(MirroredQuerySet, chunk_qs).update(**kwargs)
+            capture.record(self.model, using, upsert_pks=pks)
         return rows
 
     update.alters_data = True  # type: ignore[attr-defined]
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        if capture.active_config(self.model, self.db) is None:
+        using = self._write_db()
+        if capture.active_config(self.model, using) is None:
             return super().delete()
         # Collector sends post_delete per row (capture listens, so nothing is
         # fast-deleted); batch() folds them into one outbox row per model.
-        with transaction.atomic(using=self.db, savepoint=False), capture.batch(self.db):
+        with capture.write_transaction(using, self.model), capture.batch(using):
             return super().delete()
 
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def update_or_create(
+        self,
+        defaults: dict[str, Any] | None = None,
+        create_defaults: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[models.Model, bool]:
+        using = self._write_db()
+        if not (defers_write_lock(using) and capture.active_config(self.model, using)):
+            return super().update_or_create(defaults, create_defaults, **kwargs)
+        # Django's transaction reads the row before it writes: on SQLite in DEFERRED
+        # mode that fails at once when another connection (the relay thread) writes.
+        with capture.write_transaction(using, self.model):
+            return super().update_or_create(defaults, create_defaults, **kwargs)
+
+    update_or_create.alters_data = True  # type: ignore[attr-defined]
 
     def bulk_create(
         self,
@@ -145,7 +178,8 @@ class MirroredQuerySet(models.QuerySet):
         update_fields: Sequence[str] | None = None,
         unique_fields: Sequence[str] | None = None,
     ) -> list[models.Model]:
-        if capture.active_config(self.model, self.db) is None:
+        using = self._write_db()
+        if capture.active_config(self.model, using) is None:
             return super().bulk_create(
                 objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
             )
@@ -154,21 +188,21 @@ class MirroredQuerySet(models.QuerySet):
             # Only generated keys are unique, so nothing can conflict; asking for no
             # conflict handling lets the database return the keys capture needs.
             ignore_conflicts = False
-        with transaction.atomic(using=self.db, savepoint=False):
+        with capture.write_transaction(using, self.model):
             created = super().bulk_create(
                 objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
             )
             unknown = [obj for obj in created if obj.pk is None]
             known = [obj for obj in created if obj.pk is not None] if unknown else created
-            pks = _pks_by_unique_values(self.model, unknown, self.db) if unknown else []
+            pks = _pks_by_unique_values(self.model, unknown, using) if unknown else []
             if ignore_conflicts or update_conflicts:
                 # A conflicting row holds what the database kept, not the instance: lock
                 # and re-read it, so its image is committed state no concurrent writer
                 # is about to replace.
                 pks.extend(obj.pk for obj in known)
-                capture.record(self.model, self.db, upsert_pks=pks, lock=True)
+                capture.record(self.model, using, upsert_pks=pks, lock=True)
             else:
-                capture.record(self.model, self.db, upsert_pks=pks, instances=known)
+                capture.record(self.model, using, upsert_pks=pks, instances=known)
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]
@@ -176,12 +210,45 @@ class MirroredQuerySet(models.QuerySet):
     def bulk_update(
         self, objs: Iterable[models.Model], fields: Sequence[str], batch_size: int | None = None
     ) -> int:
-        if capture.active_config(self.model, self.db) is None:
+        using = self._write_db()
+        if capture.active_config(self.model, using) is None:
             return super().bulk_update(objs, fields, batch_size)
-        with transaction.atomic(using=self.db, savepoint=False), capture.batch(self.db):
+        # Django runs one update() per batch, through this queryset's update().
+        with capture.write_transaction(using, self.model), capture.batch(using):
             return super().bulk_update(objs, fields, batch_size)
 
     bulk_update.alters_data = True  # type: ignore[attr-defined]
+
+
+def _check_update(queryset: models.QuerySet, kwargs: dict[str, Any]) -> None:
+    """Django's own checks of ``update()`` arguments, made before any statement: they
+    raise the ``FieldError`` that Django would, and nothing has run yet."""
+    query = queryset.query.chain(UpdateQuery)
+    query.add_update_values(kwargs)
+    for ordering in query.order_by:
+        alias = ordering.removeprefix("-") if isinstance(ordering, str) else ordering
+        annotation = query.annotations.get(alias)
+        if getattr(annotation, "contains_aggregate", False):
+            raise FieldError(f"Cannot update when ordering by an aggregate: {annotation}")
+
+
+def _locked_pks(queryset: models.QuerySet, using: str) -> list[Any]:
+    """The keys of the rows ``queryset`` matches, locked where the database can.
+
+    A query on the model's table alone is locked as it is; any other (joins, which
+    may be outer or many-valued, annotations, DISTINCT) goes into a key subquery,
+    as ``FOR UPDATE`` can lock neither the nullable side of an outer join nor a
+    grouped or distinct result.
+    """
+    query = queryset.query
+    matching = queryset.order_by()
+    if len(query.alias_map) > 1 or query.annotations or query.distinct or query.group_by:
+        plain = models.QuerySet(model=queryset.model, using=using)
+        matching = plain.filter(pk__in=matching.values("pk"))
+    keys = matching.using(using).values_list("pk", flat=True)
+    if connections[using].features.has_select_for_update:
+        keys = keys.select_for_update()
+    return list(dict.fromkeys(keys))
 
 
 class MirroredManager(models.Manager.from_queryset(MirroredQuerySet)):  # type: ignore[misc]

@@ -1,26 +1,31 @@
 """Ship outbox batches to the stream, deleting each only once the stream accepted it all.
 
-Several relays may run at once: on databases with ``SKIP LOCKED`` each claims its own
-batches; elsewhere they may ship a batch twice, which replay's versions make harmless.
+A round claims batches, puts them, and settles them, each in its own short
+transaction: no lock of the source database (on SQLite: its one write lock, which the
+app's writes need too) is ever held while the stream is called. A claim is a lease
+(``RELAY["LEASE_SECONDS"]``), so several relays take different batches; a relay that
+dies leaves its batches to the next after the lease, which may ship some twice —
+replay's versions make that harmless.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import functools
-import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError, close_old_connections, connections, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
+from django.utils import timezone
 
-from django_mirror import conf, reporting
+from django_mirror import conf, failures, reporting
 from django_mirror.events import decode_value, encode_json, partition_key, pk_text
 from django_mirror.locking import write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
-
-logger = logging.getLogger("django_mirror.relay")
 
 
 @dataclass
@@ -30,6 +35,8 @@ class RelayResult:
     failed_batches: int = 0
     dead_letters: int = 0
     kept: list[int] = field(default_factory=list)
+    #: Batches another relay's live claim held when nothing was left to claim.
+    held_elsewhere: int = 0
 
     def add(self, other: RelayResult) -> None:
         self.batches += other.batches
@@ -37,31 +44,68 @@ class RelayResult:
         self.failed_batches += other.failed_batches
         self.dead_letters += other.dead_letters
         self.kept.extend(other.kept)
+        self.held_elsewhere = other.held_elsewhere
 
 
-def _records(batch: OutboxBatch, stream: Stream, using: str) -> tuple[list[Record], int]:
-    """The batch's events as stream records, versioned; oversized ones are dead-lettered."""
+def _records(
+    batch: OutboxBatch, stream: Stream, using: str
+) -> tuple[list[Record], list[DeadLetter]]:
+    """The batch's events as stream records, versioned, and dead letters (unsaved) for
+    the events too large for any record."""
     records = []
-    dead = 0
+    dead = []
     for event in batch.events():
         data = encode_json(event).encode()
         pk = decode_value(event["pk"])
         key = partition_key(event["model"], pk)
         if len(data) + len(key.encode()) > stream.max_record_bytes:
-            DeadLetter.objects.using(using).create(
-                stage="relay",
-                model=event["model"],
-                pk_value=pk_text(pk),
-                stream=stream.name,
-                reason=f"event of {len(data)} bytes exceeds the stream's record limit "
-                f"of {stream.max_record_bytes} bytes",
-                payload=data,
+            dead.append(
+                DeadLetter(
+                    stage="relay",
+                    model=event["model"],
+                    pk_value=pk_text(pk),
+                    stream=stream.name,
+                    reason=f"event of {len(data)} bytes exceeds the stream's record limit "
+                    f"of {stream.max_record_bytes} bytes",
+                    payload=data,
+                )
             )
-            dead += 1
-            reporting.incr("dead_letters", 1, event["model"])
             continue
         records.append(Record(key, data))
     return records, dead
+
+
+def _claim(using: str, limit: int) -> list[OutboxBatch]:
+    """Lease the oldest batches no live claim holds, in one short transaction, and load
+    them after it."""
+    now = timezone.now()
+    lease = dt.timedelta(seconds=float(conf.get_settings().relay["LEASE_SECONDS"]))
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    with transaction.atomic(using=using):
+        write_lock_first(using, OutboxBatch._meta.db_table)
+        claim = OutboxBatch.objects.using(using).filter(free).order_by("id")
+        if connections[using].features.has_select_for_update_skip_locked:
+            claim = claim.select_for_update(skip_locked=True)
+        ids = list(claim.values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        OutboxBatch.objects.using(using).filter(id__in=ids).update(claimed_until=now + lease)
+    return list(OutboxBatch.objects.using(using).filter(id__in=ids).order_by("id"))
+
+
+def _settle(using: str, shipped: list[int], failed: set[int], dead: list[DeadLetter]) -> None:
+    """One short transaction: the shipped batches go (their oversized events to the
+    dead letters), the failed ones are released for the next round."""
+    with transaction.atomic(using=using):
+        write_lock_first(using, OutboxBatch._meta.db_table)
+        if dead:
+            DeadLetter.objects.using(using).bulk_create(dead)
+        if shipped:
+            OutboxBatch.objects.using(using).filter(id__in=shipped).delete()
+        if failed:
+            OutboxBatch.objects.using(using).filter(id__in=failed).update(
+                attempts=F("attempts") + 1, claimed_until=None
+            )
 
 
 def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult:
@@ -70,38 +114,38 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     limit = limit or conf.get_settings().relay["BATCH_SIZE"]
     stream = get_stream()
     result = RelayResult()
-    with transaction.atomic(using=using):
-        write_lock_first(using, OutboxBatch._meta.db_table)
-        claim = OutboxBatch.objects.using(using).order_by("id")
-        if connections[using].features.has_select_for_update_skip_locked:
-            claim = claim.select_for_update(skip_locked=True)
-        batches = list(claim[:limit])
-        if not batches:
-            return result
-        records: list[Record] = []
-        owners: list[int] = []
-        for batch in batches:
-            batch_records, dead = _records(batch, stream, using)
-            result.dead_letters += dead
-            records.extend(batch_records)
-            owners.extend([batch.id] * len(batch_records))
-        failed = {owners[i] for i in stream.put(records)}
-        shipped = [b.id for b in batches if b.id not in failed]
-        OutboxBatch.objects.using(using).filter(id__in=shipped).delete()
-        if failed:
-            OutboxBatch.objects.using(using).filter(id__in=failed).update(
-                attempts=F("attempts") + 1
-            )
-        result.batches = len(shipped)
-        result.events = sum(b.count for b in batches if b.id not in failed)
-        result.failed_batches = len(failed)
-        result.kept = sorted(failed)
-    relayed: dict[str, int] = {}
+    batches = _claim(using, limit)
+    if not batches:
+        result.held_elsewhere = OutboxBatch.objects.using(using).count()
+        return result
+    records: list[Record] = []
+    owners: list[int] = []
+    dead: dict[int, list[DeadLetter]] = {}
     for batch in batches:
-        if batch.id not in failed:
-            relayed[batch.model] = relayed.get(batch.model, 0) + batch.count
+        batch_records, dead[batch.id] = _records(batch, stream, using)
+        records.extend(batch_records)
+        owners.extend([batch.id] * len(batch_records))
+    try:
+        failed = {owners[i] for i in stream.put(records)} if records else set()
+    except BaseException:
+        with contextlib.suppress(DatabaseError):  # else the lease runs out
+            _settle(using, [], {b.id for b in batches}, [])
+        raise
+    shipped = [b for b in batches if b.id not in failed]
+    letters = [letter for b in shipped for letter in dead[b.id]]
+    _settle(using, [b.id for b in shipped], failed, letters)
+    result.batches = len(shipped)
+    result.events = sum(b.count for b in shipped)
+    result.failed_batches = len(failed)
+    result.dead_letters = len(letters)
+    result.kept = sorted(failed)
+    relayed: dict[str, int] = {}
+    for batch in shipped:
+        relayed[batch.model] = relayed.get(batch.model, 0) + batch.count
     for label, count in relayed.items():
         reporting.incr("relayed", count, label)
+    for letter in letters:
+        reporting.incr("dead_letters", 1, letter.model)
     reporting.incr("relay.failed_batches", len(failed))
     return result
 
@@ -126,9 +170,19 @@ def _has_outbox(alias: str) -> bool:
     return OutboxBatch._meta.db_table in tables
 
 
-def drain(using: str | None = None, max_rounds: int | None = None) -> RelayResult:
+#: Seconds between looks at batches another relay is shipping, while draining.
+HELD_POLL = 0.05
+
+
+def drain(
+    using: str | None = None, max_rounds: int | None = None, wait_for_others: bool = True
+) -> RelayResult:
     """Ship until the outbox (of ``using``, else of every alias) is empty or a round
-    delivers nothing."""
+    delivers nothing.
+
+    Batches another relay claimed are waited for (``wait_for_others``): it ships and
+    deletes them, or its lease runs out and they are claimed here.
+    """
     total = RelayResult()
     for alias in outbox_aliases(using):
         rounds = 0
@@ -136,8 +190,11 @@ def drain(using: str | None = None, max_rounds: int | None = None) -> RelayResul
             rounds += 1
             result = ship_once(alias)
             total.add(result)
-            if result.batches == 0:
+            if result.batches:
+                continue
+            if not (result.held_elsewhere and wait_for_others):
                 break
+            time.sleep(HELD_POLL)
     return total
 
 
@@ -168,55 +225,85 @@ def backlog(using: str | None = None) -> int:
     return waiting
 
 
-class _Shipper(threading.Thread):
-    """One per process: ships right after commits without holding up the request."""
+class Shipper:
+    """The thread that ships right after commits (``RELAY["ON_COMMIT"] = "thread"``)
+    without holding up the request; ``runtime`` starts it."""
+
+    name = "relay shipper"
 
     def __init__(self) -> None:
-        super().__init__(name="django-mirror-relay", daemon=True)
+        self.lock = threading.Lock()
         self.wake = threading.Event()
         self.aliases: set[str] = set()
-        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.stopping = False
 
     def kick(self, using: str) -> None:
         with self.lock:
             self.aliases.add(using)
         self.wake.set()
 
-    def run(self) -> None:
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return
+            self.stopping = False
+            self.thread = threading.Thread(
+                target=self._run, name="django-mirror-relay", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def after_fork(self) -> None:
+        """Commits of the parent are the parent's to ship."""
+        self.__init__()  # type: ignore[misc]
+
+    def _run(self) -> None:
         while True:
             self.wake.wait()
             self.wake.clear()
+            if self.stopping:
+                break
             with self.lock:
                 aliases, self.aliases = self.aliases, set()
             for using in aliases:
                 _ship_quietly(using)
-            close_old_connections()
+            try:
+                close_old_connections()
+            except Exception:  # the thread outlives any one failure
+                _shipping.failed()
+        connections.close_all()  # this thread's own
 
 
-_shipper: _Shipper | None = None
-_shipper_lock = threading.Lock()
+shipper = Shipper()
+_shipping = failures.RepeatedFailures(
+    "relay", "shipping after commit failed; the outbox keeps the events"
+)
 
 
 def _ship_quietly(using: str) -> None:
-    """A best-effort ship: failures are logged and left to ``mirror_relay``."""
+    """A best-effort ship: failures are counted and logged, and left to ``mirror_relay``
+    or the next commit."""
     try:
-        drain(using, max_rounds=5)
+        result = drain(using, max_rounds=5, wait_for_others=False)
     except Exception:
-        logger.warning(
-            "django-mirror: shipping after commit failed; the outbox keeps the events",
-            exc_info=True,
-        )
+        _shipping.failed()
+        return
+    if result.failed_batches:
+        _shipping.failed(f"the stream did not accept {result.failed_batches} batches")
+    else:
+        _shipping.succeeded()
 
 
 def after_commit(using: str) -> None:
     """Start shipping the just-committed events, as ``RELAY["ON_COMMIT"]`` says."""
-    global _shipper
     mode = conf.get_settings().relay["ON_COMMIT"]
     if mode == "sync":
         _ship_quietly(using)
     elif mode == "thread":
-        with _shipper_lock:
-            if _shipper is None or not _shipper.is_alive():
-                _shipper = _Shipper()
-                _shipper.start()
-        _shipper.kick(using)
+        shipper.kick(using)

@@ -8,9 +8,7 @@ raised into the write, relay, replay or read that reported it. Names are listed 
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,15 +19,12 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from django_mirror import stats
+from django_mirror import failures, stats
 
 logger = logging.getLogger("django_mirror.reporting")
 
 #: Every metric name starts with this (after ``STATSD_PREFIX``, if set).
 NAMESPACE = "django_mirror"
-
-#: Reporting failures swallowed so far in this process (for tests and the curious).
-failures = 0
 
 
 #: After statsd's host could not be resolved, seconds before trying again.
@@ -76,13 +71,8 @@ def guarded(what: str, level: int = logging.WARNING) -> Iterator[None]:
 
 def _swallowed(what: str, level: int) -> None:
     """Count and log the exception being handled."""
-    global failures
-    failures += 1
+    failures.count += 1
     logger.log(level, "django-mirror: %s", what, exc_info=True)
-
-
-def _metric_guard() -> Any:
-    return guarded("a metric could not be sent", logging.DEBUG)
 
 
 @cache  # a handful of names, made on every committed write
@@ -96,13 +86,13 @@ def metric_name(name: str, model: str | None = None) -> str:
 #: Seconds between sends of the counters summed and the timers kept meanwhile.
 FLUSH_INTERVAL = 1.0
 #: Timers kept between sends at the most; past it (the sending thread stalled) new ones
-#: are dropped and counted in ``failures``, so memory never grows without bound.
+#: are dropped and counted in ``failures.count``, so memory never grows without bound.
 MAX_TIMINGS = 100_000
 
 
-class _Outgoing:
+class Sender:
     """Counters summed and timers kept in memory, sent once a second (and at exit),
-    several metrics a packet.
+    several metrics a packet, by one background thread (``runtime`` starts it).
 
     Counting happens on every committed write and timing on every shadowed read; one
     UDP packet each would cost the writer or the pool more than the rest of its
@@ -112,96 +102,119 @@ class _Outgoing:
     moment said.
     """
 
+    name = "statsd sender"
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[tuple[Any, str], int] = {}
         self.timings: list[tuple[Any, str, float]] = []
         self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.sending = failures.RepeatedFailures("statsd", "metrics could not be sent to statsd")
 
     def count(self, name: str, count: int) -> None:
         try:  # not guarded(): a context manager costs more than the rest of this
             key = (_client(), name)
             with self.lock:
                 counts = self.counts
-                if not counts and not self.timings:
-                    self._start_sending()
                 counts[key] = counts.get(key, 0) + count
         except Exception:
-            _swallowed("a metric could not be sent", logging.DEBUG)
+            self.sending.failed()
 
     def observe(self, name: str, milliseconds: float) -> None:
-        global failures
         try:
             client = _client()
             with self.lock:
                 if len(self.timings) >= MAX_TIMINGS:
-                    failures += 1
+                    failures.count += 1
                     return
-                if not self.counts and not self.timings:
-                    self._start_sending()
                 self.timings.append((client, name, milliseconds))
         except Exception:
-            _swallowed("a metric could not be sent", logging.DEBUG)
+            self.sending.failed()
 
-    def _start_sending(self) -> None:
-        """The first metric since the last send: see that the sending thread runs."""
+    def start(self) -> None:
         if self.thread is None or not self.thread.is_alive():
+            self.stopping.clear()
             self.thread = threading.Thread(
                 target=self._run, name="django-mirror-statsd", daemon=True
             )
             self.thread.start()
 
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self.flush()
+
+    def after_fork(self) -> None:
+        """A forked worker leaves what the parent took to the parent."""
+        self.__init__()  # type: ignore[misc]
+
     def _run(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL)
-            self.flush()  # guarded: never raises
+        while not self.stopping.wait(FLUSH_INTERVAL):
+            self.flush()  # never raises
 
     def flush(self) -> None:
         with self.lock:
             counts, self.counts = self.counts, {}
             timings, self.timings = self.timings, []
+        internal = failures.take_internal_errors()
+        if internal:
+            try:
+                client = _client()
+            except Exception:
+                self.sending.failed()
+            else:
+                for task, count in internal.items():
+                    key = (client, metric_name(f"internal_errors.{task}"))
+                    counts[key] = counts.get(key, 0) + count
         clients: dict[Any, list[tuple[str, str, float]]] = {}
         for (client, name), count in counts.items():
             clients.setdefault(client, []).append(("incr", name, count))
         for client, name, milliseconds in timings:
             clients.setdefault(client, []).append(("timing", name, milliseconds))
         for client, metrics in clients.items():
-            with _metric_guard(), client.pipeline() as pipe:
-                for kind, name, value in metrics:
-                    getattr(pipe, kind)(name, value)
+            try:
+                with client.pipeline() as pipe:
+                    for kind, name, value in metrics:
+                        getattr(pipe, kind)(name, value)
+            except Exception:
+                self.sending.failed()
+            else:
+                self.sending.succeeded()
 
 
-_outgoing = _Outgoing()
-# A forked worker leaves what the parent took to the parent, and starts its own thread.
-os.register_at_fork(after_in_child=_outgoing.__init__)
+sender = Sender()
 
 
 def flush() -> None:
     """Send the counters and timers taken so far now, rather than within the second."""
-    _outgoing.flush()
+    sender.flush()
 
 
 def incr(name: str, count: int = 1, model: str | None = None) -> None:
     if count:
         if model is not None:
             stats.add(model, name, count)  # the dashboard's figures, statsd or not
-        _outgoing.count(metric_name(name, model), count)
+        sender.count(metric_name(name, model), count)
 
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
-    with _metric_guard():
+    try:
         _client().gauge(metric_name(name, model), value)
+    except Exception:
+        sender.sending.failed()
 
 
 def timing(name: str, milliseconds: float, model: str | None = None) -> None:
-    _outgoing.observe(metric_name(name, model), milliseconds)
+    sender.observe(metric_name(name, model), milliseconds)
 
 
 def read_latency(store: str, milliseconds: float, model: str) -> None:
     """One read's time on ``store`` ("source" or "target"): a statsd timer and the
     dashboard's histogram."""
     stats.observe(model, store, milliseconds)
-    _outgoing.observe(metric_name(f"read.latency.{store}", model), milliseconds)
+    sender.observe(metric_name(f"read.latency.{store}", model), milliseconds)
 
 
 def sentry_mismatch(
@@ -246,4 +259,3 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.reporting")
-atexit.register(flush)

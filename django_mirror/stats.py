@@ -2,13 +2,12 @@
 
 The dashboard reads them back: counts (captured, replayed, read matches, ...) and read
 latency histograms, summed over processes. Recording is a dict update under a lock;
-the database write happens on a background thread every ``SHADOW["STATS_INTERVAL"]``
-seconds and at exit, and never raises.
+the database write happens on a background thread (``runtime`` starts it) every
+``SHADOW["STATS_INTERVAL"]`` seconds and at exit, and never raises.
 """
 
 from __future__ import annotations
 
-import atexit
 import bisect
 import datetime as dt
 import logging
@@ -24,7 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from django_mirror import conf
+from django_mirror import conf, failures
 
 logger = logging.getLogger("django_mirror.stats")
 
@@ -45,6 +44,8 @@ _Key = tuple[str, dt.datetime]
 
 
 class _Recorder:
+    name = "stats writer"
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[_Key, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -54,7 +55,11 @@ class _Recorder:
         self.dirty: set[_Key] = set()
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
+        self.stopping = False
         self.minute: tuple[int, bool, dt.datetime] | None = None
+        self.writing = failures.RepeatedFailures(
+            "stats", "the dashboard's figures could not be stored"
+        )
 
     def key(self, model: str) -> _Key:
         """The model and the current minute, as ``timezone.now()`` gives it (made once a
@@ -70,41 +75,50 @@ class _Recorder:
         key = self.key(model)
         with self.lock:
             self.counts[key][name] += count
-            new = key not in self.dirty
             self.dirty.add(key)
-        if new:  # the writer thread is looked at once per window and flush, not per add
-            self._ensure_thread()
 
     def observe(self, model: str, store: str, milliseconds: float) -> None:
         key = self.key(model)
         bucket = min(bisect.bisect_left(BUCKETS, milliseconds), len(BUCKETS) - 1)
         with self.lock:
             self.latency[key][store][bucket] += 1
-            new = key not in self.dirty
             self.dirty.add(key)
-        if new:
-            self._ensure_thread()
 
-    def _ensure_thread(self) -> None:
+    def start(self) -> None:
         if self.thread is None or not self.thread.is_alive():
-            with self.lock:
-                if self.thread is None or not self.thread.is_alive():
-                    self.thread = threading.Thread(
-                        target=self._run, name="django-mirror-stats", daemon=True
-                    )
-                    self.thread.start()
+            self.stopping = False
+            self.thread = threading.Thread(
+                target=self._run, name="django-mirror-stats", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def after_fork(self) -> None:
+        """A forked worker (gunicorn ``--preload``) starts with no figures and a name of
+        its own: the parent writes what it counted, and workers must not overwrite each
+        other's rows."""
+        global PROCESS
+        PROCESS = _process_name()
+        self.__init__()  # type: ignore[misc]
 
     def _run(self) -> None:
-        while True:
+        while not self.stopping:
             self.wake.wait(float(conf.get_settings().shadow["STATS_INTERVAL"]))
             self.wake.clear()
             try:
-                self.flush()
+                if self.dirty:
+                    self.flush()  # never raises
                 close_old_connections()
-            except Exception:  # the thread must outlive any one failure
-                logger.warning("django-mirror: dashboard figures not written", exc_info=True)
+            except Exception:  # the thread outlives any one failure
+                self.writing.failed()
+        connections.close_all()  # this thread's own
 
-    def flush(self, quiet: bool = False) -> int:
+    def flush(self) -> int:
         """Write every window changed since the last flush; returns how many."""
         from django_mirror.models import MetricWindow
 
@@ -142,44 +156,26 @@ class _Recorder:
             )
             MetricWindow.objects.using(using).filter(minute__lt=timezone.now() - RETENTION).delete()
         except Exception:  # the dashboard misses a window; nothing else is affected
-            logger.log(
-                logging.DEBUG if quiet else logging.WARNING,
-                "django-mirror: could not store dashboard figures",
-                exc_info=True,
-            )
+            self.writing.failed()
             with self.lock:
                 self.dirty |= keys
             return 0
+        self.writing.succeeded()
         return len(rows)
 
 
-_recorder = _Recorder()
-add = _recorder.add
-observe = _recorder.observe
-flush = _recorder.flush
+writer = _Recorder()
+add = writer.add
+observe = writer.observe
+flush = writer.flush
 
 
 def reset() -> None:
     """Forget every figure not yet written (tests start each from nothing)."""
-    with _recorder.lock:
-        _recorder.counts.clear()
-        _recorder.latency.clear()
-        _recorder.dirty.clear()
-
-
-atexit.register(lambda: _recorder.flush(quiet=True) if _recorder.dirty else None)
-
-
-def _after_fork_in_child() -> None:
-    """A forked worker (gunicorn ``--preload``) starts with no figures and a name of its
-    own: the parent writes what it counted, and workers must not overwrite each other's
-    rows."""
-    global PROCESS
-    PROCESS = _process_name()
-    _recorder.__init__()  # type: ignore[misc]
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    with writer.lock:
+        writer.counts.clear()
+        writer.latency.clear()
+        writer.dirty.clear()
 
 
 def merge_histograms(histograms: Iterable[Mapping[str, int]]) -> dict[int, int]:

@@ -18,7 +18,7 @@ from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 from moto.server import ThreadedMotoServer
 
-from django_mirror import conf, relay
+from django_mirror import conf, relay, runtime
 from django_mirror.replay import Replayer
 from django_mirror.streams import KinesisStream, get_stream
 
@@ -57,22 +57,42 @@ def threadsafe_mock_aws() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def aws() -> Iterator[None]:
-    """In-process moto; each test configures the stream it needs inside."""
+    """In-process moto around every test, fresh each time: the relay thread ships after
+    every commit, and nothing may reach the real AWS. Each test creates what it needs."""
     with threadsafe_mock_aws():
         yield
 
 
 @pytest.fixture
-def kinesis() -> Iterator[KinesisStream]:
+def kinesis(aws: None) -> Iterator[KinesisStream]:
     """An in-process moto Kinesis with the configured stream created."""
-    with threadsafe_mock_aws():
-        get_stream.cache_clear()
-        stream = get_stream()
-        stream.create()
-        yield stream  # type: ignore[misc]
     get_stream.cache_clear()
+    stream = get_stream()
+    stream.create()
+    yield stream  # type: ignore[misc]
+    get_stream.cache_clear()
+
+
+@pytest.fixture
+def relay_off() -> Iterator[None]:
+    """Nothing ships by itself: the test relays when it means to. (The other tests run
+    with the default, the relay thread shipping after every commit.)"""
+    from django.conf import settings
+
+    relay_settings = {**settings.DJANGO_MIRROR, "RELAY": {"ON_COMMIT": "off"}}
+    with override_settings(DJANGO_MIRROR=relay_settings):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_threads_end_before_the_databases_go(django_db_setup: None) -> Iterator[None]:
+    """django-mirror's threads run through the tests as in any process (``apps.py``
+    starts them); they end, closing their connections, before the test databases are
+    dropped (PostgreSQL refuses to drop a database someone is connected to)."""
+    yield
+    runtime.stop()
 
 
 @pytest.fixture(scope="session")

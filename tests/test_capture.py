@@ -59,7 +59,8 @@ class Outbox:
 
 
 @pytest.fixture
-def outbox() -> Outbox:
+def outbox(relay_off: None) -> Outbox:
+    """The outbox as capture writes it, before any relay takes from it."""
     return Outbox()
 
 

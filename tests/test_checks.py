@@ -287,3 +287,22 @@ def repository_setting(**options: Any) -> dict[str, Any]:
 )
 def test_repository_settings_are_checked(setting: Any, expected: list[str]):
     assert found(setting) == expected
+
+
+def test_a_sqlite_source_in_deferred_mode_is_warned_about():
+    """django-mirror's threads write to the source: Django's default DEFERRED mode lets a
+    transaction of the app that reads first fail at once; IMMEDIATE makes it wait."""
+    from django_mirror.checks import check_sqlite_options
+
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": "app.sqlite3"}
+    postgres = {"ENGINE": "django.db.backends.postgresql", "NAME": "target"}
+    with override_settings(DATABASES={"default": sqlite, "new": postgres}):
+        (warning,) = check_sqlite_options()
+    assert warning.id == "django_mirror.W006" and "'default'" in warning.msg
+    assert "IMMEDIATE" in warning.hint and not warning.is_serious()
+    immediate = {**sqlite, "OPTIONS": {"transaction_mode": "IMMEDIATE"}}
+    with override_settings(DATABASES={"default": immediate, "new": postgres}):
+        assert check_sqlite_options() == []
+    with override_settings(DATABASES={"default": postgres, "new": sqlite}):
+        (warning,) = check_sqlite_options()  # a SQLite target is written to as well
+    assert "'new'" in warning.msg

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from io import StringIO
 from typing import Any
@@ -21,7 +20,7 @@ from django_mirror import paused
 from django_mirror.models import DeadLetter
 from django_mirror.targets import DynamoDBTarget
 from django_mirror.targets.dynamodb import MAX_ITEM_BYTES
-from tests.conftest import both_databases, drain_and_replay, threadsafe_mock_aws
+from tests.conftest import both_databases, drain_and_replay
 from tests.conftest import delete_event as delete
 from tests.conftest import upsert_event as upsert
 from tests.faults import error_response, hooked, ok_response, request_body
@@ -34,11 +33,10 @@ DYNAMO = {
 
 
 @pytest.fixture
-def dynamo() -> Iterator[DynamoDBTarget]:
-    with threadsafe_mock_aws():
-        target = DynamoDBTarget(table_name="t_{model_name}", base_delay=0.001, max_delay=0.01)
-        target.setup([AllTypes, Author, Counter])
-        yield target
+def dynamo(aws: None) -> DynamoDBTarget:
+    target = DynamoDBTarget(table_name="t_{model_name}", base_delay=0.001, max_delay=0.01)
+    target.setup([AllTypes, Author, Counter])
+    return target
 
 
 ALL_TYPES = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.test import override_settings
 
-from django_mirror import reporting
+from django_mirror import failures, reporting
 from tests.conftest import both_databases, drain_and_replay
 from tests.testapp.models import Author, Counter
 
@@ -39,12 +39,12 @@ def test_prefix_is_honoured(kinesis, statsd):
 
 @both_databases
 def test_a_broken_statsd_never_breaks_a_write(kinesis):
-    before = reporting.failures
+    before = failures.count
     with override_settings(STATSD_HOST="127.0.0.1", STATSD_PORT="not-a-port"):
         Author.objects.create(name="still saved")
         drain_and_replay()
     assert Author.objects.using("new").filter(name="still saved").exists()
-    assert reporting.failures > before
+    assert failures.count > before
 
 
 def test_every_timer_sample_is_sent_several_a_packet(statsd):

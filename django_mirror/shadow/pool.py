@@ -137,6 +137,12 @@ class ShadowPool:
         else:
             connection.close()
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the threads of a closed pool to end."""
+        deadline = time.monotonic() + timeout
+        for thread in [*self.threads, self.timer]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until no job is queued, running or waiting for its re-check (for tests,
         benchmarks and commands that end); False if that took longer than ``timeout``."""
@@ -155,7 +161,8 @@ _pool_lock = threading.Lock()
 
 
 def get_pool() -> ShadowPool:
-    """The process's pool, started on first use with the ``SHADOW`` settings."""
+    """The process's pool, with the ``SHADOW`` settings (``runtime`` starts it, and a
+    settings change replaces it)."""
     global _pool
     if _pool is None:
         with _pool_lock:
@@ -165,19 +172,42 @@ def get_pool() -> ShadowPool:
     return _pool
 
 
-def reset_pool() -> None:
+def reset_pool() -> ShadowPool | None:
     """Forget the pool so the next use starts one with the current settings; the old
-    one's threads finish what they hold, then end."""
+    one's threads finish what they hold, then end. Returns the old one."""
     global _pool
     with _pool_lock:
         old, _pool = _pool, None  # gone before it closes: get_pool() never returns it then
     if old is not None:
         old.close()
+    return old
+
+
+class Service:
+    """The pool as ``runtime`` runs it."""
+
+    name = "shadow pool"
+
+    def start(self) -> None:
+        get_pool()
+
+    def stop(self, timeout: float) -> None:
+        old = reset_pool()
+        if old is not None:
+            old.join(timeout)
+
+    def after_fork(self) -> None:
+        """The parent's pool has no threads here (nor its lock a holder): start afresh."""
+        global _pool, _pool_lock
+        _pool, _pool_lock = None, threading.Lock()
+
+
+service = Service()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
-    if setting == "DJANGO_MIRROR":
-        reset_pool()
+    if setting == "DJANGO_MIRROR" and reset_pool() is not None:
+        get_pool()  # a running pool is replaced at once, not by the next request
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.shadow.pool")

@@ -27,9 +27,11 @@ for _name, _value in {
 def _database(var: str, filename: str) -> dict[str, Any]:
     config = env.db_url(var, default=f"sqlite:///{BASE_DIR / filename}")
     if config["ENGINE"] == "django.db.backends.sqlite3":
-        # The relay thread writes the outbox while requests write rows: wait for the
-        # lock instead of failing, and take it up front so lock upgrades cannot deadlock.
-        # WAL lets readers run beside the writer and makes a commit cost no fsync.
+        # What check django_mirror.W006 asks for: the relay thread writes the outbox
+        # while requests write rows, so every transaction takes the write lock up front
+        # and waits for it instead of failing (docs/guarantees.md, "Inside your
+        # process"). WAL lets readers run beside the writer and makes a commit cost no
+        # fsync.
         config["OPTIONS"] = {
             "timeout": 30,
             "transaction_mode": "IMMEDIATE",
