@@ -8,9 +8,14 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Interpreter used to create the venv: the newest of python3.13, 3.12, 3.11 that runs
-# (the newest Python gets the newest Django), else python3. `make test` then runs the
-# newest release of every dependency; `make test-oldest` the lower bounds.
-PYTHON ?= $(firstword $(foreach v,3.13 3.12 3.11,$(shell python$(v) -c '' >/dev/null 2>&1 && echo python$(v))) python3)
+# (the newest Python gets the newest Django), looked for in pyenv's versions first (its
+# shims only run the global version), then on PATH, else python3. `make test` then runs
+# the newest release of every dependency; `make test-oldest` the lower bounds.
+PYTHON ?= $(shell for v in 3.13 3.12 3.11; do \
+  for dir in $$(printf '%s' "$(PYENV_PATHS)" | tr ':' ' ') ''; do \
+    exe="$${dir:+$$dir/}python$$v"; \
+    if "$$exe" -c '' >/dev/null 2>&1; then echo "$$exe"; exit 0; fi; \
+  done; done; echo python3)
 
 # Extra arguments for every pytest run, e.g. `make test PYTEST_ARGS="-x -k kinesis"`.
 PYTEST_ARGS ?=

@@ -18,8 +18,6 @@ thread, on a client configured the same.
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import statistics
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Outcome, Row, interleaved, log, spread
+from benchmarks.moto_server import moto_process
 from benchmarks.replay_apply import follow_values, row_image
 
 RATIO_TARGET = 0.8
@@ -67,36 +66,6 @@ def build_round(model: type[Any], batches: int) -> list[list[Any]]:
     return rounds
 
 
-def serve(ports: Any, stop: Any) -> None:
-    """Child process: moto's threaded server on a free port until ``stop`` is set."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    ports.put(server.get_host_and_port())
-    stop.wait()
-    server.stop()
-
-
-@contextmanager
-def moto_process() -> Iterator[tuple[str, int]]:
-    """Endpoint and process id of a moto server in a child process, stopped on exit."""
-    context = multiprocessing.get_context("spawn")  # a clean interpreter, no Django
-    ports, stop = context.Queue(), context.Event()
-    child = context.Process(target=serve, args=(ports, stop), daemon=True)
-    child.start()
-    try:
-        host, port = ports.get(timeout=60)
-        yield f"http://{host}:{port}", child.pid
-    finally:
-        stop.set()
-        child.join(10)
-        if child.is_alive():
-            child.terminate()
-            child.join()
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) process ``pid`` has used so far, from ``/proc``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -121,8 +90,6 @@ def run(db: str, quick: bool) -> Outcome:
     from django_mirror.capture import paused
     from django_mirror.targets import DynamoDBTarget
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(name, "bench")  # moto takes any credentials
     batches = 5 if quick else 20
     rounds = 3 if quick else 5
     events_per_round = batches * BATCH

@@ -237,11 +237,19 @@ class Shipper:
         self.aliases: set[str] = set()
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.idle = threading.Event()
+        self.idle.set()
 
     def kick(self, using: str) -> None:
         with self.lock:
             self.aliases.add(using)
+            self.idle.clear()
         self.wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every commit kicked so far has been shipped (or given up on), so
+        whatever comes next (a test's teardown, a graceful shutdown) sees it done."""
+        return self.idle.wait(timeout)
 
     def start(self) -> None:
         with self.lock:
@@ -277,6 +285,9 @@ class Shipper:
                 close_old_connections()
             except Exception:  # the thread outlives any one failure
                 _shipping.failed()
+            with self.lock:
+                if not self.aliases:
+                    self.idle.set()
         connections.close_all()  # this thread's own
 
 

@@ -60,9 +60,11 @@ def threadsafe_mock_aws() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def aws() -> Iterator[None]:
     """In-process moto around every test, fresh each time: the relay thread ships after
-    every commit, and nothing may reach the real AWS. Each test creates what it needs."""
+    every commit, and nothing may reach the real AWS. Each test creates what it needs.
+    What the relay thread was kicked to ship goes to this test's moto, not the next's."""
     with threadsafe_mock_aws():
         yield
+        relay.shipper.wait_idle(30)
 
 
 @pytest.fixture

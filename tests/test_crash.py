@@ -163,6 +163,7 @@ def test_replay_sigterm_finishes_the_batch_and_exits_cleanly(
 
 
 @both_databases
+@pytest.mark.usefixtures("relay_off")  # the batches wait for the relay under test alone
 def test_relay_killed_mid_way_loses_nothing(http_stream: KinesisStream, tmp_path: Path) -> None:
     for start in range(0, 2000, 10):
         Counter.objects.bulk_create([Counter(name=f"c{i}") for i in range(start, start + 10)])

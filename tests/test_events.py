@@ -32,6 +32,9 @@ from django_mirror.streams import KinesisStream
 from tests.conftest import BOTH, assert_mirrored, both_databases, drain_and_replay, rows
 from tests.testapp.models import AllTypes, Author, BigKey, Secret
 
+#: These tests read the events in the outbox before shipping them themselves.
+pytestmark = pytest.mark.usefixtures("relay_off")
+
 both_aliases = pytest.mark.django_db(databases=BOTH)
 
 #: Keys that look like this format's own tags, inside a JSON column's document.
