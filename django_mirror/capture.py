@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import itertools
 import uuid
 from collections.abc import Iterable, Iterator
@@ -430,31 +431,38 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
     mode without a transaction, which would let a crash fall between the row's commit
     and its event's: here they share one. Each table of a multi-table model is its own
     ``_save_table`` call, so a mirrored parent is captured when a child is saved.
+
+    The call passes through as it came, and the four arguments capture needs are found
+    by the original's signature: a parameter a new Django adds changes nothing here.
     """
+    signature = inspect.signature(original)
+    missing = {"raw", "cls", "using", "update_fields"} - set(signature.parameters)
+    if missing:
+        raise CaptureError(
+            f"{original.__qualname__} has no parameter {', '.join(sorted(missing))}: this "
+            "Django version saves rows in a way django-mirror cannot capture."
+        )
 
     @functools.wraps(original)
-    def _save_table(  # type: ignore[no-untyped-def]
-        self,
-        raw=False,
-        cls=None,
-        force_insert=False,
-        force_update=False,
-        using=None,
-        update_fields=None,
-    ):
+    def _save_table(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        call = signature.bind(self, *args, **kwargs)
+        call.apply_defaults()
+        raw, cls, using, update_fields = (
+            call.arguments[name] for name in ("raw", "cls", "using", "update_fields")
+        )
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
             model = cls  # a parent's table of a multi-table model
         config = active_config(model, using)
         if config is None:
-            return original(self, raw, cls, force_insert, force_update, using, update_fields)
+            return original(self, *args, **kwargs)
         connection = connections[using]
         with (
             nullcontext()
             if connection.in_atomic_block
             else transaction.atomic(using=using, savepoint=False)
         ):
-            updated = original(self, raw, cls, force_insert, force_update, using, update_fields)
+            updated = original(self, *args, **kwargs)
             if update_fields is None and not raw:
                 _record(config, connection, model, instances=[self])
             else:  # a partial save leaves the other columns as the database has them

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
+from collections.abc import Iterable
 from typing import Any
 
+import django
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import models
+from django.db.models import deletion
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
+
+logger = logging.getLogger("django_mirror")
 
 SUPPORTED_PK_TYPES = (
     models.AutoField,
@@ -32,8 +40,79 @@ def _importable(path: Any) -> bool:
     return True
 
 
-def _check_stream(stream: dict[str, Any]) -> list[Any]:
-    errors: list[Any] = []
+def _did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """The hint for an unknown key: the nearest known one (case aside), then all of them."""
+    known = list(known)
+    by_case = {name.lower(): name for name in known}
+    close = difflib.get_close_matches(str(key).lower(), by_case, n=1)
+    listed = f"Known options: {', '.join(known)}."
+    return f"Did you mean {by_case[close[0]]!r}? {listed}" if close else listed
+
+
+def _check_keys(where: str, given: Any, known: Iterable[str], check_id: str) -> list[Any]:
+    """A settings dict with no key outside ``known``: a misspelt key would otherwise be
+    ignored, and its default used without a word."""
+    if given is None:
+        return []
+    if not isinstance(given, dict):
+        return [Error(f"{where} must be a dict.", id="django_mirror.E001")]
+    known = list(known)
+    return [
+        Error(f"{where} has unknown option {key!r}.", hint=_did_you_mean(key, known), id=check_id)
+        for key in given
+        if key not in known
+    ]
+
+
+def _keywords(function: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The parameters ``function`` (or a class's constructor) takes by keyword, and
+    whether it takes any other keyword too (``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    named = {
+        p.name: p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _check_stream_options(backend: Any, options: dict[str, Any]) -> list[Any]:
+    """``OPTIONS`` become the backend's constructor's keywords: checked against its
+    signature here, not met as a ``TypeError`` at the first write. ``KinesisStream``
+    hands its ``**client_options`` on to ``AwsClient``, whose signature names those."""
+    from django_mirror.aws import AwsClient
+    from django_mirror.streams import KinesisStream
+
+    where = "DJANGO_MIRROR['STREAM']['OPTIONS']"
+    try:
+        accepted, open_ended = _keywords(backend)
+        if open_ended and isinstance(backend, type) and issubclass(backend, KinesisStream):
+            forwarded, open_ended = _keywords(AwsClient)
+            accepted |= {name: p for name, p in forwarded.items() if name != "service"}
+    except (TypeError, ValueError):  # no signature to read: left to the backend
+        return []
+    errors = [] if open_ended else _check_keys(where, options, accepted, "django_mirror.E026")
+    missing = [name for name, p in accepted.items() if p.default is p.empty and name not in options]
+    if missing:
+        errors.append(
+            Error(
+                f"{where} lacks {', '.join(map(repr, missing))}, which "
+                f"{getattr(backend, '__qualname__', backend)} requires.",
+                id="django_mirror.E026",
+            )
+        )
+    return errors
+
+
+def _check_stream(raw: Any, stream: dict[str, Any]) -> list[Any]:
+    """The stream as written (``raw``) and as merged over the defaults (``stream``)."""
+    errors = _check_keys("DJANGO_MIRROR['STREAM']", raw, conf.DEFAULT_STREAM, "django_mirror.E024")
+    options = raw.get("OPTIONS") if isinstance(raw, dict) else None
+    if options is not None and not isinstance(options, dict):
+        return [
+            *errors,
+            Error("DJANGO_MIRROR['STREAM']['OPTIONS'] must be a dict.", id="django_mirror.E001"),
+        ]
     if not _importable(stream.get("BACKEND")):
         errors.append(
             Error(
@@ -42,6 +121,8 @@ def _check_stream(stream: dict[str, Any]) -> list[Any]:
                 id="django_mirror.E008",
             )
         )
+    else:
+        errors += _check_stream_options(import_string(stream["BACKEND"]), stream["OPTIONS"])
     if stream.get("BACKEND") == conf.DEFAULT_STREAM["BACKEND"]:
         for option in ("stream_name", "region_name"):
             if not stream["OPTIONS"].get(option):
@@ -208,7 +289,7 @@ def _check_model(label: str, opts: Any, source: str) -> list[Any]:
         )
     for m2m in model._meta.local_many_to_many:
         through = m2m.remote_field.through
-        if not through._meta.auto_created and conf.model_config(through) is None:
+        if not through._meta.auto_created and through not in conf.mirrored_models():
             errors.append(
                 Warning(
                     f"{label}.{m2m.name} goes through {through._meta.label}, which is not "
@@ -233,7 +314,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("MODELS", {}), dict):
         return [Error("DJANGO_MIRROR and its 'MODELS' must be dicts.", id="django_mirror.E001")]
     mirror = conf.get_settings()
-    errors: list[Any] = []
+    errors = _check_keys("DJANGO_MIRROR", raw, conf.SETTINGS_KEYS, "django_mirror.E023")
     if mirror.source not in settings.DATABASES:
         errors.append(
             Error(
@@ -241,7 +322,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_mirror.E003",
             )
         )
-    errors += _check_stream(mirror.stream)
+    errors += _check_stream(raw.get("STREAM"), mirror.stream)
+    errors += _check_keys(
+        "DJANGO_MIRROR['RELAY']", raw.get("RELAY"), conf.DEFAULT_RELAY, "django_mirror.E015"
+    )
+    errors += _check_keys(
+        "DJANGO_MIRROR['REPLAY']", raw.get("REPLAY"), conf.DEFAULT_REPLAY, "django_mirror.E025"
+    )
     if mirror.relay["ON_COMMIT"] not in RELAY_MODES:
         errors.append(
             Error(
@@ -250,8 +337,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_mirror.E015",
             )
         )
-    errors += _check_options("SHADOW", mirror.shadow, SHADOW_OPTIONS, "django_mirror.E016")
-    errors += _check_options("PHASES", mirror.phases, PHASES_OPTIONS, "django_mirror.E017")
+    errors += _check_options("SHADOW", raw.get("SHADOW"), SHADOW_OPTIONS, "django_mirror.E016")
+    errors += _check_options("PHASES", raw.get("PHASES"), PHASES_OPTIONS, "django_mirror.E017")
     for label, opts in mirror.models.items():
         errors += _check_model(label, opts, mirror.source)
     raw_repositories = raw.get("REPOSITORIES") or {}
@@ -339,19 +426,14 @@ PHASES_OPTIONS: dict[str, tuple[type, float, float]] = {
 
 
 def _check_options(
-    name: str, given: dict[str, Any], known: dict[str, tuple[type, float, float]], check_id: str
+    name: str, given: Any, known: dict[str, tuple[type, float, float]], check_id: str
 ) -> list[Any]:
-    """A dict of numeric options: every key known, every value a number in range."""
-    errors: list[Any] = []
+    """A dict of numeric options as written: every key known, every value a number in range."""
+    errors = _check_keys(f"DJANGO_MIRROR[{name!r}]", given, known, check_id)
+    if not isinstance(given, dict):
+        return errors
     for key, value in given.items():
         if key not in known:
-            errors.append(
-                Error(
-                    f"DJANGO_MIRROR[{name!r}] has unknown option {key!r}.",
-                    hint=f"Known options: {', '.join(known)}.",
-                    id=check_id,
-                )
-            )
             continue
         kind, low, high = known[key]
         number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -445,3 +527,76 @@ def check_sqlite_options(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return warnings
+
+
+@register(Tags.models, "django_mirror")
+def check_database_on_delete(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Django 6.1's ``DB_CASCADE``, ``DB_SET_NULL`` and ``DB_SET_DEFAULT`` have the database
+    delete or rewrite child rows itself: no collector, no signal, so no event is captured."""
+    database_level = getattr(deletion, "DatabaseOnDelete", None)
+    if database_level is None:  # Django before 6.1 has none
+        return []
+    errors = []
+    for model in conf.mirrored_models():
+        if model._meta.proxy:
+            continue
+        for field in model._meta.concrete_fields:
+            on_delete = getattr(field.remote_field, "on_delete", None)
+            if not isinstance(on_delete, database_level):
+                continue
+            in_python = str(on_delete).removeprefix("DB_")
+            errors.append(
+                Error(
+                    f"{model._meta.label} is mirrored, but {field.name} has "
+                    f"on_delete=models.{on_delete}: deleting a "
+                    f"{field.related_model._meta.label} makes the database "
+                    f"{'delete' if in_python == 'CASCADE' else 'rewrite'} its rows without "
+                    "Django, so django-mirror captures no event and the target keeps them "
+                    "as they were.",
+                    hint=f"Use on_delete=models.{in_python}: Django then does the same, and "
+                    "django-mirror captures it.",
+                    obj=field,
+                    id="django_mirror.E027",
+                )
+            )
+    return errors
+
+
+#: The Django releases the test suite runs on, ``[lowest, past the highest)``: the range
+#: pyproject.toml declares (tests/test_packaging.py keeps the two equal).
+TESTED_DJANGO = ((5, 2), (7, 0))
+
+
+@register(Tags.compatibility, "django_mirror")
+def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Capture wraps ORM internals (``Model._save_table``, the deletion collector): a Django
+    it was not tested on may write rows in ways it does not see."""
+    low, high = TESTED_DJANGO
+    if low <= django.VERSION[:2] < high:
+        return []
+    tested = f">={low[0]}.{low[1]},<{high[0]}"
+    return [
+        Warning(
+            f"Django {django.get_version()} is outside the range django-mirror is tested "
+            f"with ({tested}): some writes may go uncaptured.",
+            hint=f"Run Django {tested}, or a django-mirror release that supports "
+            f"Django {django.get_version()}.",
+            id="django_mirror.W007",
+        )
+    ]
+
+
+def log_errors_at_first_lookup() -> None:
+    """Django runs system checks in ``manage.py`` commands only, never in a WSGI or ASGI
+    server: there, the first write of a process logs each settings error at ERROR, so a
+    bad setting shows at once, not as events that never ship."""
+    try:
+        silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+        for message in [*check_settings(), *check_database_on_delete()]:
+            if message.is_serious() and message.id not in silenced:
+                logger.error("django-mirror is misconfigured: %s", message)
+    except Exception:  # a check that fails must not fail the write that ran it
+        logger.warning("django-mirror: its settings could not be checked", exc_info=True)
+
+
+conf.first_lookup_hooks.append(log_errors_at_first_lookup)

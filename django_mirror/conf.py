@@ -22,6 +22,18 @@ CAPTURING_PHASES = frozenset({"capture", "mirror", "promoted"})
 #: Phases in which reads are shadowed on the other store.
 SHADOWING_PHASES = frozenset({"mirror", "promoted"})
 
+#: Every key ``DJANGO_MIRROR`` itself may have; check E023 reports any other.
+SETTINGS_KEYS = (
+    "SOURCE",
+    "STREAM",
+    "MODELS",
+    "RELAY",
+    "REPLAY",
+    "SHADOW",
+    "PHASES",
+    "REPOSITORIES",
+)
+
 DEFAULT_STREAM: dict[str, Any] = {
     "BACKEND": "django_mirror.streams.KinesisStream",
     "OPTIONS": {"stream_name": "mirror-ops", "region_name": "us-east-1", "endpoint_url": None},
@@ -140,8 +152,10 @@ class MirrorSettings:
     repositories: dict[str, Any] = field(default_factory=dict)
 
 
-def _merged(default: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
-    return {**default, **(override or {})}
+def _merged(default: dict[str, Any], override: Any) -> dict[str, Any]:
+    """``override`` over ``default``; an override that is not a dict is left to the checks
+    (E001), so reading the setting never crashes before they run."""
+    return {**default, **(override if isinstance(override, dict) else {})}
 
 
 @cache
@@ -152,7 +166,7 @@ def get_settings() -> MirrorSettings:
         raw = {}
     raw_models = raw.get("MODELS") if isinstance(raw.get("MODELS"), dict) else {}
     stream = _merged(DEFAULT_STREAM, raw.get("STREAM"))
-    stream["OPTIONS"] = _merged(DEFAULT_STREAM["OPTIONS"], (raw.get("STREAM") or {}).get("OPTIONS"))
+    stream["OPTIONS"] = _merged(DEFAULT_STREAM["OPTIONS"], stream["OPTIONS"])
     return MirrorSettings(
         source=raw.get("SOURCE", "default"),
         stream=stream,

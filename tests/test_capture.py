@@ -678,3 +678,53 @@ def test_saving_a_child_of_a_mirrored_model_captures_the_parents_row(kinesis):
     drain_and_replay()
     assert Place.objects.using("new").get(pk=cafe.pk).name == "Bettys Harrogate"
     assert_mirrored(Place)
+
+
+@both_aliases
+def test_the_save_table_wrapper_passes_a_parameter_django_adds_through(outbox):
+    """A later Django may give ``Model._save_table`` one more parameter, anywhere in its
+    list: the wrapper finds ``raw``, ``cls``, ``using`` and ``update_fields`` by name and
+    hands the call over as it came."""
+    from django_mirror.capture import _captured_save_table
+
+    received: list[tuple[Any, Any]] = []
+
+    def _save_table(  # Django's, with a positional and a keyword-only parameter added
+        self,
+        raw=False,
+        cls=None,
+        returning=None,
+        force_insert=False,
+        force_update=False,
+        using=None,
+        update_fields=None,
+        *,
+        new_option=None,
+    ):
+        received.append((returning, new_option))
+        return models.Model._save_table(
+            self, raw, cls, force_insert, force_update, using, update_fields
+        )
+
+    wrapped = _captured_save_table(_save_table)
+    ada = Author(name="Ada")
+    wrapped(ada, False, Author, "rows", False, False, "default", None, new_option=1)
+    ada.name = "Ada Lovelace"
+    wrapped(ada, cls=Author, using="default", update_fields=["name"], new_option=2)
+    wrapped(Unmirrored(name="x"), cls=Unmirrored, using="default", new_option=3)
+    assert received == [("rows", 1), (None, 2), (None, 3)]
+    events = outbox.take()
+    assert ops(events) == [("testapp.Author", UPSERT, ada.pk)] * 2
+    assert events[1]["row"] == {"id": ada.pk, "name": "Ada Lovelace"}
+
+
+def test_a_save_table_without_a_needed_parameter_is_refused_at_once():
+    """Capture cannot tell which alias a save writes to: refused when wrapped, at start-up,
+    never a save that goes uncaptured."""
+    from django_mirror.capture import CaptureError, _captured_save_table
+
+    def _save_table(self, raw=False, cls=None, force_insert=False, update_fields=None):
+        raise AssertionError("never called")
+
+    with pytest.raises(CaptureError, match="using"):
+        _captured_save_table(_save_table)

@@ -12,9 +12,11 @@ from django.conf import settings
 from django.core.checks import Error, Warning
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.test.utils import override_settings
+from django.db import models
+from django.test.utils import isolate_apps, override_settings
 
 from django_mirror.checks import check_settings
+from django_mirror.streams import Stream
 
 VALID: dict[str, Any] = copy.deepcopy(settings.DJANGO_MIRROR)
 
@@ -30,6 +32,24 @@ def config(change: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, A
 def model(label: str, **options: Any) -> Callable[[dict[str, Any]], Any]:
     """Mirror one more model with these options."""
     return lambda c: c["MODELS"].__setitem__(label, {"target": "new", **options})
+
+
+class ShardedStream(Stream):
+    """A stream backend of the user's own, with a required option and no ``**kwargs``."""
+
+    def __init__(self, stream_name: str, region_name: str, endpoint_url: Any, partitions: int):
+        self.partitions = partitions
+
+
+class OpenStream(Stream):
+    """A backend that takes any keyword: its options cannot be checked by signature."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+
+def stream_backend(path: str, **options: Any) -> dict[str, Any]:
+    return config(lambda c: c.__setitem__("STREAM", {"BACKEND": path, "OPTIONS": options}))
 
 
 def found(setting: Any) -> list[str]:
@@ -176,6 +196,37 @@ def test_a_full_configuration_passes():
         (config(lambda c: c.__setitem__("PHASES", {"REFRESH": 30})), ["django_mirror.E017"]),
         (config(lambda c: c.__setitem__("PHASES", {"KEY_GAP": -1})), ["django_mirror.E017"]),
         (config(lambda c: c.__setitem__("PHASES", {"LAG": 1})), ["django_mirror.E017"]),
+        # E001: a nested settings dict that is not a dict
+        (config(lambda c: c.__setitem__("RELAY", "off")), ["django_mirror.E001"]),
+        (
+            config(lambda c: c["STREAM"].__setitem__("OPTIONS", "mirror-ops")),
+            ["django_mirror.E001"],
+        ),
+        # E015: an unknown RELAY option
+        (config(lambda c: c.__setitem__("RELAY", {"ON_COMIT": "off"})), ["django_mirror.E015"]),
+        # E023: an unknown top-level key
+        (config(lambda c: c.__setitem__("RELAYS", {})), ["django_mirror.E023"]),
+        # E024: an unknown STREAM key
+        (config(lambda c: c["STREAM"].__setitem__("OPTION", {})), ["django_mirror.E024"]),
+        # E025: an unknown REPLAY option
+        (config(lambda c: c.__setitem__("REPLAY", {"BATCH": 10})), ["django_mirror.E025"]),
+        # E026: stream OPTIONS the backend's constructor does not take, or lacks
+        (
+            config(lambda c: c["STREAM"]["OPTIONS"].__setitem__("stream_nmae", "x")),
+            ["django_mirror.E026"],
+        ),
+        (
+            config(lambda c: c["STREAM"]["OPTIONS"].__setitem__("retries", 3)),
+            ["django_mirror.E026"],
+        ),
+        (
+            stream_backend("tests.test_checks.ShardedStream", partitions=2, shards=2),
+            ["django_mirror.E026"],
+        ),
+        (
+            stream_backend("tests.test_checks.ShardedStream", shard=2),
+            ["django_mirror.E026", "django_mirror.E026"],
+        ),
         # W001: an explicit through model that is not mirrored
         (config(lambda c: c["MODELS"].pop("testapp.ShelfBook")), ["django_mirror.W001"]),
         # W002: nothing configured at all
@@ -306,3 +357,206 @@ def test_a_sqlite_source_in_deferred_mode_is_warned_about():
     with override_settings(DATABASES={"default": postgres, "new": sqlite}):
         (warning,) = check_sqlite_options()  # a SQLite target is written to as well
     assert "'new'" in warning.msg
+
+
+def test_a_stream_backend_that_takes_its_options_passes():
+    assert found(stream_backend("tests.test_checks.ShardedStream", partitions=2)) == []
+    assert found(stream_backend("tests.test_checks.OpenStream", anything=1)) == []
+    kinesis = config(lambda c: c["STREAM"]["OPTIONS"].update(shard_count=2, max_attempts=3))
+    assert found(kinesis) == []
+
+
+def _hints(setting: Any) -> list[tuple[str, str]]:
+    with override_settings(DJANGO_MIRROR=setting):
+        return [(message.id, message.hint) for message in check_settings()]
+
+
+@pytest.mark.parametrize(
+    ("change", "check_id", "meant"),
+    [
+        (lambda c: c.__setitem__("REPLAYS", {}), "E023", "REPLAY"),
+        (lambda c: c.__setitem__("models", c.pop("MODELS")), "E023", "MODELS"),
+        (lambda c: c["STREAM"].__setitem__("BACKEDN", "x"), "E024", "BACKEND"),
+        (lambda c: c.__setitem__("RELAY", {"on_commit": "off"}), "E015", "ON_COMMIT"),
+        (lambda c: c.__setitem__("REPLAY", {"BATCHSIZE": 5}), "E025", "BATCH_SIZE"),
+        (lambda c: c.__setitem__("SHADOW", {"POOL": 4}), "E016", "POOL_SIZE"),
+        (lambda c: c.__setitem__("PHASES", {"REFRESHES": 1.0}), "E017", "REFRESH"),
+        (lambda c: c["STREAM"]["OPTIONS"].__setitem__("stream_nmae", "x"), "E026", "stream_name"),
+        (lambda c: c["STREAM"]["OPTIONS"].__setitem__("max_attempt", 3), "E026", "max_attempts"),
+        (lambda c: c["STREAM"]["OPTIONS"].__setitem__("readtimeout", 3), "E026", "read_timeout"),
+    ],
+)
+def test_an_unknown_key_is_an_error_that_names_the_key_meant(change, check_id, meant):
+    """A misspelt key would otherwise be ignored (its default used without a word) or,
+    among the stream's OPTIONS, raise TypeError at the first write."""
+    hints = _hints(config(change))
+    assert [i for i, _ in hints] == [f"django_mirror.{check_id}"]
+    assert hints[0][1].startswith(f"Did you mean {meant!r}? Known options: ")
+
+
+def test_an_unknown_key_nothing_resembles_lists_the_known_ones():
+    ((check_id, hint),) = _hints(config(lambda c: c.__setitem__("RELAY", {"XYZZY": 1})))
+    assert check_id == "django_mirror.E015"
+    assert hint == "Known options: ON_COMMIT, BATCH_SIZE, LEASE_SECONDS."
+
+
+def test_a_missing_stream_option_names_it():
+    with override_settings(DJANGO_MIRROR=stream_backend("tests.test_checks.ShardedStream")):
+        (message,) = check_settings()
+    assert message.id == "django_mirror.E026"
+    assert "lacks 'partitions'" in message.msg and "ShardedStream" in message.msg
+
+
+@pytest.mark.django_db
+def test_the_first_write_with_a_bad_setting_logs_each_error(caplog, monkeypatch):
+    """No system check runs in a WSGI server: the first write of the process reports the
+    settings errors at ERROR, and its event still waits in the outbox."""
+    import logging
+
+    from django_mirror import conf
+    from django_mirror.models import OutboxBatch
+    from tests.testapp.models import Author
+
+    def bad(c: dict[str, Any]) -> None:
+        c["STREAM"]["OPTIONS"]["stream_nmae"] = "ops"
+        c["RELAY"] = {"ON_COMMIT": "off", "BATCHSIZE": 10}
+
+    monkeypatch.setattr(conf, "_looked_up", False)  # a new process
+    with override_settings(DJANGO_MIRROR=config(bad)), caplog.at_level(logging.ERROR):
+        ada = Author.objects.create(name="Ada")
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "(django_mirror.E026)" in errors[0] and "'stream_name'" in errors[0]
+    assert "(django_mirror.E015)" in errors[1] and "'BATCH_SIZE'" in errors[1]
+    assert all(e.startswith("django-mirror is misconfigured:") for e in errors)
+    assert OutboxBatch.objects.filter(model="testapp.Author").count() == 1
+    assert Author.objects.get().pk == ada.pk
+
+
+@pytest.mark.django_db
+def test_the_first_write_logs_nothing_when_the_settings_are_valid(caplog, monkeypatch):
+    import logging
+
+    from django_mirror import conf
+    from tests.testapp.models import Author
+
+    monkeypatch.setattr(conf, "_looked_up", False)
+    with caplog.at_level(logging.WARNING, logger="django_mirror"):
+        Author.objects.create(name="Ada")
+    assert [r for r in caplog.records if r.name == "django_mirror"] == []
+
+
+def _mirroring_only(monkeypatch: pytest.MonkeyPatch, *mirrored: type[models.Model]) -> None:
+    """These models, defined in a test, as the mirrored ones (their app registry is not
+    the one ``DJANGO_MIRROR['MODELS']`` labels resolve in)."""
+    from django_mirror import conf
+
+    monkeypatch.setattr(conf, "mirrored_models", lambda: dict.fromkeys(mirrored))
+
+
+@isolate_apps("tests.testapp")
+def test_a_mirrored_model_with_python_level_on_delete_passes(monkeypatch):
+    """Django's collector runs CASCADE, SET_NULL and SET_DEFAULT, and capture sees it; on
+    Django 5.2 there is no other kind, so this is the whole check there."""
+    from django_mirror.checks import check_database_on_delete
+
+    class Shop(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+    class Item(models.Model):
+        shop = models.ForeignKey(Shop, models.CASCADE)
+        seller = models.ForeignKey(Shop, models.SET_NULL, null=True, related_name="+")
+        buyer = models.ForeignKey(Shop, models.SET_DEFAULT, default=1, related_name="+")
+
+        class Meta:
+            app_label = "testapp"
+
+    _mirroring_only(monkeypatch, Shop, Item)
+    assert check_database_on_delete() == []
+
+
+@pytest.mark.skipif(
+    not hasattr(models, "DB_CASCADE"), reason="database-level on_delete is new in Django 6.1"
+)
+@isolate_apps("tests.testapp")
+def test_a_mirrored_model_with_database_level_on_delete_is_an_error(monkeypatch):
+    """The database deletes or rewrites those rows itself: no collector, no signal, no
+    event. A child that is not mirrored loses nothing, whoever its parent is."""
+    from django_mirror.checks import check_database_on_delete
+
+    class Shop(models.Model):
+        class Meta:
+            app_label = "testapp"
+
+    class Item(models.Model):
+        shop = models.ForeignKey(Shop, models.DB_CASCADE)
+        seller = models.ForeignKey(Shop, models.DB_SET_NULL, null=True, related_name="+")
+        buyer = models.ForeignKey(Shop, models.DB_SET_DEFAULT, db_default=1, related_name="+")
+
+        class Meta:
+            app_label = "testapp"
+
+    class Note(models.Model):  # not mirrored
+        shop = models.ForeignKey(Shop, models.DB_CASCADE)
+
+        class Meta:
+            app_label = "testapp"
+
+    _mirroring_only(monkeypatch, Item)  # the parent need not be mirrored
+    errors = check_database_on_delete()
+    assert [(e.id, e.obj) for e in errors] == [
+        ("django_mirror.E027", Item._meta.get_field(name)) for name in ("shop", "seller", "buyer")
+    ]
+    assert all(e.is_serious() and "testapp.Item is mirrored" in e.msg for e in errors)
+    assert "on_delete=models.DB_CASCADE" in errors[0].msg and "delete its rows" in errors[0].msg
+    assert "rewrite its rows" in errors[1].msg and "captures no event" in errors[1].msg
+    assert [e.hint.split(":")[0] for e in errors] == [
+        "Use on_delete=models.CASCADE",
+        "Use on_delete=models.SET_NULL",
+        "Use on_delete=models.SET_DEFAULT",
+    ]
+    _mirroring_only(monkeypatch, Shop)  # a mirrored parent, children not mirrored
+    assert check_database_on_delete() == []
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"),
+    [
+        ((5, 1, 9, "final", 0), True),
+        ((5, 2, 0, "final", 0), False),
+        ((6, 1, 3, "final", 0), False),
+        ((6, 9, 0, "alpha", 0), False),
+        ((7, 0, 0, "alpha", 0), True),
+    ],
+)
+def test_a_django_version_outside_the_tested_range_is_warned_about(monkeypatch, version, warned):
+    import django
+
+    from django_mirror.checks import check_django_version
+
+    monkeypatch.setattr(django, "VERSION", version)
+    messages = check_django_version()
+    if not warned:
+        assert messages == []
+        return
+    (warning,) = messages
+    assert type(warning) is Warning and warning.id == "django_mirror.W007"
+    assert f"Django {django.get_version()} is outside" in warning.msg
+    assert ">=5.2,<7" in warning.msg
+
+
+def test_the_version_check_tests_what_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    from django_mirror.checks import TESTED_DJANGO
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    (django_requirement,) = [
+        Requirement(r) for r in project["project"]["dependencies"] if r.startswith("Django")
+    ]
+    low, high = TESTED_DJANGO
+    assert str(django_requirement.specifier) == f"<{high[0]},>={low[0]}.{low[1]}"
