@@ -443,12 +443,19 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
             "Django version saves rows in a way django-mirror cannot capture."
         )
 
+    # Where each is found: its position after ``self`` (Django passes them positionally)
+    # else its keyword, else its default; cheaper than binding the signature per save.
+    names = list(signature.parameters)[1:]
+    found = [
+        (names.index(name), name, signature.parameters[name].default)
+        for name in ("raw", "cls", "using", "update_fields")
+    ]
+
     @functools.wraps(original)
     def _save_table(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        call = signature.bind(self, *args, **kwargs)
-        call.apply_defaults()
         raw, cls, using, update_fields = (
-            call.arguments[name] for name in ("raw", "cls", "using", "update_fields")
+            args[index] if index < len(args) else kwargs.get(name, default)
+            for index, name, default in found
         )
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
