@@ -784,11 +784,16 @@ class DatabaseTarget(Target):
 
         The source sends a message per row; the target takes them in blocks, which saves
         a driver call per row (half the time of the stream).
+
+        ``COPY`` goes through psycopg's own cursors: Django's debug cursor (``DEBUG =
+        True``) takes no parameters for it. Their errors still become Django's.
         """
         with (
+            source.wrap_database_errors,
+            self.connection.wrap_database_errors,
             source.cursor() as read,
-            read.copy(f"COPY ({rows}) TO STDOUT (FORMAT BINARY)", params) as rows_out,
-            out.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as rows_in,
+            read.cursor.copy(f"COPY ({rows}) TO STDOUT (FORMAT BINARY)", params) as rows_out,
+            out.cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as rows_in,
         ):
             block = bytearray()
             for data in rows_out:
