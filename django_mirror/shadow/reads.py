@@ -153,7 +153,7 @@ class ShadowRead:
         with reporting.guarded("a shadow read re-check failed"):
             try:
                 source = compare.normalise(self.config, self.run_on(self.primary), self.ordered)
-                target = compare.normalise(self.config, self.run_on(self.secondary), self.ordered)
+                target = compare.normalise(self.config, self._run_limited(), self.ordered)
             except Exception as exc:
                 reporting.incr(self.metric("target_errors"), 1, self.label)
                 logger.info(
