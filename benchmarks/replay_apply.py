@@ -107,7 +107,6 @@ def run(db: str, quick: bool) -> Outcome:
     target = DatabaseTarget("new")
     conn = connections["new"]
     conn.ensure_connection()
-    target.relax_foreign_keys()  # Replay's session set-up, done once per connection.
     raw = conn.connection  # the driver's own connection: same session, same pragmas
     sql = upsert_sql(PlainFollow, conn.vendor, conn.ops.quote_name)
     made = {"ours": 0, "raw": 0}

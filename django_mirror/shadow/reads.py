@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
-from django.db import connections, models
+from django.db import models
 
-from django_mirror import capture, conf, lag, reporting
+from django_mirror import capture, conf, lag, reporting, scoped
 from django_mirror.diff import REDACTED
 from django_mirror.shadow import compare, scope
 from django_mirror.shadow.pool import get_pool
@@ -94,6 +94,14 @@ class ShadowRead:
             return qs.aggregate(*args, **kwargs)
         return list(qs)
 
+    def _run_limited(self) -> Any:
+        """``run_on`` the other store, which cancels the query at the timeout where it
+        can; the connection keeps no limit afterwards."""
+        if self.secondary is None:
+            return self.run_on(None)
+        with scoped.statement_time_limited(self.secondary, self._timeout()):
+            return self.run_on(self.secondary)
+
     def _timeout(self) -> float:
         return float(conf.get_settings().shadow["TIMEOUT"])
 
@@ -105,9 +113,7 @@ class ShadowRead:
                 return
             started = time.perf_counter()
             try:
-                if self.secondary is not None:
-                    limit_statement_time(self.secondary, self._timeout())
-                result = self.run_on(self.secondary)
+                result = self._run_limited()
             except Exception as exc:
                 # A statement the database cancelled at the timeout is a timeout.
                 late = time.perf_counter() - started >= self._timeout()
@@ -147,7 +153,7 @@ class ShadowRead:
         with reporting.guarded("a shadow read re-check failed"):
             try:
                 source = compare.normalise(self.config, self.run_on(self.primary), self.ordered)
-                target = compare.normalise(self.config, self.run_on(self.secondary), self.ordered)
+                target = compare.normalise(self.config, self._run_limited(), self.ordered)
             except Exception as exc:
                 reporting.incr(self.metric("target_errors"), 1, self.label)
                 logger.info(
@@ -262,29 +268,6 @@ class ShadowRead:
         ):
             return True  # values_list() of every field
         return any(name.split("__")[0] in hidden for name in fields)
-
-
-def limit_statement_time(alias: str, seconds: float) -> None:
-    """Ask the database to cancel a shadow query running past the timeout, once per
-    connection, where the database can (PostgreSQL, MariaDB, MySQL)."""
-    connection = connections[alias]
-    connection.ensure_connection()
-    if getattr(connection, "_mirror_timeout", None) is connection.connection:
-        return
-    statement = {
-        "postgresql": f"SET statement_timeout = {int(seconds * 1000)}",
-        "mysql": (
-            f"SET SESSION max_statement_time = {seconds:.3f}"
-            if connection.mysql_is_mariadb
-            else f"SET SESSION max_execution_time = {int(seconds * 1000)}"
-        )
-        if connection.vendor == "mysql"
-        else None,
-    }.get(connection.vendor)
-    if statement:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    connection._mirror_timeout = connection.connection  # type: ignore[attr-defined]
 
 
 def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:

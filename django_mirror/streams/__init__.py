@@ -11,7 +11,15 @@ from functools import cache
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
-from django_mirror.streams.base import Batch, PositionExpired, Record, Shard, Stream, StreamError
+from django_mirror.streams.base import (
+    Batch,
+    PositionExpired,
+    Record,
+    Shard,
+    Stream,
+    StreamError,
+    StreamNotFound,
+)
 from django_mirror.streams.kinesis import KinesisStream
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "Shard",
     "Stream",
     "StreamError",
+    "StreamNotFound",
     "get_stream",
 ]
 

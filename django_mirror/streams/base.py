@@ -9,6 +9,13 @@ class StreamError(RuntimeError):
     """The stream could not be reached or refused a request after retries."""
 
 
+class StreamNotFound(StreamError):
+    """The stream does not exist: no retry can help until it is created."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"stream {name!r} does not exist: run `manage.py mirror_setup`")
+
+
 class PositionExpired(StreamError):
     """A read position is too old to use; ask for a new one from the checkpoint."""
 

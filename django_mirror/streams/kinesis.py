@@ -8,7 +8,15 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from django_mirror.aws import AwsClient
-from django_mirror.streams.base import Batch, PositionExpired, Record, Shard, Stream, StreamError
+from django_mirror.streams.base import (
+    Batch,
+    PositionExpired,
+    Record,
+    Shard,
+    Stream,
+    StreamError,
+    StreamNotFound,
+)
 
 logger = logging.getLogger("django_mirror.streams")
 
@@ -23,6 +31,10 @@ RETRYABLE_CODES = {
     "ServiceUnavailable",
     "KMSThrottlingException",
 }
+
+
+#: The stream (or a shard) is missing: retrying cannot help.
+NOT_FOUND = "ResourceNotFoundException"
 
 
 class KinesisStream(Stream):
@@ -86,13 +98,24 @@ class KinesisStream(Stream):
         return calls
 
     def put(self, records: list[Record]) -> list[int]:
+        """Throttled records and requests are retried; what is still refused after the
+        last attempt is returned. A request that can never succeed (a missing stream, a
+        refused call), or a stream still unreachable at the last attempt, raises
+        ``StreamError`` instead, naming why."""
         pending = list(range(len(records)))
         for attempt in range(self.max_attempts):
             failed: list[int] = []
+            unreachable: BotoCoreError | None = None
             for call in self._requests(records, pending):
-                failed.extend(self._put_once(records, call))
+                try:
+                    failed.extend(self._put_once(records, call))
+                except BotoCoreError as exc:
+                    failed.extend(call)
+                    unreachable = exc
             if not failed:
                 return []
+            if unreachable is not None and attempt + 1 == self.max_attempts:
+                raise StreamError(f"kinesis put_records: {unreachable}") from unreachable
             logger.info(
                 "kinesis: %d of %d records not accepted, retrying", len(failed), len(pending)
             )
@@ -102,7 +125,7 @@ class KinesisStream(Stream):
         return pending
 
     def _put_once(self, records: list[Record], call: list[int]) -> list[int]:
-        """One PutRecords request; the indexes it did not deliver."""
+        """One PutRecords request; the indexes it did not deliver (throttled)."""
         try:
             response = self.client.put_records(
                 StreamName=self.name,
@@ -113,11 +136,10 @@ class KinesisStream(Stream):
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            if code == NOT_FOUND:
+                raise StreamNotFound(self.name) from exc
             if code not in RETRYABLE_CODES:
-                logger.warning("kinesis: PutRecords failed: %s", exc)
-            return call
-        except BotoCoreError as exc:
-            logger.warning("kinesis: PutRecords failed: %s", exc)
+                raise StreamError(f"kinesis put_records: {exc}") from exc
             return call
         if not response.get("FailedRecordCount"):
             return []
@@ -136,6 +158,8 @@ class KinesisStream(Stream):
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "ExpiredIteratorException":
                     raise PositionExpired(str(exc)) from exc
+                if code == NOT_FOUND and method == "list_shards":  # not a trimmed shard
+                    raise StreamNotFound(self.name) from exc
                 if code not in RETRYABLE_CODES or attempt + 1 == self.max_attempts:
                     raise StreamError(f"kinesis {method}: {exc}") from exc
             except BotoCoreError as exc:

@@ -10,25 +10,23 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-import logging
 import operator
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError, connections, models, transaction
+from django.db import DataError, IntegrityError, connections, models, transaction
 
-from django_mirror import conf, images
+from django_mirror import conf, images, scoped
 from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
 from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
 from django_mirror.locking import write_lock_first
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
-
-logger = logging.getLogger("django_mirror.targets")
 
 
 class UnknownModel(LookupError):
@@ -262,35 +260,12 @@ class DatabaseTarget(Target):
     def connected(self) -> bool:
         return self.connection.connection is not None
 
-    def relax_foreign_keys(self) -> None:
-        """Rows arrive in order per row, not across rows, so the target cannot check FKs.
-
-        Like any logical replication, replay turns the session's foreign-key checks
-        off; ``mirror_verify`` catches what a check would have.
-        """
-        conn = self.connection
-        conn.ensure_connection()
-        if not self.relaxes_foreign_keys:
-            return
-        if getattr(conn, "_mirror_fk_relaxed", None) is conn.connection or conn.in_atomic_block:
-            return
-        statement = {
-            "sqlite": "PRAGMA foreign_keys = OFF",
-            "mysql": "SET SESSION foreign_key_checks = 0",
-            "postgresql": "SET session_replication_role = replica",
-        }.get(conn.vendor)
-        if statement:
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute(statement)
-            except DatabaseError as exc:
-                logger.warning(
-                    "django-mirror: could not turn off foreign-key checks on %r (%s); rows "
-                    "referencing rows not yet replayed will fail and be retried",
-                    self.alias,
-                    exc,
-                )
-        conn._mirror_fk_relaxed = conn.connection
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A transaction on the target; replay's own (not ``live``) check no foreign keys
+        in it, and leave the connection's settings as they were once it ends."""
+        if self.relaxes_foreign_keys:
+            return scoped.foreign_keys_off(self.alias)
+        return transaction.atomic(using=self.alias)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -331,11 +306,10 @@ class DatabaseTarget(Target):
 
     def apply(self, events: Sequence[Event]) -> ApplyResult:
         """Apply a batch in one transaction; on failure, one event at a time to isolate it."""
-        self.relax_foreign_keys()
         latest = latest_per_row(events)
         result = ApplyResult(stale=len(events) - len(latest))
         try:
-            with transaction.atomic(using=self.alias):
+            with self._transaction():
                 applied, stale = self._apply(latest)
         except APPLY_ERRORS:
             for event in sorted(latest, key=lambda e: e.version):
@@ -351,7 +325,7 @@ class DatabaseTarget(Target):
         error: Exception | None = None
         for evict in (False, True):
             try:
-                with transaction.atomic(using=self.alias):
+                with self._transaction():
                     if evict and self._evict_unique_clashes(event):
                         result.stale += 1  # a newer row holds its unique value: superseded
                         return
@@ -687,17 +661,16 @@ class DatabaseTarget(Target):
         clashes with a unique value replay already applied changed in the source since
         it was read; its event is on its way, so it is skipped, not forced.
         """
-        self.relax_foreign_keys()
         result = CopyResult()
         try:
-            with transaction.atomic(using=self.alias):
+            with self._transaction():
                 self._copy(model, rows, result)
             return result
         except IntegrityError:
             result = CopyResult()
         for row in rows:
             try:
-                with transaction.atomic(using=self.alias):
+                with self._transaction():
                     self._copy(model, [row], result)
             except IntegrityError:
                 result.clashed += 1
@@ -764,9 +737,8 @@ class DatabaseTarget(Target):
         past = f"{pk} > %s" if after is not None else "true"
         params = [model._meta.pk.get_db_prep_value(after, source)] if after is not None else []
         rows = f"SELECT {columns} FROM {table} WHERE {past} ORDER BY {pk} LIMIT {int(limit)}"
-        self.relax_foreign_keys()
         try:
-            with transaction.atomic(using=self.alias), target.cursor() as out:
+            with self._transaction(), target.cursor() as out:
                 out.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
                 straight = self._holds_nothing_past(model, out, past, params)
                 into = table if straight else "mirror_copy_chunk"
@@ -812,11 +784,16 @@ class DatabaseTarget(Target):
 
         The source sends a message per row; the target takes them in blocks, which saves
         a driver call per row (half the time of the stream).
+
+        ``COPY`` goes through psycopg's own cursors: Django's debug cursor (``DEBUG =
+        True``) takes no parameters for it. Their errors still become Django's.
         """
         with (
+            source.wrap_database_errors,
+            self.connection.wrap_database_errors,
             source.cursor() as read,
-            read.copy(f"COPY ({rows}) TO STDOUT (FORMAT BINARY)", params) as rows_out,
-            out.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as rows_in,
+            read.cursor.copy(f"COPY ({rows}) TO STDOUT (FORMAT BINARY)", params) as rows_out,
+            out.cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as rows_in,
         ):
             block = bytearray()
             for data in rows_out:
@@ -865,12 +842,11 @@ class DatabaseTarget(Target):
         Versions replay applied are kept, so a newer event still wins and an older one is
         still skipped; rows without one get version 0, deleted ones a tombstone.
         """
-        self.relax_foreign_keys()
         label = model._meta.label_lower
         pk = model._meta.pk
         keys = [pk_text(value) for value in pks]
         live = {pk_text(row[pk.attname]) for row in rows}
-        with transaction.atomic(using=self.alias):
+        with self._transaction():
             held = self._versions(label, keys, lock=True)
             self._delete_rows(model, list(pks))
             self._insert_rows(model, [self._params(model, row) for row in rows])

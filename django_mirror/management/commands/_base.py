@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections
 
 from django_mirror import conf
+from django_mirror.streams import StreamError
 
 
 @contextmanager
@@ -34,6 +36,26 @@ def stopping_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 class MirrorCommand(BaseCommand):
     requires_system_checks = ["models"]
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        """What a user can cause or meet (a missing or unreachable stream, a database
+        that is down) ends as a ``CommandError`` of one line, never a traceback."""
+        try:
+            return super().execute(*args, **options)
+        except CommandError as exc:
+            failure: Exception = exc
+            returncode = exc.returncode
+        except (StreamError, DatabaseError) as exc:
+            failure, returncode = exc, 1
+        raise CommandError(" ".join(str(failure).split()), returncode=returncode) from failure
+
+    def database_alias(self, alias: str) -> str:
+        """A ``--database`` value that names a ``DATABASES`` alias, else a ``CommandError``."""
+        if alias not in connections:
+            raise CommandError(
+                f"unknown database {alias!r} (DATABASES has: {', '.join(connections)})"
+            )
+        return alias
 
     def add_models_argument(self, parser: CommandParser, verb: str) -> None:
         """Positional ``app_label.Model`` labels, as ``mirror_copy`` and ``mirror_verify`` take."""

@@ -28,7 +28,7 @@ class Command(MirrorCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        using = options["database"]
+        using = options["database"] and self.database_alias(options["database"])
         aliases = relay.outbox_aliases(using)
         if options["dry_run"]:
             backlog = relay.backlog(using)
