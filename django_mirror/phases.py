@@ -24,6 +24,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from django_mirror import conf, failures
+from django_mirror.background import ServiceThread
 
 if TYPE_CHECKING:
     from django_mirror.models import MirrorState
@@ -71,39 +72,24 @@ def refresh() -> bool:
     return True
 
 
-class Watcher:
+class Watcher(ServiceThread):
     """Re-reads the overrides every ``PHASES["REFRESH"]`` seconds on a thread of its own
     (``runtime`` starts it), from the first time a phase is asked for in this process."""
 
     name = "phase watcher"
+    thread_name = "django-mirror-phases"
 
     def __init__(self, needed: bool = False) -> None:
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
+        super().__init__()
         #: Set on the first phase lookup: before it, the database is not touched.
         self.needed = threading.Event()
         if needed:
             self.needed.set()
         self.loaded = threading.Event()
-        self.wake = threading.Event()
-        self.stopping = False
-
-    def start(self) -> None:
-        with self.lock:
-            if self.thread is not None and self.thread.is_alive():
-                return
-            self.stopping = False
-            self.thread = threading.Thread(
-                target=self._run, name="django-mirror-phases", daemon=True
-            )
-            self.thread.start()
 
     def stop(self, timeout: float) -> None:
-        self.stopping = True
-        self.needed.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        self.needed.set()  # a watcher never needed is waiting for this
+        super().stop(timeout)
 
     def after_fork(self) -> None:
         """A forked worker keeps the phases it inherited and goes on re-reading them."""

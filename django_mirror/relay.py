@@ -22,6 +22,7 @@ from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from django_mirror import conf, failures, reporting
+from django_mirror.background import ServiceThread
 from django_mirror.events import decode_value, encode_json, partition_key, pk_text
 from django_mirror.locking import write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
@@ -225,18 +226,16 @@ def backlog(using: str | None = None) -> int:
     return waiting
 
 
-class Shipper:
+class Shipper(ServiceThread):
     """The thread that ships right after commits (``RELAY["ON_COMMIT"] = "thread"``)
     without holding up the request; ``runtime`` starts it."""
 
     name = "relay shipper"
+    thread_name = "django-mirror-relay"
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
+        super().__init__()
         self.aliases: set[str] = set()
-        self.thread: threading.Thread | None = None
-        self.stopping = False
         self.idle = threading.Event()
         self.idle.set()
 
@@ -250,22 +249,6 @@ class Shipper:
         """Wait until every commit kicked so far has been shipped (or given up on), so
         whatever comes next (a test's teardown, a graceful shutdown) sees it done."""
         return self.idle.wait(timeout)
-
-    def start(self) -> None:
-        with self.lock:
-            if self.thread is not None and self.thread.is_alive():
-                return
-            self.stopping = False
-            self.thread = threading.Thread(
-                target=self._run, name="django-mirror-relay", daemon=True
-            )
-            self.thread.start()
-
-    def stop(self, timeout: float) -> None:
-        self.stopping = True
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
 
     def after_fork(self) -> None:
         """Commits of the parent are the parent's to ship."""

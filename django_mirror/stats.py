@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from django_mirror import conf, failures
+from django_mirror.background import ServiceThread
 
 logger = logging.getLogger("django_mirror.stats")
 
@@ -43,19 +43,17 @@ PROCESS = _process_name()
 _Key = tuple[str, dt.datetime]
 
 
-class _Recorder:
+class _Recorder(ServiceThread):
     name = "stats writer"
+    thread_name = "django-mirror-stats"
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        super().__init__()
         self.counts: dict[_Key, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.latency: dict[_Key, dict[str, dict[int, int]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(int))
         )
         self.dirty: set[_Key] = set()
-        self.thread: threading.Thread | None = None
-        self.wake = threading.Event()
-        self.stopping = False
         self.minute: tuple[int, bool, dt.datetime] | None = None
         self.writing = failures.RepeatedFailures(
             "stats", "the dashboard's figures could not be stored"
@@ -83,20 +81,6 @@ class _Recorder:
         with self.lock:
             self.latency[key][store][bucket] += 1
             self.dirty.add(key)
-
-    def start(self) -> None:
-        if self.thread is None or not self.thread.is_alive():
-            self.stopping = False
-            self.thread = threading.Thread(
-                target=self._run, name="django-mirror-stats", daemon=True
-            )
-            self.thread.start()
-
-    def stop(self, timeout: float) -> None:
-        self.stopping = True
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
 
     def after_fork(self) -> None:
         """A forked worker (gunicorn ``--preload``) starts with no figures and a name of

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
@@ -57,14 +55,6 @@ class Unchanged:
             # The test client leaves connections open between requests, as CONN_MAX_AGE.
             assert connections[alias].connection is raw, f"{alias}: another connection"
             assert session_settings(alias) == settings, alias
-
-
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def orphan_book_event(pk: int) -> bytes:

@@ -8,9 +8,7 @@ import json
 from io import StringIO
 from typing import Any
 
-import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connections
 from django.test import Client, override_settings
@@ -111,14 +109,6 @@ def test_bad_records_are_dead_lettered_and_replay_goes_on(kinesis: KinesisStream
     assert ShardCheckpoint.objects.get().sequence_number
     assert replay_json()["read"] == 0
     assert DeadLetter.objects.count() == len(bad) + 1
-
-
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @both_databases

@@ -40,6 +40,8 @@ APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, Value
 
 #: Backends with ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING``.
 UPSERT_VENDORS = ("postgresql", "sqlite")
+#: Django 6.1 renamed ``savepoint()`` (deprecated there) to ``savepoint_create()``.
+_savepoint_create = getattr(transaction, "savepoint_create", transaction.savepoint)
 
 #: Bytes of binary ``COPY`` data handed to the driver at once by the copy's fast path.
 COPY_BLOCK_BYTES = 128 * 1024
@@ -463,7 +465,7 @@ class DatabaseTarget(Target):
             (tombstone, [(e.key[1], e.version) for e in events])
             for tombstone, events in ((False, upserts), (True, deletes))
         ]
-        savepoint = transaction.savepoint(self.alias)
+        savepoint = _savepoint_create(self.alias)
         if self._claim_sqlite(label, groups, claim)[1] == len(upserts) + len(deletes):
             transaction.savepoint_commit(savepoint, self.alias)
             return {key for _, rows in groups for key, _ in rows}
