@@ -45,7 +45,7 @@ class RelayResult:
         self.failed_batches += other.failed_batches
         self.dead_letters += other.dead_letters
         self.kept.extend(other.kept)
-        self.held_elsewhere = other.held_elsewhere
+        self.held_elsewhere += other.held_elsewhere
 
 
 def _records(

@@ -114,6 +114,11 @@ DJANGO_MIRROR = {
     # RELAY and SHADOW as a new project has them: the relay thread ships after every
     # commit, the stats writer stores the dashboard's figures every 10 s.
     "REPLAY": {"IDLE_SLEEP": 0.01},
+    **(
+        {"RELAY": {"LEASE_SECONDS": float(os.environ["MIRROR_TEST_LEASE_SECONDS"])}}
+        if "MIRROR_TEST_LEASE_SECONDS" in os.environ  # a crash test's short lease
+        else {}
+    ),
     "MODELS": {
         "testapp.Author": MIRRORED,
         "testapp.Tag": MIRRORED,

@@ -38,9 +38,12 @@ def http_stream(moto_server: str) -> Iterator[KinesisStream]:
 class Command:
     """``python -m django <args>`` on this test run's databases and stream."""
 
-    def __init__(self, stream: KinesisStream, tmp_path: Path, *args: str) -> None:
+    def __init__(
+        self, stream: KinesisStream, tmp_path: Path, *args: str, **extra_env: str
+    ) -> None:
         env = {
             **os.environ,
+            **extra_env,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONPATH": str(ROOT),
             "MIRROR_TEST_USE_TEST_DB": "1",
@@ -169,7 +172,9 @@ def test_relay_killed_mid_way_loses_nothing(http_stream: KinesisStream, tmp_path
         Counter.objects.bulk_create([Counter(name=f"c{i}") for i in range(start, start + 10)])
     batches = OutboxBatch.objects.count()
     every_event = {event["id"] for batch in OutboxBatch.objects.all() for event in batch.events()}
-    shipper = Command(http_stream, tmp_path, "mirror_relay", "--batch-size", "2")
+    # The killed relay's claims hold for its lease; a short one keeps the test short.
+    lease = {"MIRROR_TEST_LEASE_SECONDS": "2"}
+    shipper = Command(http_stream, tmp_path, "mirror_relay", "--batch-size", "2", **lease)
     shipper.wait_until(lambda: OutboxBatch.objects.count() < batches)
     assert shipper.kill(signal.SIGKILL) == -signal.SIGKILL
     assert OutboxBatch.objects.exists(), "not killed mid-way"
@@ -181,7 +186,7 @@ def test_relay_killed_mid_way_loses_nothing(http_stream: KinesisStream, tmp_path
     }
     assert every_event == waiting | shipped
 
-    again = Command(http_stream, tmp_path, "mirror_relay", "--once")
+    again = Command(http_stream, tmp_path, "mirror_relay", "--once", **lease)
     assert again.finish() == 0, again.output()
     assert relay.backlog() == 0
     Replayer().run(until_caught_up=True)

@@ -60,7 +60,9 @@ class Command(MirrorCommand):
                 if result.batches and options["verbosity"] >= 2:
                     self.stdout.write(f"shipped {result.events} events in {result.batches} batches")
                 if result.batches == 0:
-                    if options["once"]:
+                    # --once drains: batches another relay holds are waited for, shipped
+                    # by it or, once a dead relay's lease runs out, claimed here.
+                    if options["once"] and not result.held_elsewhere:
                         break
                     time.sleep(options["interval"])
         remaining = relay.backlog(using)
