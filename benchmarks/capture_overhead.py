@@ -79,27 +79,15 @@ def run(db: str, quick: bool) -> Outcome:
         with transaction.atomic():
             type(objs[0]).objects.bulk_create(objs)
 
-    def measure(shipping: bool) -> tuple[list[list[float]], list[list[float]]]:
+    def measure(shipping: bool) -> list[list[list[float]]]:
+        """Seconds per round of each write, mirrored and unmirrored: [save, bulk]."""
         mode = "relay thread shipping" if shipping else "relay off"
-        log(f"capture ({mode}): save(), up to {rounds} rounds of {saves} saves per model")
-        save_times = interleaved(
-            [
-                (prepare(Follow, saves, shipping), timed_saves),
-                (prepare(PlainFollow, saves, shipping), timed_saves),
-            ],
-            rounds,
-            budget=budget,
-        )
-        log(f"capture ({mode}): bulk_create(), up to {rounds} rounds of {bulk_rows} rows")
-        bulk_times = interleaved(
-            [
-                (prepare(Follow, bulk_rows, shipping), timed_bulk),
-                (prepare(PlainFollow, bulk_rows, shipping), timed_bulk),
-            ],
-            rounds,
-            budget=budget,
-        )
-        return save_times, bulk_times
+        times = []
+        for write, size, timed in (("save()", saves, timed_saves), ("bulk", bulk_rows, timed_bulk)):
+            log(f"capture ({mode}): {write}, up to {rounds} rounds of {size} rows per model")
+            variants = [(prepare(model, size, shipping), timed) for model in (Follow, PlainFollow)]
+            times.append(interleaved(variants, rounds, budget=budget))
+        return times
 
     save_off, bulk_off = measure(shipping=False)
     take_outbox()

@@ -27,6 +27,9 @@ from tests.conftest import both_databases, drain_and_replay, in_thread
 from tests.testapp.models import Unmirrored
 from tests.testapp.repositories import INTERFACE, AlreadyFollowing, FollowStore
 
+#: These tests read, and some rewrite, the recorded calls in the outbox before shipping.
+pytestmark = pytest.mark.usefixtures("relay_off")
+
 
 def repositories(phase: str = "capture", **targets: str) -> override_settings:
     targets = targets or {"main": "tests.testapp.repositories.TargetFollows"}
