@@ -105,7 +105,9 @@ def run(db: str, quick: bool) -> Outcome:
             relay.drain()
             shipped = sum(1 for _ in stream_records(get_stream()))
     written = Follow.objects.count()
-    assert captured[0] + shipped == written, f"{shipped} events shipped, {written} rows"
+    assert captured[0] + shipped == written, (
+        f"{captured[0]} + {shipped} events, {written} rows, {OutboxBatch.objects.count()} batches left"
+    )
 
     outcome = Outcome()
     figures = [

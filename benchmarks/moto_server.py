@@ -14,11 +14,10 @@ from typing import Any
 
 def serve(ports: Any, stop: Any) -> None:
     """Child process: moto's threaded server on a free port until ``stop`` is set."""
-    from moto.server import ThreadedMotoServer
+    from django_mirror.testing import moto_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = moto_server()
     ports.put(server.get_host_and_port())
     stop.wait()
     server.stop()

@@ -16,9 +16,8 @@ from django.db import connections, models
 from django.test import override_settings
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
-from moto.server import ThreadedMotoServer
 
-from django_mirror import conf, relay, runtime
+from django_mirror import conf, relay, runtime, testing
 from django_mirror.replay import Replayer
 from django_mirror.streams import KinesisStream, get_stream
 
@@ -100,8 +99,7 @@ def background_threads_end_before_the_databases_go(django_db_setup: None) -> Ite
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's threaded server on 127.0.0.1, for boto3 over real HTTP (and subprocesses)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = testing.moto_server()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()

@@ -38,9 +38,7 @@ def http_stream(moto_server: str) -> Iterator[KinesisStream]:
 class Command:
     """``python -m django <args>`` on this test run's databases and stream."""
 
-    def __init__(
-        self, stream: KinesisStream, tmp_path: Path, *args: str, **extra_env: str
-    ) -> None:
+    def __init__(self, stream: KinesisStream, tmp_path: Path, *args: str, **extra_env: str) -> None:
         env = {
             **os.environ,
             **extra_env,

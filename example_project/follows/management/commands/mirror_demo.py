@@ -126,11 +126,10 @@ class Command(BaseCommand):
         options = mirror["STREAM"]["OPTIONS"]
         server = None
         if not options.get("endpoint_url"):
-            from moto.server import ThreadedMotoServer
+            from django_mirror.testing import moto_server
 
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            server.start()
+            server = moto_server()
             host, port = server.get_host_and_port()
             options["endpoint_url"] = f"http://{host}:{port}"
             where = "embedded moto server"

@@ -1,0 +1,36 @@
+"""For tests of a project that uses django-mirror: moto's server, made safe to ship to.
+
+moto's Kinesis numbers a record by scanning the shard's records: two ``PutRecords``
+handled at once (the relay thread and a ``mirror_relay`` of the same test, say) can
+get the same sequence number, and one record silently replaces the other. Real Kinesis
+never does that; a test that counts records must not see it either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class _OneRequestAtATime:
+    """A WSGI app that hands its requests to ``app`` one at a time."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        with self.lock:
+            return list(self.app(environ, start_response))
+
+
+def moto_server(ip_address: str = "127.0.0.1", port: int = 0) -> Any:
+    """A started ``moto.server.ThreadedMotoServer`` that handles one request at a time;
+    ``get_host_and_port()`` gives its address and ``stop()`` ends it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=ip_address, port=port, verbose=False)
+    server.start()
+    server._server.app = _OneRequestAtATime(server._server.app)
+    return server
