@@ -17,10 +17,9 @@ def serve(ports: Any, stop: Any) -> None:
     from django_mirror.testing import moto_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a log line per request
-    server = moto_server()
-    ports.put(server.get_host_and_port())
-    stop.wait()
-    server.stop()
+    with moto_server() as endpoint:
+        ports.put(endpoint)
+        stop.wait()
 
 
 @contextmanager
@@ -33,8 +32,7 @@ def moto_process() -> Iterator[tuple[str, int]]:
     child = context.Process(target=serve, args=(ports, stop), daemon=True)
     child.start()
     try:
-        host, port = ports.get(timeout=60)
-        yield f"http://{host}:{port}", child.pid
+        yield ports.get(timeout=60), child.pid
     finally:
         stop.set()
         child.join(10)

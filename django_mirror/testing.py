@@ -9,7 +9,8 @@ never does that; a test that counts records must not see it either.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -25,12 +26,18 @@ class _OneRequestAtATime:
             return list(self.app(environ, start_response))
 
 
-def moto_server(ip_address: str = "127.0.0.1", port: int = 0) -> Any:
-    """A started ``moto.server.ThreadedMotoServer`` that handles one request at a time;
-    ``get_host_and_port()`` gives its address and ``stop()`` ends it."""
+@contextmanager
+def moto_server(ip_address: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """moto's ``ThreadedMotoServer`` handling one request at a time, for the block; gives
+    its endpoint URL (``port`` 0: a free one)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address=ip_address, port=port, verbose=False)
     server.start()
-    server._server.app = _OneRequestAtATime(server._server.app)
-    return server
+    wsgi = server._server  # moto 5.0 has no get_host_and_port()
+    wsgi.app = _OneRequestAtATime(wsgi.app)
+    host, bound = wsgi.server_address[:2]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.stop()

@@ -99,10 +99,8 @@ def background_threads_end_before_the_databases_go(django_db_setup: None) -> Ite
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's threaded server on 127.0.0.1, for boto3 over real HTTP (and subprocesses)."""
-    server = testing.moto_server()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with testing.moto_server() as endpoint:
+        yield endpoint
 
 
 def in_thread(target: Callable[[], object], errors: list[BaseException]) -> threading.Thread:

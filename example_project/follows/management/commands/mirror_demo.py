@@ -11,6 +11,7 @@ channel differs, so it doubles as a smoke test.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -124,14 +125,12 @@ class Command(BaseCommand):
         """
         mirror = copy.deepcopy(settings.DJANGO_MIRROR)
         options = mirror["STREAM"]["OPTIONS"]
-        server = None
+        embedded = contextlib.ExitStack()  # the moto server, when one is started here
         if not options.get("endpoint_url"):
             from django_mirror.testing import moto_server
 
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-            server = moto_server()
-            host, port = server.get_host_and_port()
-            options["endpoint_url"] = f"http://{host}:{port}"
+            options["endpoint_url"] = embedded.enter_context(moto_server())
             where = "embedded moto server"
             for model_options in mirror["MODELS"].values():
                 target = model_options.get("target")
@@ -143,11 +142,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"stream {options['stream_name']!r} at {options['endpoint_url']} ({where})"
         )
-        try:
+        with embedded:
             yield mirror
-        finally:
-            if server is not None:
-                server.stop()
 
     @contextmanager
     def repository_table(self, mirror: dict[str, Any]) -> Iterator[dict[str, Any]]:
