@@ -97,7 +97,32 @@ def stock_run(
     return data
 
 
-ROW = "{:<11} {:>7} {:>7} {:>9} {:>9} {:>12} {:>8} {:>8} {:>8} {:>9}"
+HEADERS = (
+    "backend",
+    "tests",
+    "stock passed",
+    "mirrored passed",
+    "regressions",
+    "query-count only",
+    "events captured",
+    "stream records",
+    "stock s",
+    "mirrored s",
+)
+
+
+def table(rows: list[list[Any]]) -> str:
+    """A plain-text table, each column as wide as its widest cell."""
+    cells = [list(HEADERS), *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    return "\n".join(lines)
 
 
 def report(backend: str, stock: dict[str, Any], mirrored: dict[str, Any]) -> compare.Comparison:
@@ -155,26 +180,24 @@ def main(argv: list[str] | None = None) -> int:
             status = max(status, 1)
     print()
     print(
-        ROW.format(
-            "backend", "tests", "stock", "mirrored", "regress.", "query-count",
-            "events", "records", "stock s", "mirror s",
+        table(
+            [
+                [
+                    backend,
+                    len(stock["tests"]),
+                    compare.passed(stock),
+                    compare.passed(mirrored),
+                    len(result.regressions),
+                    len(result.query_counts),
+                    mirrored["events"],
+                    mirrored["records_on_stream"],
+                    stock.get("wall_seconds", "-"),
+                    mirrored["wall_seconds"],
+                ]
+                for backend, stock, mirrored, result in rows
+            ]
         )
-    )  # fmt: skip
-    for backend, stock, mirrored, result in rows:
-        print(
-            ROW.format(
-                backend,
-                len(stock["tests"]),
-                compare.passed(stock),
-                compare.passed(mirrored),
-                len(result.regressions),
-                len(result.query_counts),
-                mirrored["events"],
-                mirrored["records_on_stream"],
-                stock.get("wall_seconds", "-"),
-                mirrored["wall_seconds"],
-            )
-        )
+    )
     print(
         "\nstock/mirrored: tests passed; events: written to the outbox in the mirrored run "
         "(most rolled back with their test); records: put on the stream (committed writes)."

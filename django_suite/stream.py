@@ -8,6 +8,7 @@ on the stream are counted: the events of the writes that were committed.
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +35,8 @@ def moto_stream() -> Iterator[str]:
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: start from nothing.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
         _client(endpoint).create_stream(StreamName=NAME, ShardCount=1)
         yield endpoint
     finally:
