@@ -24,10 +24,9 @@ from django.db.models import signals
 from django.utils import timezone
 
 from django_mirror import conf, images, outbox, reporting
-from django_mirror.batching import chunks, keys_per_statement
+from django_mirror.batching import chunks, keys_per_statement, unique
 from django_mirror.events import (
     encode_column,
-    encode_value,
 )
 from django_mirror.locking import write_lock_first
 
@@ -141,7 +140,7 @@ def read_rows(
     model: type[models.Model], pks: Iterable[Any], using: str, lock: bool = False
 ) -> list[dict[str, Any]]:
     """Rows by primary key as ``{attname: value}`` the way the database holds them now."""
-    pk_list = list(dict.fromkeys(pks))
+    pk_list = unique(pks)
     if not pk_list:
         return []
     attnames = [f.attname for f in model._meta.concrete_fields]
@@ -163,6 +162,7 @@ class _Shape:
     fields: tuple[models.Field, ...]
     columns: tuple[str, ...]
     pk_attname: str
+    pk: models.Field
     #: How to image a whole-row save from its instance; None when it must be re-read.
     imager: images.Imager | None
 
@@ -179,6 +179,7 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
         fields=fields,
         columns=tuple(f.column for f in fields),
         pk_attname=model._meta.pk.attname,
+        pk=model._meta.pk,
         imager=images.plan(model, fields),
     )
 
@@ -231,8 +232,8 @@ def _record(
     if reread:
         for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
             image = [encode_column(f, values[f.attname]) for f in shape.fields]
-            upserts.append(["u", encode_value(values[pk_attname]), image])
-    deletes = [["d", encode_value(pk)] for pk in delete_pks]
+            upserts.append(["u", encode_column(shape.pk, values[pk_attname]), image])
+    deletes = [["d", encode_column(shape.pk, pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
     tx = _transaction(connection)
