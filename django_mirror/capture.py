@@ -147,7 +147,8 @@ def read_rows(
     lock = lock and connections[using].features.has_select_for_update
     rows: list[dict[str, Any]] = []
     for chunk in chunks(pk_list, keys_per_statement(using)):
-        qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).values(*attnames)
+        qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).order_by()
+        qs = qs.values(*attnames)
         if lock:
             qs = qs.select_for_update()
         rows.extend(qs)
@@ -351,7 +352,9 @@ def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: i
 
 
 def _on_m2m_changed(sender, instance, action, reverse, pk_set, using, **kw) -> None:  # type: ignore[no-untyped-def]
-    if active_config(sender, using) is None:
+    if active_config(sender, using) is None or connections[using].needs_rollback:
+        # A transaction already doomed (an earlier error in the caller's atomic block)
+        # commits nothing: query nothing, so Django raises what it raises without us.
         return
     if action in ("pre_add", "pre_remove", "pre_clear"):
         # SQLite: Django reads the rows present before it writes, and so do we.

@@ -133,6 +133,11 @@ class MirroredQuerySet(models.QuerySet):
             # every row the statement changed and no other.
             pks = _locked_pks(self, using)
             rows = 0
+            if not pks:
+                # Nothing matches: Django still compiles the statement (and refuses what
+                # the database cannot do), then runs none for an empty key list.
+                empty = self.using(using).filter(pk__in=[])
+                return super(MirroredQuerySet, empty).update(**kwargs)
             for chunk in chunks(pks, keys_per_statement(using)):
                 chunk_qs = self.using(using).filter(pk__in=chunk)
                 rows += super(MirroredQuerySet, chunk_qs).update(**kwargs)
@@ -257,7 +262,9 @@ def _locked_pks(queryset: models.QuerySet, using: str) -> list[Any]:
     matching = queryset.order_by()
     if len(query.alias_map) > 1 or query.annotations or query.distinct or query.group_by:
         plain = models.QuerySet(model=queryset.model, using=using)
-        matching = plain.filter(pk__in=matching.values("pk"))
+        # No ordering: a Meta.ordering across relations would join (outer joins, which
+        # FOR UPDATE refuses on PostgreSQL) for nothing.
+        matching = plain.filter(pk__in=matching.values("pk")).order_by()
     keys = matching.using(using).values_list("pk", flat=True)
     if connections[using].features.has_select_for_update:
         keys = keys.select_for_update()
