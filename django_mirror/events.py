@@ -105,6 +105,7 @@ _DECODERS: dict[str, Any] = {
     "$json": lambda value: value,
     "$list": lambda items: [decode_value(item) for item in items],
     "$field": lambda text: FieldText(text),
+    "$prep": lambda raw: FieldValue(decode_value(raw)),
 }
 
 
@@ -116,6 +117,28 @@ class FieldText(str):
     travel this way (``{"$field": text}``)."""
 
     __slots__ = ()
+
+
+class FieldValue:
+    """A value its field writes as a plain value (``get_prep_value()``) and reads back
+    with ``to_python()``, for a field with no text form (``{"$prep": value}``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FieldValue) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return f"FieldValue({self.value!r})"
 
 
 def decode_value(value: Any) -> Any:
@@ -136,8 +159,9 @@ def decode_value(value: Any) -> Any:
 
 def encode_column(field_: models.Field, value: Any) -> Any:
     """One column's value. JSON field contents travel verbatim under ``$json`` (as the
-    field's encoder writes them) so user keys never look like tags; a value no tag
-    covers travels as its field's own text (:class:`FieldText`)."""
+    field's encoder writes them) so user keys never look like tags; an array's items
+    each as its base field's value; a value no tag covers as its field's own text
+    (:class:`FieldText`), or else its field's plain value (:class:`FieldValue`)."""
     if value is not None and isinstance(field_, models.JSONField):
         encoder = getattr(field_, "encoder", None)
         if encoder is not None:  # what the database holds: the encoder's JSON
@@ -146,7 +170,14 @@ def encode_column(field_: models.Field, value: Any) -> Any:
     try:
         return encode_value(value)
     except TypeError:
+        pass
+    base = getattr(field_, "base_field", None)  # PostgreSQL's ArrayField
+    if isinstance(base, models.Field) and isinstance(value, (list, tuple)):
+        return {"$list": [encode_column(base, item) for item in value]}
+    try:
         return {"$field": field_text(field_, value)}
+    except TypeError:
+        return {"$prep": encode_value(field_prep(field_, value))}
 
 
 class _Holder:
@@ -172,10 +203,33 @@ def field_text(field_: models.Field, value: Any) -> str:
     return text
 
 
+def field_prep(field_: models.Field, value: Any) -> Any:
+    """``value`` as its field's plain value, checked to read back as the same plain value;
+    TypeError when it does not."""
+    try:
+        prep = field_.get_prep_value(value)
+        back = field_.get_prep_value(field_.to_python(prep))
+    except (ValidationError, TypeError, ValueError, ArithmeticError, AttributeError):
+        back = prep = None
+    if prep is None or back != prep:
+        raise TypeError(f"cannot encode {type(value).__name__} value of {field_} in a mirror event")
+    return prep
+
+
 def decode_column(field_: models.Field, raw: Any) -> Any:
     """One column's Python value from its encoded form (the inverse of ``encode_column``)."""
-    value = decode_value(raw)
-    return field_.to_python(value) if isinstance(value, FieldText) else value
+    return _from_field(field_, decode_value(raw))
+
+
+def _from_field(field_: models.Field, value: Any) -> Any:
+    if isinstance(value, FieldText):
+        return field_.to_python(value)
+    if isinstance(value, FieldValue):
+        return field_.to_python(value.value)
+    base = getattr(field_, "base_field", None)
+    if isinstance(base, models.Field) and isinstance(value, list):
+        return [_from_field(base, item) for item in value]
+    return value
 
 
 class _RowKey:

@@ -447,3 +447,42 @@ def test_json_with_a_custom_encoder_travels_as_the_database_holds_it():
 def test_unique_keeps_order_also_for_unhashable_values():
     assert unique([3, 1, 3, 2, 1]) == [3, 1, 2]
     assert unique([Team("a"), Team("b"), Team("a")]) == [Team("a"), Team("b")]
+
+
+class Tag:
+    """A value object with no text form of its own (as Django's postgres_tests)."""
+
+    def __init__(self, tag_id: int) -> None:
+        self.tag_id = tag_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tag) and other.tag_id == self.tag_id
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class TagField(models.SmallIntegerField):
+    def to_python(self, value: Any) -> Any:
+        return value if isinstance(value, Tag) or value is None else Tag(int(value))
+
+    def get_prep_value(self, value: Any) -> Any:
+        return value.tag_id
+
+
+def test_a_value_with_no_text_form_travels_as_its_fields_plain_value():
+    field = _field(TagField(), "tag")
+    encoded = encode_column(field, Tag(3))
+    assert encoded == {"$prep": 3}
+    assert decode_column(field, json.loads(encode_json(encoded))) == Tag(3)
+
+
+def test_array_items_travel_each_as_their_base_fields_value():
+    from django.contrib.postgres.fields import ArrayField
+
+    field = _field(ArrayField(TagField()), "tags")
+    encoded = encode_column(field, [Tag(1), Tag(2)])
+    assert encoded == {"$list": [{"$prep": 1}, {"$prep": 2}]}
+    assert decode_column(field, json.loads(encode_json(encoded))) == [Tag(1), Tag(2)]
+    assert encode_column(_field(ArrayField(models.IntegerField()), "n"), [1, 2]) == {
+        "$list": [1, 2]
+    }
