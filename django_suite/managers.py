@@ -36,7 +36,14 @@ def mirror_manager(manager: models.Manager) -> None:
 
 
 def mirror_managers(model: type[models.Model]) -> None:
-    """Every manager of ``model`` (its own and the inherited copies), in place."""
+    """Every manager of ``model``, in place: its own, the copies it inherited, and those
+    of its abstract bases, from which Django copies them again whenever the model's
+    ``_meta`` caches are expired."""
     opts = model._meta
-    for manager in [*opts.local_managers, *opts.managers]:
+    managers = [*opts.local_managers, *opts.managers]
+    for base in model.__mro__[1:]:
+        base_opts = getattr(base, "_meta", None)
+        if base_opts is not None and base_opts.abstract:
+            managers += base_opts.local_managers
+    for manager in managers:
         mirror_manager(manager)

@@ -39,6 +39,11 @@ class RecordingRunner(DiscoverRunner):
         if mirroring.enabled():
             self.refused = mirroring.prepare()
 
+    def run_checks(self, databases: Any) -> None:
+        if mirroring.enabled():  # again: test apps may have changed the registry since
+            self.refused.update(mirroring.prepare())
+        super().run_checks(databases)
+
     def get_resultclass(self) -> type:
         return RecordingResult
 

@@ -43,6 +43,5 @@ if MIRRORED:
         "SOURCE": "default",
         "MODELS": MODELS,
     }
-    DATABASE_ROUTERS = ["django_mirror.router.MirrorRouter"]
     bootstrap.install_app()
     bootstrap.mirror_every_model(MODELS, {"target": databases.TARGET_ALIAS, "phase": "capture"})
