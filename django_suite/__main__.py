@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for backend in backends:
         if backend == "postgresql" and not databases.postgres_reachable():
-            print(f"== postgresql: skipped, nothing answers on {databases.PG_HOST}:5432")
+            print(f"== postgresql: skipped, nothing answers on {databases.PG_HOST}:{databases.PG_PORT}")
             continue
         modules = args.modules or selection.modules(backend)
         try:
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((backend, stock, mirrored, result))
         if result.regressions:
             status = max(status, 1)
+    if not rows:
+        return status
     print()
     print(
         table(
