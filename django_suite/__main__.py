@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for backend in backends:
         if backend == "postgresql" and not databases.postgres_reachable():
-            print(f"== postgresql: skipped, nothing answers on {databases.PG_HOST}:{databases.PG_PORT}")
+            print(
+                f"== postgresql: skipped, nothing answers on {databases.PG_HOST}:{databases.PG_PORT}"
+            )
             continue
         modules = args.modules or selection.modules(backend)
         try:
