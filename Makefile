@@ -34,7 +34,7 @@ SQLITE_ENV := env -u DATABASE_URL -u TARGET_DATABASE_URL $(DJANGO_ENV)
 # $(call port_open,HOST,PORT): shell condition, true if a TCP connect succeeds within 1 s.
 port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), timeout=1).close()" 2>/dev/null
 
-.PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb test-oldest \
+.PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb test-oldest test-django \
         demo bench lint tox clean browser screenshot
 
 help:
@@ -42,6 +42,7 @@ help:
 	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
 	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
+	@echo "make test-django    Django's own tests, stock and with every model mirrored (SQLite, PostgreSQL)"
 	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
@@ -92,6 +93,7 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory test-postgres
 	@$(MAKE) --no-print-directory test-mariadb
 	@$(MAKE) --no-print-directory test-oldest
+	@$(MAKE) --no-print-directory test-django
 
 # Lint and "no missing migrations".
 check: $(STAMP)
@@ -133,6 +135,15 @@ test-oldest: $(STAMP)
 	else \
 	  echo "skipped: no python3.11 to run the oldest supported dependencies on"; \
 	fi
+
+# Django's own test suite (the installed version's sdist, from PyPI, cached in
+# .cache/django-suite) run stock and with every model mirrored in phase capture, on
+# SQLite and on PostgreSQL when it answers; fails on any test that passes stock only.
+# See docs/django-suite.md. E.g. `make test-django DJANGO_SUITE_ARGS="--backend sqlite"`.
+DJANGO_SUITE_ARGS ?=
+test-django: $(STAMP)
+	@echo "== Django's test suite, stock and mirrored"
+	$(PY) -m django_suite --parallel 2 $(DJANGO_SUITE_ARGS)
 
 # --- other tasks -----------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from django.db import connections
@@ -13,6 +13,20 @@ T = TypeVar("T")
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def unique(items: Iterable[T]) -> list[T]:
+    """``items`` without repeats, in order; also for unhashable values (a custom primary
+    key field's objects may define ``__eq__`` and no ``__hash__``)."""
+    items = list(items)
+    try:
+        return list(dict.fromkeys(items))
+    except TypeError:
+        kept: list[T] = []
+        for item in items:
+            if item not in kept:
+                kept.append(item)
+        return kept
 
 
 def keys_per_statement(using: str) -> int:

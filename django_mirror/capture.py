@@ -25,10 +25,9 @@ from django.db.models import signals
 from django.utils import timezone
 
 from django_mirror import conf, images, outbox, reporting
-from django_mirror.batching import chunks, keys_per_statement
+from django_mirror.batching import chunks, keys_per_statement, unique
 from django_mirror.events import (
     encode_column,
-    encode_value,
 )
 from django_mirror.locking import write_lock_first
 
@@ -142,14 +141,15 @@ def read_rows(
     model: type[models.Model], pks: Iterable[Any], using: str, lock: bool = False
 ) -> list[dict[str, Any]]:
     """Rows by primary key as ``{attname: value}`` the way the database holds them now."""
-    pk_list = list(dict.fromkeys(pks))
+    pk_list = unique(pks)
     if not pk_list:
         return []
     attnames = [f.attname for f in model._meta.concrete_fields]
     lock = lock and connections[using].features.has_select_for_update
     rows: list[dict[str, Any]] = []
     for chunk in chunks(pk_list, keys_per_statement(using)):
-        qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).values(*attnames)
+        qs = models.QuerySet(model=model, using=using).filter(pk__in=chunk).order_by()
+        qs = qs.values(*attnames)
         if lock:
             qs = qs.select_for_update()
         rows.extend(qs)
@@ -164,6 +164,7 @@ class _Shape:
     fields: tuple[models.Field, ...]
     columns: tuple[str, ...]
     pk_attname: str
+    pk: models.Field
     #: How to image a whole-row save from its instance; None when it must be re-read.
     imager: images.Imager | None
 
@@ -180,6 +181,7 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
         fields=fields,
         columns=tuple(f.column for f in fields),
         pk_attname=model._meta.pk.attname,
+        pk=model._meta.pk,
         imager=images.plan(model, fields),
     )
 
@@ -232,8 +234,8 @@ def _record(
     if reread:
         for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
             image = [encode_column(f, values[f.attname]) for f in shape.fields]
-            upserts.append(["u", encode_value(values[pk_attname]), image])
-    deletes = [["d", encode_value(pk)] for pk in delete_pks]
+            upserts.append(["u", encode_column(shape.pk, values[pk_attname]), image])
+    deletes = [["d", encode_column(shape.pk, pk)] for pk in delete_pks]
     if not upserts and not deletes:
         return
     tx = _transaction(connection)
@@ -351,7 +353,9 @@ def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: i
 
 
 def _on_m2m_changed(sender, instance, action, reverse, pk_set, using, **kw) -> None:  # type: ignore[no-untyped-def]
-    if active_config(sender, using) is None:
+    if active_config(sender, using) is None or connections[using].needs_rollback:
+        # A transaction already doomed (an earlier error in the caller's atomic block)
+        # commits nothing: query nothing, so Django raises what it raises without us.
         return
     if action in ("pre_add", "pre_remove", "pre_clear"):
         # SQLite: Django reads the rows present before it writes, and so do we.

@@ -18,6 +18,7 @@ from decimal import Decimal
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, overload
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 SCHEMA_VERSION = 1
@@ -103,7 +104,41 @@ _DECODERS: dict[str, Any] = {
     "$b64": lambda text: base64.b64decode(text, validate=True),
     "$json": lambda value: value,
     "$list": lambda items: [decode_value(item) for item in items],
+    "$field": lambda text: FieldText(text),
+    "$prep": lambda raw: FieldValue(decode_value(raw)),
 }
+
+
+class FieldText(str):
+    """A value only its field knows how to write as text, and to read back: the text of
+    ``field.value_to_string()``, turned back into the value by ``field.to_python()`` —
+    the round trip Django's serializers (``dumpdata``/``loaddata``) rely on. Custom
+    fields whose values are objects, ``HStoreField``, range fields and arrays of those
+    travel this way (``{"$field": text}``)."""
+
+    __slots__ = ()
+
+
+class FieldValue:
+    """A value its field writes as a plain value (``get_prep_value()``) and reads back
+    with ``to_python()``, for a field with no text form (``{"$prep": value}``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FieldValue) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return f"FieldValue({self.value!r})"
 
 
 def decode_value(value: Any) -> Any:
@@ -123,10 +158,78 @@ def decode_value(value: Any) -> Any:
 
 
 def encode_column(field_: models.Field, value: Any) -> Any:
-    """JSON field contents travel verbatim under ``$json`` so user keys never look like tags."""
+    """One column's value. JSON field contents travel verbatim under ``$json`` (as the
+    field's encoder writes them) so user keys never look like tags; an array's items
+    each as its base field's value; a value no tag covers as its field's own text
+    (:class:`FieldText`), or else its field's plain value (:class:`FieldValue`)."""
     if value is not None and isinstance(field_, models.JSONField):
+        encoder = getattr(field_, "encoder", None)
+        if encoder is not None:  # what the database holds: the encoder's JSON
+            value = json.loads(json.dumps(value, cls=encoder))
         return {"$json": value}
-    return encode_value(value)
+    try:
+        return encode_value(value)
+    except TypeError:
+        pass
+    base = getattr(field_, "base_field", None)  # PostgreSQL's ArrayField
+    if isinstance(base, models.Field) and isinstance(value, (list, tuple)):
+        return {"$list": [encode_column(base, item) for item in value]}
+    try:
+        return {"$field": field_text(field_, value)}
+    except TypeError:
+        return {"$prep": encode_value(field_prep(field_, value))}
+
+
+class _Holder:
+    """Stands for a model instance holding one value, for ``Field.value_to_string``."""
+
+    def __init__(self, attname: str, value: Any) -> None:
+        setattr(self, attname, value)
+
+
+def field_text(field_: models.Field, value: Any) -> str:
+    """``value`` as its field's serialization text, checked to read back as the same
+    text; TypeError when it does not (the field cannot carry its values this way)."""
+    text = field_.value_to_string(_Holder(field_.attname, value))
+    try:
+        back = field_.value_to_string(_Holder(field_.attname, field_.to_python(text)))
+    except (ValidationError, TypeError, ValueError, ArithmeticError):
+        back = None
+    if not isinstance(text, str) or back != text:
+        raise TypeError(
+            f"cannot encode {type(value).__name__} value of {field_} in a mirror event: "
+            "its field does not read back its own value_to_string() text"
+        )
+    return text
+
+
+def field_prep(field_: models.Field, value: Any) -> Any:
+    """``value`` as its field's plain value, checked to read back as the same plain value;
+    TypeError when it does not."""
+    try:
+        prep = field_.get_prep_value(value)
+        back = field_.get_prep_value(field_.to_python(prep))
+    except (ValidationError, TypeError, ValueError, ArithmeticError, AttributeError):
+        back = prep = None
+    if prep is None or back != prep:
+        raise TypeError(f"cannot encode {type(value).__name__} value of {field_} in a mirror event")
+    return prep
+
+
+def decode_column(field_: models.Field, raw: Any) -> Any:
+    """One column's Python value from its encoded form (the inverse of ``encode_column``)."""
+    return _from_field(field_, decode_value(raw))
+
+
+def _from_field(field_: models.Field, value: Any) -> Any:
+    if isinstance(value, FieldText):
+        return field_.to_python(value)
+    if isinstance(value, FieldValue):
+        return field_.to_python(value.value)
+    base = getattr(field_, "base_field", None)
+    if isinstance(base, models.Field) and isinstance(value, list):
+        return [_from_field(base, item) for item in value]
+    return value
 
 
 class _RowKey:
@@ -272,5 +375,5 @@ def decode_row(model: type[models.Model], row: dict[str, Any]) -> dict[str, Any]
         f = by_column.get(column)
         if f is None:
             raise EventDecodeError(f"{model._meta.label} has no column {column!r}")
-        values[f.attname] = decode_value(raw)
+        values[f.attname] = decode_column(f, raw)
     return values

@@ -135,11 +135,36 @@ _NORMALISERS: dict[type[models.Field], Normaliser] = {
 }
 
 
+#: Methods through which a field subclass could change what is written or read back.
+_CONVERSIONS = (
+    "from_db_value",
+    "to_python",
+    "get_prep_value",
+    "get_db_prep_value",
+    "get_db_prep_save",
+    "get_db_converters",
+    "get_internal_type",
+    "db_type",
+)
+
+
 def _normaliser(field: models.Field) -> Normaliser | None:
     if isinstance(field, models.ForeignKey):
         target = field.target_field
         return _normaliser(target) if not isinstance(target, models.ForeignKey) else None
-    return _NORMALISERS.get(type(field))
+    return _built_in_normaliser(type(field))
+
+
+@functools.cache
+def _built_in_normaliser(cls: type[models.Field]) -> Normaliser | None:
+    """The normaliser of ``cls``, or of the built-in field it subclasses when it changes
+    none of its conversions (``class CreatedField(DateTimeField)`` with a default)."""
+    for klass in cls.__mro__:
+        if klass in _NORMALISERS:
+            return _NORMALISERS[klass]
+        if any(name in vars(klass) for name in _CONVERSIONS):
+            return None
+    return None
 
 
 def passes_unchanged(field: models.Field) -> bool:

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.db.models.sql import UpdateQuery
 
 from django_mirror import capture
-from django_mirror.batching import chunks, keys_per_statement
+from django_mirror.batching import chunks, keys_per_statement, unique
 from django_mirror.locking import defers_write_lock
 from django_mirror.shadow import reads
 
@@ -133,6 +133,11 @@ class MirroredQuerySet(models.QuerySet):
             # every row the statement changed and no other.
             pks = _locked_pks(self, using)
             rows = 0
+            if not pks:
+                # Nothing matches: Django still compiles the statement (and refuses what
+                # the database cannot do), then runs none for an empty key list.
+                empty = self.using(using).filter(pk__in=[])
+                return super(MirroredQuerySet, empty).update(**kwargs)
             for chunk in chunks(pks, keys_per_statement(using)):
                 chunk_qs = self.using(using).filter(pk__in=chunk)
                 rows += super(MirroredQuerySet, chunk_qs).update(**kwargs)
@@ -145,6 +150,7 @@ class MirroredQuerySet(models.QuerySet):
         using = self._write_db()
         if capture.active_config(self.model, using) is None:
             return super().delete()
+        _check_delete(self)
         # Collector sends post_delete per row (capture listens, so nothing is
         # fast-deleted); batch() folds them into one outbox row per model.
         with capture.write_transaction(using, self.model), capture.batch(using):
@@ -232,6 +238,18 @@ def _check_update(queryset: models.QuerySet, kwargs: dict[str, Any]) -> None:
             raise FieldError(f"Cannot update when ordering by an aggregate: {annotation}")
 
 
+def _check_delete(queryset: models.QuerySet) -> None:
+    """Django's own checks of ``delete()``, made before our transaction opens: a refused
+    call raises what Django raises, without a query (not even in a ``SimpleTestCase``)."""
+    queryset._not_support_combined_queries("delete")
+    if queryset.query.is_sliced:
+        raise TypeError("Cannot use 'limit' or 'offset' with delete().")
+    if queryset.query.distinct_fields:
+        raise TypeError("Cannot call delete() after .distinct(*fields).")
+    if queryset._fields is not None:
+        raise TypeError("Cannot call delete() after .values() or .values_list()")
+
+
 def _locked_pks(queryset: models.QuerySet, using: str) -> list[Any]:
     """The keys of the rows ``queryset`` matches, locked where the database can.
 
@@ -244,11 +262,13 @@ def _locked_pks(queryset: models.QuerySet, using: str) -> list[Any]:
     matching = queryset.order_by()
     if len(query.alias_map) > 1 or query.annotations or query.distinct or query.group_by:
         plain = models.QuerySet(model=queryset.model, using=using)
-        matching = plain.filter(pk__in=matching.values("pk"))
+        # No ordering: a Meta.ordering across relations would join (outer joins, which
+        # FOR UPDATE refuses on PostgreSQL) for nothing.
+        matching = plain.filter(pk__in=matching.values("pk")).order_by()
     keys = matching.using(using).values_list("pk", flat=True)
     if connections[using].features.has_select_for_update:
         keys = keys.select_for_update()
-    return list(dict.fromkeys(keys))
+    return unique(keys)
 
 
 class MirroredManager(models.Manager.from_queryset(MirroredQuerySet)):  # type: ignore[misc]

@@ -294,9 +294,22 @@ def _ship_quietly(using: str) -> None:
         _shipping.succeeded()
 
 
+def _in_memory(using: str) -> bool:
+    connection = connections[using]
+    return connection.vendor == "sqlite" and connection.is_in_memory_db()
+
+
 def after_commit(using: str) -> None:
     """Start shipping the just-committed events, as ``RELAY["ON_COMMIT"]`` says."""
     mode = conf.get_settings().relay["ON_COMMIT"]
+    if mode == "thread" and _in_memory(using):
+        # An in-memory SQLite database (a test database) is shared by the threads of
+        # the process through a shared cache, where a table another connection uses is
+        # locked at once, without a timeout: the relay thread would make the app's own
+        # statements fail ("database table is locked"). Shipping in the app's thread
+        # would add statements to its connection. No other process can read such a
+        # database either: its outbox is shipped by relay.drain() when asked.
+        return
     if mode == "sync":
         _ship_quietly(using)
     elif mode == "thread":

@@ -12,18 +12,21 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import transaction
+from django.db import models, transaction
 from hypothesis import given
 from hypothesis import strategies as st
 
 from django_mirror import relay
+from django_mirror.batching import unique
 from django_mirror.events import (
     DELETE,
     UPSERT,
     Event,
     EventDecodeError,
+    decode_column,
     decode_row,
     decode_value,
+    encode_column,
     encode_json,
     encode_value,
 )
@@ -388,3 +391,101 @@ def test_event_json_is_what_json_dumps_writes(value: Any) -> None:
 def test_event_json_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
         encode_json({"when": dt.date(2024, 1, 1)})
+
+
+class Team:
+    """A value object only its field knows how to store (as Django's serializer tests)."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Team) and other.title == self.title
+
+    __hash__ = None  # type: ignore[assignment]  # like custom_pk's MyWrapper
+
+
+class TeamField(models.CharField):
+    def to_python(self, value: Any) -> Any:
+        return value if isinstance(value, Team) or value is None else Team(value)
+
+    def get_prep_value(self, value: Any) -> Any:
+        return None if value is None else value.title
+
+    def value_to_string(self, obj: Any) -> str:
+        return self.value_from_object(obj).title
+
+
+class UUIDEncoder(json.JSONEncoder):
+    def default(self, o: Any) -> Any:
+        return str(o) if isinstance(o, uuid.UUID) else super().default(o)
+
+
+def _field(field: models.Field, name: str) -> models.Field:
+    field.set_attributes_from_name(name)
+    return field
+
+
+def test_a_value_no_tag_covers_travels_as_its_fields_text():
+    field = _field(TeamField(max_length=20), "team")
+    encoded = encode_column(field, Team("Ajax"))
+    assert encoded == {"$field": "Ajax"}
+    wire = json.loads(encode_json(encoded))
+    assert decode_column(field, wire) == Team("Ajax")
+    assert decode_value(wire) == "Ajax"  # without the field: its text
+
+
+def test_a_value_its_field_cannot_write_as_text_is_refused():
+    field = _field(models.IntegerField(), "n")
+    with pytest.raises(TypeError, match="cannot encode"):
+        encode_column(field, object())
+
+
+def test_json_with_a_custom_encoder_travels_as_the_database_holds_it():
+    field = _field(models.JSONField(encoder=UUIDEncoder), "doc")
+    key = uuid.UUID(int=7)
+    assert encode_column(field, {"id": key}) == {"$json": {"id": str(key)}}
+
+
+def test_unique_keeps_order_also_for_unhashable_values():
+    assert unique([3, 1, 3, 2, 1]) == [3, 1, 2]
+    assert unique([Team("a"), Team("b"), Team("a")]) == [Team("a"), Team("b")]
+
+
+class Tag:
+    """A value object with no text form of its own (as Django's postgres_tests)."""
+
+    def __init__(self, tag_id: int) -> None:
+        self.tag_id = tag_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tag) and other.tag_id == self.tag_id
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class TagField(models.SmallIntegerField):
+    def to_python(self, value: Any) -> Any:
+        return value if isinstance(value, Tag) or value is None else Tag(int(value))
+
+    def get_prep_value(self, value: Any) -> Any:
+        return value.tag_id
+
+
+def test_a_value_with_no_text_form_travels_as_its_fields_plain_value():
+    field = _field(TagField(), "tag")
+    encoded = encode_column(field, Tag(3))
+    assert encoded == {"$prep": 3}
+    assert decode_column(field, json.loads(encode_json(encoded))) == Tag(3)
+
+
+def test_array_items_travel_each_as_their_base_fields_value():
+    from django.contrib.postgres.fields import ArrayField
+
+    field = _field(ArrayField(TagField()), "tags")
+    encoded = encode_column(field, [Tag(1), Tag(2)])
+    assert encoded == {"$list": [{"$prep": 1}, {"$prep": 2}]}
+    assert decode_column(field, json.loads(encode_json(encoded))) == [Tag(1), Tag(2)]
+    assert encode_column(_field(ArrayField(models.IntegerField()), "n"), [1, 2]) == {
+        "$list": [1, 2]
+    }

@@ -23,7 +23,15 @@ from django.db import DataError, IntegrityError, connections, models, transactio
 
 from django_mirror import conf, images, scoped
 from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
-from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, decode_value, pk_text
+from django_mirror.events import (
+    UPSERT,
+    Event,
+    EventDecodeError,
+    decode_column,
+    decode_row,
+    decode_value,
+    pk_text,
+)
 from django_mirror.locking import write_lock_first
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
@@ -209,8 +217,8 @@ def _utc_texts(values: Sequence[Any]) -> list[Any] | None:
     return [None if value is None else next(rest) for value in values]
 
 
-def _decoded_prepared(prepare: Callable[[Any], Any], raw: Any) -> Any:
-    value = decode_value(raw)
+def _decoded_prepared(prepare: Callable[[Any], Any], field: models.Field, raw: Any) -> Any:
+    value = decode_column(field, raw)
     return None if value is None else prepare(value)
 
 
@@ -239,7 +247,7 @@ def _column(field: models.Field, connection: Any) -> _Column:
         field.column,
         prepare,
         field.get_default,
-        None if prepare is None else functools.partial(_decoded_prepared, prepare),
+        None if prepare is None else functools.partial(_decoded_prepared, prepare, field),
         load_all,
     )
 
