@@ -28,8 +28,30 @@ SUPPORTED_PK_TYPES = (
     models.CharField,
     models.UUIDField,
 )
+#: Longest key text the version and dead-letter tables hold (``RowVersion.pk_value``).
+MAX_PK_TEXT = 255
 MODEL_OPTIONS = set(conf.DEFAULT_MODEL)
 RELAY_MODES = ("thread", "sync", "off")
+
+
+def _pk_refusal(model: type[models.Model]) -> str | None:
+    """Why the model's primary key cannot key its rows' events and versions, if it
+    cannot: every store must find a row by one exact text of its key."""
+    pk = model._meta.pk
+    if getattr(model._meta, "pk_fields", [pk]) != [pk]:
+        return "a composite key has no single text that events and versions are keyed by"
+    if pk.remote_field is not None:
+        return (
+            "a multi-table child's key is its parent's row; its row spans two tables that "
+            "are captured apart (mirror the parent: it is captured when a child is saved)"
+        )
+    if isinstance(pk, (models.DecimalField, models.FloatField)):
+        return "one number has several texts (1.0, 1.00) or none exact, so no exact key"
+    if not isinstance(pk, SUPPORTED_PK_TYPES):
+        return "events key rows by integer, char and UUID values only"
+    if isinstance(pk, models.CharField) and not (pk.max_length or 0) <= MAX_PK_TEXT:
+        return f"its values may be longer than the {MAX_PK_TEXT} characters a version holds"
+    return None
 
 
 def _importable(path: Any) -> bool:
@@ -270,12 +292,14 @@ def _check_model(label: str, opts: Any, source: str) -> list[Any]:
                 id="django_mirror.E011",
             )
         )
-    pk = model._meta.pk
-    if getattr(model._meta, "pk_fields", [pk]) != [pk] or not isinstance(pk, SUPPORTED_PK_TYPES):
+    refused = _pk_refusal(model)
+    if refused:
         errors.append(
             Error(
-                f"{label} has a primary key of type {type(pk).__name__}, which cannot be mirrored.",
-                hint="Supported: integer, char and UUID primary keys on a single field.",
+                f"{label} has a primary key of type {type(model._meta.pk).__name__}, which "
+                f"cannot be mirrored: {refused}.",
+                hint="Supported: integer, char (up to 255 characters) and UUID primary keys "
+                "on a single field; see docs/settings.md, 'Primary keys'.",
                 obj=model,
                 id="django_mirror.E012",
             )

@@ -560,3 +560,39 @@ def test_the_version_check_tests_what_pyproject_declares():
     ]
     low, high = TESTED_DJANGO
     assert str(django_requirement.specifier) == f"<{high[0]},>={low[0]}.{low[1]}"
+
+
+@isolate_apps("tests.testapp")
+def test_each_refused_primary_key_says_why():
+    """E012 names the reason a key cannot key events, so the docs' explanation is found
+    from the message; the keys it supports pass."""
+    from django_mirror.checks import _pk_refusal
+
+    def model(name: str, base: type[models.Model] = models.Model, **fields: Any) -> Any:
+        meta = type("Meta", (), {"app_label": "testapp"})
+        return type(name, (base,), {"__module__": __name__, "Meta": meta, **fields})
+
+    parent = model("Parent")
+    child = model("Child", parent)
+    refused = {
+        child: "multi-table child",
+        model(
+            "Price", id=models.DecimalField(primary_key=True, max_digits=5, decimal_places=2)
+        ): "several texts",
+        model("Ratio", id=models.FloatField(primary_key=True)): "several texts",
+        model("Day", id=models.DateField(primary_key=True)): "integer, char and UUID values only",
+        model("Essay", id=models.TextField(primary_key=True)): "integer, char and UUID values only",
+        model("Slug", id=models.CharField(primary_key=True, max_length=300)): "255 characters",
+    }
+    if hasattr(models, "CompositePrimaryKey"):
+        pair = {"a": models.IntegerField(), "b": models.IntegerField()}
+        refused[model("Pair", pk=models.CompositePrimaryKey("a", "b"), **pair)] = "composite"
+    for refused_model, reason in refused.items():
+        assert reason in (_pk_refusal(refused_model) or ""), refused_model
+    for supported in (
+        parent,
+        model("Code", id=models.CharField(primary_key=True, max_length=255)),
+        model("Token", id=models.UUIDField(primary_key=True)),
+        model("Small", id=models.SmallAutoField(primary_key=True)),
+    ):
+        assert _pk_refusal(supported) is None, supported
