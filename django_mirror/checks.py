@@ -17,6 +17,7 @@ from django.db.models import deletion
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
+from django_mirror.events import encode_column
 
 logger = logging.getLogger("django_mirror")
 
@@ -589,6 +590,39 @@ def check_database_on_delete(app_configs: Any = None, **kwargs: Any) -> list[Any
 #: The Django releases the test suite runs on, ``[lowest, past the highest)``: the range
 #: pyproject.toml declares (tests/test_packaging.py keeps the two equal).
 TESTED_DJANGO = ((5, 2), (7, 0))
+
+
+@register(Tags.models, "django_mirror")
+def check_field_values(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """A field whose values capture cannot carry would refuse every write of its model:
+    found here, by its default value, rather than at the first ``save()``. (A field
+    without a default is found at its first write, which capture refuses.)"""
+    errors = []
+    for model in conf.mirrored_models():
+        config = conf.model_config(model)
+        excluded = set(config.exclude_fields if config else ())
+        for field in model._meta.concrete_fields:
+            if not field.has_default() or {field.name, field.attname} & excluded:
+                continue
+            try:
+                default = field.get_default()
+                if default is not None:
+                    encode_column(field, default)
+            except TypeError as exc:
+                errors.append(
+                    Error(
+                        f"{model._meta.label}.{field.name} is mirrored, but its values cannot "
+                        f"be carried in an event ({exc}): every write of the model would fail.",
+                        hint=f"Add {field.name!r} to the model's exclude_fields, or give "
+                        f"{type(field).__name__} a value_to_string() that to_python() reads "
+                        "back (as Django's serializers need).",
+                        obj=field,
+                        id="django_mirror.E028",
+                    )
+                )
+            except Exception:  # a default that cannot be made here is not ours to judge
+                continue
+    return errors
 
 
 @register(Tags.compatibility, "django_mirror")

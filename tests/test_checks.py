@@ -596,3 +596,35 @@ def test_each_refused_primary_key_says_why():
         model("Small", id=models.SmallAutoField(primary_key=True)),
     ):
         assert _pk_refusal(supported) is None, supported
+
+
+class _Opaque:
+    """A value with no JSON form, no text a field reads back and no plain value."""
+
+
+class _OpaqueField(models.Field):
+    def get_internal_type(self) -> str:
+        return "TextField"
+
+    def to_python(self, value: Any) -> Any:
+        return value if isinstance(value, _Opaque) else _Opaque()
+
+    def get_prep_value(self, value: Any) -> Any:
+        return _Opaque()
+
+
+@isolate_apps("tests.testapp")
+def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
+    from django_mirror.checks import check_field_values
+
+    class Blob(models.Model):
+        opaque = _OpaqueField(default=_Opaque)
+        name = models.CharField(max_length=10, default="x")
+
+        class Meta:
+            app_label = "testapp"
+
+    _mirroring_only(monkeypatch, Blob)
+    (error,) = check_field_values()
+    assert error.id == "django_mirror.E028" and error.obj is Blob._meta.get_field("opaque")
+    assert "'opaque'" in error.hint and "exclude_fields" in error.hint
