@@ -85,13 +85,14 @@ mysql-extra:
 
 # --- tests ---------------------------------------------------------------------
 
-# Stops at the first failing step.
+# Stops at the first failing step. The PostgreSQL and MariaDB passes run side by side
+# (their own servers and file names; many of their tests wait on threads and
+# subprocesses), each pass's output printed whole when it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory test-sqlite
-	@$(MAKE) --no-print-directory test-postgres
-	@$(MAKE) --no-print-directory test-mariadb
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-mariadb
 	@$(MAKE) --no-print-directory test-oldest
 	@$(MAKE) --no-print-directory test-django
 
