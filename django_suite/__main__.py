@@ -23,6 +23,8 @@ RESULTS = sdist.CACHE / "results"
 STOCK_CACHE = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "django-mirror" / "suite"
 )
+#: The harness modules a stock run executes: a change to one invalidates saved stock runs.
+STOCK_CODE = ("settings.py", "databases.py", "runner.py", "outcomes.py")
 PHASES = {"capture": ("capture",), "mirror": ("mirror",), "both": ("capture", "mirror")}
 
 
@@ -90,8 +92,8 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], out: Any, verbose: 
 
 def stock_key(backend: str, modules: list[str]) -> str:
     """What a stock run's outcome depends on: Django, Python, the backend, the modules
-    and the harness's own code (its settings and runner)."""
-    harness = sorted(Path(__file__).parent.glob("*.py"))
+    and the harness code a stock run uses (``STOCK_CODE``)."""
+    harness = [Path(__file__).with_name(name) for name in STOCK_CODE]
     parts = [
         sdist.installed_version(),
         sys.version,

@@ -39,13 +39,11 @@ class RecordingRunner(DiscoverRunner):
         if mirroring.enabled():
             self.refused = mirroring.prepare()
 
-    def get_databases(self, suite: Any) -> set[str]:
+    def get_databases(self, suite: Any) -> dict[str, bool]:
         """In phase ``mirror``, every test may also use the target (see ``mirroring``)."""
-        databases = super().get_databases(suite)
         if mirroring.shadowing():
             mirroring.add_target(suite)
-            databases = {*databases, mirroring.TARGET_ALIAS}
-        return databases
+        return super().get_databases(suite)
 
     def run_checks(self, databases: Any) -> None:
         if mirroring.enabled():  # again: test apps may have changed the registry since
