@@ -42,7 +42,7 @@ help:
 	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
 	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
-	@echo "make test-django    Django's own tests, stock and with every model mirrored (SQLite, PostgreSQL)"
+	@echo "make test-django    Django's own tests, stock and mirrored in phases capture and mirror (SQLite, PostgreSQL)"
 	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
@@ -138,13 +138,15 @@ test-oldest: $(STAMP)
 	fi
 
 # Django's own test suite (the installed version's sdist, from PyPI, cached in
-# .cache/django-suite) run stock and with every model mirrored in phase capture, on
-# SQLite and on PostgreSQL when it answers; fails on any test that passes stock only.
-# See docs/django-suite.md. E.g. `make test-django DJANGO_SUITE_ARGS="--backend sqlite"`.
+# .cache/django-suite) run stock and with every model mirrored in phase capture, then in
+# phase mirror, on SQLite and on PostgreSQL when it answers; fails on any test that
+# passes stock only. The stock run is reused from ~/.cache/django-mirror/suite while
+# Django, Python, the selection and the harness are unchanged. See docs/django-suite.md.
+# E.g. `make test-django DJANGO_SUITE_ARGS="--backend sqlite --phase mirror"`.
 DJANGO_SUITE_ARGS ?=
 test-django: $(STAMP)
 	@echo "== Django's test suite, stock and mirrored"
-	$(PY) -m django_suite --parallel 2 $(DJANGO_SUITE_ARGS)
+	$(PY) -m django_suite --parallel 2 --phase both --reuse-stock $(DJANGO_SUITE_ARGS)
 
 # --- other tasks -----------------------------------------------------------------
 

@@ -40,7 +40,17 @@ def _process_name() -> str:
 #: This process's name in ``MetricWindow`` rows; renewed in a forked child.
 PROCESS = _process_name()
 
-_Key = tuple[str, dt.datetime]
+#: A model and a minute, counted from the epoch: a figure taken while ``USE_TZ`` was on
+#: and one taken while it was off land in the same window, written as the setting is then.
+_Key = tuple[str, int]
+#: Minutes a window is kept in memory after it was last written.
+KEPT_MINUTES = 5
+
+
+def minute_start(number: int) -> dt.datetime:
+    """The start of minute ``number`` as ``timezone.now()`` would give it now (aware
+    with ``USE_TZ``, naive local time without)."""
+    return dt.datetime.fromtimestamp(number * 60, dt.UTC if settings.USE_TZ else None)
 
 
 class _Recorder(ServiceThread):
@@ -54,20 +64,13 @@ class _Recorder(ServiceThread):
             lambda: defaultdict(lambda: defaultdict(int))
         )
         self.dirty: set[_Key] = set()
-        self.minute: tuple[int, bool, dt.datetime] | None = None
         self.writing = failures.RepeatedFailures(
             "stats", "the dashboard's figures could not be stored"
         )
 
     def key(self, model: str) -> _Key:
-        """The model and the current minute, as ``timezone.now()`` gives it (made once a
-        minute: this runs on every committed write)."""
-        number, use_tz = int(time.time() // 60), settings.USE_TZ
-        cached = self.minute
-        if cached is None or cached[:2] != (number, use_tz):
-            start = dt.datetime.fromtimestamp(number * 60, dt.UTC if use_tz else None)
-            self.minute = cached = (number, use_tz, start)
-        return model, cached[2]
+        """The model and the current minute (this runs on every committed write)."""
+        return model, int(time.time() // 60)
 
     def add(self, model: str, name: str, count: int) -> None:
         key = self.key(model)
@@ -115,8 +118,8 @@ class _Recorder(ServiceThread):
                 )
                 for key in keys
             }
-            now = timezone.now().replace(second=0, microsecond=0)
-            for stale in [k for k in self.counts if k[1] < now - dt.timedelta(minutes=5)]:
+            oldest = int(time.time() // 60) - KEPT_MINUTES
+            for stale in [k for k in self.counts if k[1] < oldest]:
                 self.counts.pop(stale, None)
                 self.latency.pop(stale, None)
         if not rows:
@@ -128,7 +131,11 @@ class _Recorder(ServiceThread):
             MetricWindow.objects.using(using).bulk_create(
                 [
                     MetricWindow(
-                        model=model, minute=minute, process=PROCESS, counts=counts, latency=latency
+                        model=model,
+                        minute=minute_start(minute),
+                        process=PROCESS,
+                        counts=counts,
+                        latency=latency,
                     )
                     for (model, minute), (counts, latency) in rows.items()
                 ],

@@ -20,6 +20,12 @@ from django_suite import compare, databases, sdist, selection, stream
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = sdist.CACHE / "results"
+STOCK_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "django-mirror" / "suite"
+)
+#: The harness modules a stock run executes: a change to one invalidates saved stock runs.
+STOCK_CODE = ("settings.py", "databases.py", "runner.py", "outcomes.py")
+PHASES = {"capture": ("capture",), "mirror": ("mirror",), "both": ("capture", "mirror")}
 
 
 class RunFailed(RuntimeError):
@@ -27,11 +33,12 @@ class RunFailed(RuntimeError):
 
 
 def run_tests(
-    backend: str, mirrored: bool, modules: list[str], parallel: int, verbose: bool
+    backend: str, phase: str, modules: list[str], parallel: int, verbose: bool
 ) -> dict[str, Any]:
-    """One ``runtests.py`` run; its output goes to a log file beside its results."""
+    """One ``runtests.py`` run, stock (``phase`` "") or with every model mirrored in
+    ``phase``; its output goes to a log file beside its results."""
     tests = sdist.tests_dir()
-    name = f"{backend}-{'mirrored' if mirrored else 'stock'}"
+    name = f"{backend}-{phase or 'stock'}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     results, log = RESULTS / f"{name}.json", RESULTS / f"{name}.log"
     results.unlink(missing_ok=True)
@@ -39,7 +46,7 @@ def run_tests(
     env.update(
         PYTHONPATH=str(ROOT),
         DJANGO_SUITE_BACKEND=backend,
-        DJANGO_SUITE_MIRRORED="1" if mirrored else "0",
+        DJANGO_SUITE_PHASE=phase,
         DJANGO_SUITE_RESULTS=str(results),
     )
     command = [
@@ -53,7 +60,7 @@ def run_tests(
     print(f"== {name}: {len(modules)} modules, --parallel={parallel}, log {log}", flush=True)
     started = time.monotonic()
     with log.open("w") as out:
-        if mirrored:
+        if phase:
             with stream.moto_stream() as endpoint:
                 env["DJANGO_SUITE_STREAM_ENDPOINT"] = endpoint
                 _run(command, tests, env, out, verbose)
@@ -83,22 +90,41 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], out: Any, verbose: 
             sys.stdout.write(line)
 
 
+def stock_key(backend: str, modules: list[str]) -> str:
+    """What a stock run's outcome depends on: Django, Python, the backend, the modules
+    and the harness code a stock run uses (``STOCK_CODE``)."""
+    harness = [Path(__file__).with_name(name) for name in STOCK_CODE]
+    parts = [
+        sdist.installed_version(),
+        sys.version,
+        backend,
+        modules,
+        [hashlib.sha256(path.read_bytes()).hexdigest() for path in harness],
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def stock_run(
     backend: str, modules: list[str], parallel: int, verbose: bool, reuse: bool
 ) -> dict[str, Any]:
-    """The stock run, or with ``reuse`` a saved one of the same Django and modules."""
-    key = hashlib.sha256(json.dumps([sdist.installed_version(), modules]).encode()).hexdigest()
-    saved = RESULTS / f"{backend}-stock-{key[:12]}.json"
+    """The stock run, or with ``reuse`` a saved one of the same ``stock_key``.
+
+    Saved in the user's cache (``~/.cache``), not the checkout's, so CI runs on the
+    same machine share it: a stock run only changes with Django or the harness.
+    """
+    saved = STOCK_CACHE / f"{backend}-stock-{stock_key(backend, modules)}.json"
     if reuse and saved.exists():
         print(f"== {backend}-stock: reusing {saved}")
         return json.loads(saved.read_text())
-    data = run_tests(backend, False, modules, parallel, verbose)
+    data = run_tests(backend, "", modules, parallel, verbose)
+    STOCK_CACHE.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(data))
     return data
 
 
 HEADERS = (
     "backend",
+    "phase",
     "tests",
     "stock passed",
     "mirrored passed",
@@ -107,6 +133,9 @@ HEADERS = (
     "query-count only",
     "events captured",
     "stream records",
+    "shadow reads",
+    "read mismatches",
+    "live writes",
     "stock s",
     "mirrored s",
 )
@@ -126,8 +155,11 @@ def table(rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(backend: str, stock: dict[str, Any], mirrored: dict[str, Any]) -> compare.Comparison:
+def report(
+    backend: str, phase: str, stock: dict[str, Any], mirrored: dict[str, Any]
+) -> compare.Comparison:
     result = compare.compare(stock, mirrored, compare.accepted_differences(backend))
+    backend = f"{backend} ({phase})"
     for title, diffs in (
         ("regressions", result.regressions),
         ("query-count-only differences", result.query_counts),
@@ -150,18 +182,54 @@ def report(backend: str, stock: dict[str, Any], mirrored: dict[str, Any]) -> com
     return result
 
 
+def row(
+    backend: str, phase: str, stock: dict[str, Any], mirrored: dict[str, Any], result: Any
+) -> list[Any]:
+    """One line of the table; shadow reads and live writes happen in phase mirror only."""
+    counted = mirrored.get("counters", {})
+    mirror = phase == "mirror"
+    return [
+        backend,
+        phase,
+        len(stock["tests"]),
+        compare.passed(stock),
+        compare.passed(mirrored),
+        len(result.regressions),
+        len(result.accepted),
+        len(result.query_counts),
+        mirrored["events"],
+        mirrored["records_on_stream"],
+        counted.get("read.compared", 0) if mirror else "-",
+        counted.get("read.mismatch", 0) if mirror else "-",
+        counted.get("write.applied", 0) if mirror else "-",
+        stock.get("wall_seconds", "-"),
+        mirrored["wall_seconds"],
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m django_suite", description=__doc__)
     parser.add_argument("--backend", choices=[*databases.BACKENDS, "all"], default="all")
+    parser.add_argument(
+        "--phase",
+        choices=list(PHASES),
+        default="both",
+        help="the phase every model is mirrored in; both: two mirrored runs, one stock run",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="runtests.py processes")
     parser.add_argument("--modules", nargs="+", help="Django test modules (default: selection)")
-    parser.add_argument("--reuse-stock", action="store_true", help="reuse a saved stock run")
+    parser.add_argument(
+        "--reuse-stock",
+        action="store_true",
+        help=f"reuse the stock run saved in {STOCK_CACHE} for the same Django, Python, "
+        "backend, modules and harness",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show runtests.py output")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
     backends = databases.BACKENDS if args.backend == "all" else (args.backend,)
-    rows: list[tuple[str, dict[str, Any], dict[str, Any], compare.Comparison]] = []
+    rows: list[list[Any]] = []
     status = 0
     for backend in backends:
         if backend == "postgresql" and not databases.postgres_reachable():
@@ -172,41 +240,30 @@ def main(argv: list[str] | None = None) -> int:
         modules = args.modules or selection.modules(backend)
         try:
             stock = stock_run(backend, modules, args.parallel, args.verbose, args.reuse_stock)
-            mirrored = run_tests(backend, True, modules, args.parallel, args.verbose)
         except RunFailed as exc:
             print(exc)
             status = 2
             continue
-        result = report(backend, stock, mirrored)
-        rows.append((backend, stock, mirrored, result))
-        if result.regressions:
-            status = max(status, 1)
+        for phase in PHASES[args.phase]:
+            try:
+                mirrored = run_tests(backend, phase, modules, args.parallel, args.verbose)
+            except RunFailed as exc:
+                print(exc)
+                status = 2
+                continue
+            result = report(backend, phase, stock, mirrored)
+            rows.append(row(backend, phase, stock, mirrored, result))
+            if result.regressions:
+                status = max(status, 1)
     if not rows:
         return status
     print()
-    print(
-        table(
-            [
-                [
-                    backend,
-                    len(stock["tests"]),
-                    compare.passed(stock),
-                    compare.passed(mirrored),
-                    len(result.regressions),
-                    len(result.accepted),
-                    len(result.query_counts),
-                    mirrored["events"],
-                    mirrored["records_on_stream"],
-                    stock.get("wall_seconds", "-"),
-                    mirrored["wall_seconds"],
-                ]
-                for backend, stock, mirrored, result in rows
-            ]
-        )
-    )
+    print(table(rows))
     print(
         "\nstock/mirrored: tests passed; events: written to the outbox in the mirrored run "
-        "(most rolled back with their test); records: put on the stream (committed writes)."
+        "(most rolled back with their test); records: put on the stream (committed writes); "
+        "shadow reads: reads run again on the target and compared, mismatches: confirmed "
+        "after re-checks; live writes: rows applied to the target at commit."
     )
     return status
 

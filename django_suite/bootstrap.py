@@ -2,7 +2,7 @@
 
 Runs from the settings module, so before any model class exists: it installs the app
 and, as each model class is prepared, gives it mirrored managers and an entry in
-``DJANGO_MIRROR["MODELS"]`` (phase ``capture``). Models of isolated registries
+``DJANGO_MIRROR["MODELS"]`` (phase ``capture`` or ``mirror``). Models of isolated registries
 (``@isolate_apps``) and django-mirror's own are left alone.
 """
 
@@ -17,6 +17,18 @@ from django.db.models.signals import class_prepared
 from django_suite.managers import mirror_managers
 
 APP = "django_mirror"
+PHASES = ("capture", "mirror")
+
+
+def model_options(phase: str, target: str) -> dict[str, Any]:
+    """Every model's ``MODELS`` entry: in phase ``mirror`` each read in a shadow-read
+    scope (the runner opens one for the whole run) is also run on the target."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
+    options: dict[str, Any] = {"target": target, "phase": phase}
+    if phase == "mirror":
+        options["shadow_read_rate"] = 1.0
+    return options
 
 
 def install_app() -> None:

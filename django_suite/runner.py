@@ -39,6 +39,12 @@ class RecordingRunner(DiscoverRunner):
         if mirroring.enabled():
             self.refused = mirroring.prepare()
 
+    def get_databases(self, suite: Any) -> dict[str, bool]:
+        """In phase ``mirror``, every test may also use the target (see ``mirroring``)."""
+        if mirroring.shadowing():
+            mirroring.add_target(suite)
+        return super().get_databases(suite)
+
     def run_checks(self, databases: Any) -> None:
         if mirroring.enabled():  # again: test apps may have changed the registry since
             self.refused.update(mirroring.prepare())
@@ -48,7 +54,8 @@ class RecordingRunner(DiscoverRunner):
         return RecordingResult
 
     def run_suite(self, suite: Any, **kwargs: Any) -> Any:
-        result = super().run_suite(suite, **kwargs)
+        with mirroring.shadow_scope():
+            result = super().run_suite(suite, **kwargs)
         self._write(result)
         return result
 
@@ -67,7 +74,9 @@ class RecordingRunner(DiscoverRunner):
             "mirrored": mirroring.enabled(),
             "mirrored_models": mirroring.mirrored_model_count(),
             "refused_models": self.refused,
+            "phase": mirroring.phase(),
             "events": mirroring.events_written(),
+            "counters": mirroring.counters(),
             "seconds": round(time.monotonic() - self.started, 1),
             "tests": result.outcomes,
             "suite_errors": result.suite_errors,

@@ -2,9 +2,9 @@
 
 Django's ``tests/test_sqlite.py`` plus what the environment asks (set by
 ``python -m django_suite``): ``DJANGO_SUITE_BACKEND`` (sqlite | postgresql),
-``DJANGO_SUITE_MIRRORED`` (1: every model mirrored in phase capture, the stream at
-``DJANGO_SUITE_STREAM_ENDPOINT``), ``DJANGO_SUITE_RESULTS`` (where the runner writes
-each test's outcome).
+``DJANGO_SUITE_PHASE`` (unset: stock; ``capture`` or ``mirror``: every model mirrored
+in that phase, the stream at ``DJANGO_SUITE_STREAM_ENDPOINT``), ``DJANGO_SUITE_RESULTS``
+(where the runner writes each test's outcome).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from django_suite import databases
 
 BACKEND = os.environ.get("DJANGO_SUITE_BACKEND", "sqlite")
-MIRRORED = os.environ.get("DJANGO_SUITE_MIRRORED") == "1"
+PHASE = os.environ.get("DJANGO_SUITE_PHASE", "")
+MIRRORED = bool(PHASE)
 
 DATABASES = databases.databases(BACKEND, MIRRORED)
 SECRET_KEY = "django_tests_secret_key"
@@ -44,4 +45,4 @@ if MIRRORED:
         "MODELS": MODELS,
     }
     bootstrap.install_app()
-    bootstrap.mirror_every_model(MODELS, {"target": databases.TARGET_ALIAS, "phase": "capture"})
+    bootstrap.mirror_every_model(MODELS, bootstrap.model_options(PHASE, databases.TARGET_ALIAS))

@@ -77,3 +77,24 @@ def test_a_built_in_field_subclass_changing_no_conversion_is_imaged_like_its_bas
 
     assert images._normaliser(CreatedField()) is images._normaliser(models.DateTimeField())
     assert images._normaliser(Wrapped()) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_figures_taken_under_one_use_tz_are_written_under_the_other(settings):
+    """Django's tests switch ``USE_TZ`` (``override_settings``) between a figure taken
+    and its window written: the writer neither compares naive with aware minutes nor
+    hands the database a minute of the wrong kind."""
+    from django_mirror import stats
+    from django_mirror.models import MetricWindow
+
+    stats.flush()  # what earlier tests left
+    for use_tz in (True, False):
+        settings.USE_TZ = use_tz
+        stats.add(f"semantics.TZ{use_tz}", "captured", 1)
+    for use_tz in (False, True):
+        settings.USE_TZ = use_tz
+        assert stats.flush() == (2 if use_tz is False else 0)
+    assert set(MetricWindow.objects.values_list("model", flat=True)) >= {
+        "semantics.TZTrue",
+        "semantics.TZFalse",
+    }

@@ -35,3 +35,28 @@ def test_a_replaced_pool_finishes_its_jobs_then_ends_its_threads():
     assert seen == ["default:1", "new:0", "re-check"]  # what it held was still done
     assert pool.jobs.empty() and pool.pending == 0
     connections.close_all()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "new"])
+def test_stopping_the_service_drops_waiting_rechecks_and_closes_connections():
+    """At the end of tests (``runtime.stop()``) nothing waits out a re-check's delay:
+    the threads end within the timeout, their connections closed, so the test
+    databases can be dropped (PostgreSQL refuses while a connection is open)."""
+    from django_mirror.shadow import pool as shadow_pool
+
+    pool = get_pool()
+    queried = threading.Event()
+    seen: list[str] = []
+
+    def read() -> None:
+        Author.objects.using("new").count()
+        queried.set()
+
+    assert pool.submit(read)
+    assert queried.wait(10)
+    pool.later(60.0, lambda: seen.append("re-check"))  # as RECHECK_DELAY x MAX_RECHECKS
+    shadow_pool.service.stop(timeout=3.0)
+    for thread in [*pool.threads, pool.timer]:
+        assert not thread.is_alive(), thread.name
+    assert seen == [] and pool.pending == 0
+    shadow_pool.service.start()

@@ -76,11 +76,28 @@ class ShadowPool:
                 return
         get_pool().later(delay, job)  # raced with a settings change: the new pool takes it
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
         """Let the threads finish every job queued or waiting for its time, then end and
-        close their database connections (an abandoned pool would hold them open)."""
+        close their database connections (an abandoned pool would hold them open).
+
+        With ``discard`` (the process or its tests are ending) what has not started is
+        dropped: a re-check waits seconds for its time, and a test database cannot be
+        dropped while a worker holds a connection to it.
+        """
         with self.lock:
             self.closing = True
+            if discard:
+                dropped = len(self.delayed)
+                self.delayed.clear()
+                while True:
+                    try:
+                        self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    dropped += 1
+                self.pending -= dropped
+                if not self.pending:
+                    self.idle.notify_all()
             self.due.notify_all()
 
     def _done(self) -> bool:
@@ -172,14 +189,15 @@ def get_pool() -> ShadowPool:
     return _pool
 
 
-def reset_pool() -> ShadowPool | None:
+def reset_pool(discard: bool = False) -> ShadowPool | None:
     """Forget the pool so the next use starts one with the current settings; the old
-    one's threads finish what they hold, then end. Returns the old one."""
+    one's threads finish what they hold (or, with ``discard``, what they are running),
+    then end. Returns the old one."""
     global _pool
     with _pool_lock:
         old, _pool = _pool, None  # gone before it closes: get_pool() never returns it then
     if old is not None:
-        old.close()
+        old.close(discard)
     return old
 
 
@@ -192,7 +210,7 @@ class Service:
         get_pool()
 
     def stop(self, timeout: float) -> None:
-        old = reset_pool()
+        old = reset_pool(discard=True)
         if old is not None:
             old.join(timeout)
 
