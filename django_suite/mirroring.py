@@ -57,8 +57,9 @@ def prepare() -> dict[str, list[str]]:
             if error.level >= ERROR:
                 refused.setdefault(label, set()).add(error.id)
     conf.clear_cache()
-    # E027 (database-level on_delete) is checked over the fields of every mirrored model.
-    for error in checks.check_database_on_delete():
+    # E027 (database-level on_delete) and E028 (values that cannot be carried) are
+    # checked over the fields of every mirrored model.
+    for error in [*checks.check_database_on_delete(), *checks.check_field_values()]:
         if error.level >= ERROR:
             refused.setdefault(error.obj.model._meta.label, set()).add(error.id)
     for label in refused:
