@@ -46,6 +46,15 @@ def retrying(transaction: Callable[[], T], attempts: int) -> T:
     return transaction()
 
 
+def shared_in_memory(using: str) -> bool:
+    """An in-memory SQLite database (Django's test databases): the process's threads
+    share it through a shared cache, where a table another connection uses is locked at
+    once, with no timeout. A background thread of ours writing there would make the
+    app's own statements fail ("database table is locked"), so ours leave it alone."""
+    connection = connections[using]
+    return connection.vendor == "sqlite" and connection.is_in_memory_db()
+
+
 def defers_write_lock(using: str) -> bool:
     """SQLite in its default DEFERRED mode: a transaction takes the write lock only at
     its first write, and so fails at once if it read first and another writer got in."""

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django_mirror import conf, failures, reporting
 from django_mirror.background import ServiceThread
 from django_mirror.events import decode_value, encode_json, partition_key, pk_text
-from django_mirror.locking import write_lock_first
+from django_mirror.locking import shared_in_memory, write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.streams import Record, Stream, get_stream
 
@@ -294,21 +294,13 @@ def _ship_quietly(using: str) -> None:
         _shipping.succeeded()
 
 
-def _in_memory(using: str) -> bool:
-    connection = connections[using]
-    return connection.vendor == "sqlite" and connection.is_in_memory_db()
-
-
 def after_commit(using: str) -> None:
     """Start shipping the just-committed events, as ``RELAY["ON_COMMIT"]`` says."""
     mode = conf.get_settings().relay["ON_COMMIT"]
-    if mode == "thread" and _in_memory(using):
-        # An in-memory SQLite database (a test database) is shared by the threads of
-        # the process through a shared cache, where a table another connection uses is
-        # locked at once, without a timeout: the relay thread would make the app's own
-        # statements fail ("database table is locked"). Shipping in the app's thread
-        # would add statements to its connection. No other process can read such a
-        # database either: its outbox is shipped by relay.drain() when asked.
+    if mode == "thread" and shared_in_memory(using):
+        # Shipping in the app's thread instead would add statements to its connection,
+        # and no other process can read such a database: its outbox is shipped by
+        # relay.drain() when asked.
         return
     if mode == "sync":
         _ship_quietly(using)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from django_mirror import conf, failures
 from django_mirror.background import ServiceThread
+from django_mirror.locking import shared_in_memory
 
 logger = logging.getLogger("django_mirror.stats")
 
@@ -98,7 +99,8 @@ class _Recorder(ServiceThread):
             self.wake.wait(float(conf.get_settings().shadow["STATS_INTERVAL"]))
             self.wake.clear()
             try:
-                if self.dirty:
+                # An in-memory test database is left to explicit flush() calls.
+                if self.dirty and not shared_in_memory(conf.source_alias()):
                     self.flush()  # never raises
                 close_old_connections()
             except Exception:  # the thread outlives any one failure

@@ -55,12 +55,29 @@ def test_m2m_remove_in_a_doomed_transaction_raises_djangos_error(monkeypatch):
 def test_no_relay_thread_for_an_in_memory_sqlite_database(monkeypatch):
     kicked: list[str] = []
     monkeypatch.setattr(relay.shipper, "kick", kicked.append)
-    monkeypatch.setattr(relay, "_in_memory", lambda using: True)
+    monkeypatch.setattr(relay, "shared_in_memory", lambda using: True)
     relay.after_commit("default")
     assert kicked == []
-    monkeypatch.setattr(relay, "_in_memory", lambda using: False)
+    monkeypatch.setattr(relay, "shared_in_memory", lambda using: False)
     relay.after_commit("default")
     assert kicked == ["default"]
+
+
+def test_an_in_memory_sqlite_database_is_told_apart(monkeypatch):
+    """What keeps our threads out of Django's in-memory test databases (and the files
+    of this suite's own, which they share nothing through, in)."""
+    from django.db import connections
+
+    from django_mirror.locking import shared_in_memory
+
+    memory = {**connections.settings["default"], "NAME": ":memory:"}
+    monkeypatch.setitem(connections.settings, "memory", memory)
+    memory["ENGINE"] = "django.db.backends.sqlite3"
+    try:
+        assert shared_in_memory("memory")
+        assert not shared_in_memory("default")
+    finally:
+        del connections["memory"]
 
 
 def test_a_built_in_field_subclass_changing_no_conversion_is_imaged_like_its_base():
