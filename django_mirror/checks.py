@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import inspect
 import logging
+import uuid
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import django
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.db import models
+from django.db import connections, models
 from django.db.models import deletion
 from django.utils.module_loading import import_string
 
@@ -592,23 +595,72 @@ def check_database_on_delete(app_configs: Any = None, **kwargs: Any) -> list[Any
 TESTED_DJANGO = ((5, 2), (7, 0))
 
 
+#: A value of each column type as a database driver hands it over: passed through a
+#: field's ``from_db_value()``, it is what a loaded instance of the model holds.
+_DRIVER_SAMPLES: dict[str, Any] = {
+    **dict.fromkeys(("CharField", "TextField", "SlugField", "EmailField"), "x"),
+    **dict.fromkeys(
+        (
+            "IntegerField",
+            "BigIntegerField",
+            "SmallIntegerField",
+            "PositiveIntegerField",
+            "PositiveBigIntegerField",
+            "PositiveSmallIntegerField",
+        ),
+        1,
+    ),
+    "FloatField": 1.5,
+    "DecimalField": Decimal("1.5"),
+    "BooleanField": True,
+    "DateField": dt.date(2000, 1, 2),
+    "DateTimeField": dt.datetime(2000, 1, 2, 3, 4, 5),
+    "TimeField": dt.time(3, 4, 5),
+    "DurationField": dt.timedelta(seconds=1),
+    "UUIDField": uuid.UUID(int=1),
+    "BinaryField": b"x",
+}
+
+
+def _sample_values(field: models.Field) -> list[Any]:
+    """Values the field's instances hold: its default, and what it makes of a value the
+    driver hands over (its ``from_db_value()``, where it has one). A sample the field
+    cannot make is left out: that is not ours to judge it by."""
+    makers = []
+    if field.has_default():
+        makers.append(field.get_default)
+    raw = _DRIVER_SAMPLES.get(field.get_internal_type())
+    converter = getattr(field, "from_db_value", None)
+    if raw is not None and converter is not None:
+        connection = connections[conf.source_alias()]
+        makers.append(lambda: converter(raw, None, connection))
+    values = []
+    for make in makers:
+        try:
+            values.append(make())
+        except Exception:
+            continue
+    return [value for value in values if value is not None]
+
+
 @register(Tags.models, "django_mirror")
 def check_field_values(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """A field whose values capture cannot carry would refuse every write of its model:
-    found here, by its default value, rather than at the first ``save()``. (A field
-    without a default is found at its first write, which capture refuses.)"""
+    found here, by its default and by what it makes of a value read from the database,
+    rather than at the first ``save()``."""
     errors = []
     for model in conf.mirrored_models():
         config = conf.model_config(model)
         excluded = set(config.exclude_fields if config else ())
         for field in model._meta.concrete_fields:
-            if not field.has_default() or {field.name, field.attname} & excluded:
+            if {field.name, field.attname} & excluded:
                 continue
             try:
-                default = field.get_default()
-                if default is not None:
-                    encode_column(field, default)
-            except TypeError as exc:
+                for value in _sample_values(field):
+                    encode_column(field, value)
+            except Exception as exc:
+                if not isinstance(exc, TypeError):  # the field's own failure, not ours
+                    continue
                 errors.append(
                     Error(
                         f"{model._meta.label}.{field.name} is mirrored, but its values cannot "
@@ -620,8 +672,6 @@ def check_field_values(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                         id="django_mirror.E028",
                     )
                 )
-            except Exception:  # a default that cannot be made here is not ours to judge
-                continue
     return errors
 
 

@@ -615,16 +615,32 @@ class _OpaqueField(models.Field):
 
 @isolate_apps("tests.testapp")
 def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
+    from django_mirror import conf
     from django_mirror.checks import check_field_values
+
+    class _ReadsOpaque(_OpaqueField):
+        """No default: found by what it makes of a value read from the database."""
+
+        def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+            return _Opaque()
 
     class Blob(models.Model):
         opaque = _OpaqueField(default=_Opaque)
+        read = _ReadsOpaque(null=True)
         name = models.CharField(max_length=10, default="x")
 
         class Meta:
             app_label = "testapp"
 
     _mirroring_only(monkeypatch, Blob)
-    (error,) = check_field_values()
-    assert error.id == "django_mirror.E028" and error.obj is Blob._meta.get_field("opaque")
-    assert "'opaque'" in error.hint and "exclude_fields" in error.hint
+    opaque, read = check_field_values()
+    assert opaque.id == read.id == "django_mirror.E028"
+    assert (opaque.obj.name, read.obj.name) == ("opaque", "read")
+    assert "'opaque'" in opaque.hint and "exclude_fields" in opaque.hint
+    monkeypatch.setattr(conf, "model_config", lambda model: _Excluding("opaque", "read"))
+    assert check_field_values() == []
+
+
+class _Excluding:
+    def __init__(self, *fields: str) -> None:
+        self.exclude_fields = fields
