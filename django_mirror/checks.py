@@ -623,11 +623,12 @@ _DRIVER_SAMPLES: dict[str, Any] = {
 
 
 def _sample_values(field: models.Field) -> list[Any]:
-    """Values the field's instances hold: its default, and what it makes of a value the
-    driver hands over (its ``from_db_value()``, where it has one). A sample the field
-    cannot make is left out: that is not ours to judge it by."""
+    """Values the field's instances hold: its default (unless a callable makes it), and
+    what it makes of a value the driver hands over (its ``from_db_value()``, where it
+    has one). A sample the field cannot make is left out: not ours to judge it by."""
     makers = []
-    if field.has_default():
+    if field.has_default() and not callable(field.default):
+        # A callable default is never called here: it may write (get_or_create()).
         makers.append(field.get_default)
     raw = _DRIVER_SAMPLES.get(field.get_internal_type())
     converter = getattr(field, "from_db_value", None)

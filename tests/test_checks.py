@@ -618,6 +618,8 @@ def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
     from django_mirror import conf
     from django_mirror.checks import check_field_values
 
+    calls: list[str] = []
+
     class _ReadsOpaque(_OpaqueField):
         """No default: found by what it makes of a value read from the database."""
 
@@ -625,7 +627,8 @@ def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
             return _Opaque()
 
     class Blob(models.Model):
-        opaque = _OpaqueField(default=_Opaque)
+        opaque = _OpaqueField(default=_Opaque())
+        made = _OpaqueField(default=lambda: calls.append("made") or _Opaque())
         read = _ReadsOpaque(null=True)
         name = models.CharField(max_length=10, default="x")
 
@@ -636,6 +639,7 @@ def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
     opaque, read = check_field_values()
     assert opaque.id == read.id == "django_mirror.E028"
     assert (opaque.obj.name, read.obj.name) == ("opaque", "read")
+    assert calls == []  # a callable default may write (get_or_create()): never called
     assert "'opaque'" in opaque.hint and "exclude_fields" in opaque.hint
     monkeypatch.setattr(conf, "model_config", lambda model: _Excluding("opaque", "read"))
     assert check_field_values() == []
