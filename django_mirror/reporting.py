@@ -8,6 +8,7 @@ raised into the write, relay, replay or read that reported it. Names are listed 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -141,10 +142,16 @@ class Sender:
             self.thread.start()
 
     def stop(self, timeout: float) -> None:
+        """Send what is held, then close the client's UDP socket (left open, it is
+        reported at exit as an unclosed resource)."""
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(timeout)
         self.flush()
+        if _statsd.cache_info().currsize:
+            with contextlib.suppress(Exception):
+                _statsd().close()
+            _statsd.cache_clear()
 
     def after_fork(self) -> None:
         """A forked worker leaves what the parent took to the parent."""

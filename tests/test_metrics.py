@@ -57,3 +57,16 @@ def test_every_timer_sample_is_sent_several_a_packet(statsd):
     assert all(line.endswith("|ms") for line in lines)
     assert sorted(float(line.split(":")[1].split("|")[0]) for line in lines) == samples
     assert statsd.packets <= len(samples) / 10
+
+
+def test_stopping_the_sender_closes_its_socket_and_a_new_one_opens_after():
+    """Nothing is left open at exit (the runtime stops the sender), and a process that
+    goes on (tests, a restarted runtime) gets a fresh client."""
+    client = reporting._statsd()
+    socket = client._sock
+    reporting.sender.stop(5)
+    try:
+        assert client._sock is None and socket.fileno() == -1
+        assert reporting._statsd() is not client
+    finally:
+        reporting.sender.start()
