@@ -457,10 +457,11 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
 
     @functools.wraps(original)
     def _save_table(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raw, cls, using, update_fields = (
-            args[index] if index < len(args) else kwargs.get(name, default)
+        given = len(args)
+        raw, cls, using, update_fields = [
+            args[index] if index < given else kwargs.get(name, default)
             for index, name, default in found
-        )
+        ]
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
             model = cls  # a parent's table of a multi-table model
