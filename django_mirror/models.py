@@ -81,6 +81,13 @@ class ShardCheckpoint(models.Model):
     lease_expires = models.DateTimeField(null=True, blank=True)
     millis_behind = models.BigIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    stream_identity = models.CharField(
+        max_length=400,
+        blank=True,
+        default="",
+        help_text="The stream incarnation the sequence number belongs to (ARN and creation "
+        "time); replay refuses a stream that is not this one.",
+    )
 
     class Meta:
         constraints = [
@@ -138,6 +145,9 @@ class MismatchRecord(models.Model):
     source_value = models.JSONField(null=True, blank=True)
     target_value = models.JSONField(null=True, blank=True)
     diff = models.JSONField(null=True, blank=True)
+    dismissed_at = models.DateTimeField(null=True, blank=True)
+    dismissed_by = models.CharField(max_length=150, blank=True, default="")
+    dismissed_reason = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
