@@ -205,6 +205,7 @@ def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
                 status=MismatchRecord.Status.CONFIRMED,
                 kind__in=[MismatchRecord.Kind.READ, MismatchRecord.Kind.VERIFY],
                 created_at__gte=since,
+                dismissed_at__isnull=True,
             )
             .count()
         )
@@ -212,7 +213,7 @@ def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
             Precondition(
                 "no confirmed mismatch",
                 confirmed == 0,
-                f"{confirmed} confirmed mismatches since {since:%Y-%m-%d %H:%M} UTC",
+                f"{confirmed} confirmed, undismissed mismatches since {since:%Y-%m-%d %H:%M} UTC",
             )
         )
     return checks
