@@ -1,8 +1,10 @@
-"""The admin's phase controls: every mirrored model with its phase, and a move to another
-phase through a confirmation page that shows the preconditions (who, when, why kept)."""
+"""The admin's phase controls: every mirrored model with its phase and group, and a move
+to another phase (of one model or its whole group) through a confirmation page that shows
+the preconditions (who, when, why kept)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django import forms
@@ -13,13 +15,20 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from django_mirror import conf, phases
+from django_mirror import conf, graph, phases
 from django_mirror.models import MirrorState
 
 
 class MoveForm(forms.Form):
     model = forms.ChoiceField()
     phase = forms.ChoiceField(choices=[(p, p) for p in conf.PHASES])
+    group = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Whole group",
+        help_text="Move every model tied to this one by a foreign key whose on_delete "
+        "writes the other table; a move that splits a group is refused unless forced.",
+    )
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}),
         required=False,
@@ -86,6 +95,7 @@ class MirrorStateAdmin(admin.ModelAdmin):
                 "phase": c.phase,
                 "source": "run time" if c.label.lower() in states else "settings",
                 "target": c.target_alias or "custom",
+                "group": ", ".join(m for m in graph.group_of(c.label).members if m != c.label),
             }
             for c in sorted(conf.configs(), key=lambda c: c.label)
             if c.owner is None
@@ -108,20 +118,38 @@ class MirrorStateAdmin(admin.ModelAdmin):
             config = conf.config_for_label(form.cleaned_data["model"])
             phase = form.cleaned_data["phase"]
             assert config is not None  # the form offers mirrored models only
+            moving = [config.label]
+            if form.cleaned_data["group"]:
+                moving += [
+                    label
+                    for label, current in graph.group_of(config.label).phases().items()
+                    if label != config.label and current != phase
+                ]
             try:
-                checks = phases.preconditions(config, phase)
+                checks = {
+                    label: phases.preconditions(conf.config_for_label(label), phase, moving)  # type: ignore[arg-type]
+                    for label in moving
+                }
             except DatabaseError as exc:
                 messages.error(request, f"Cannot read django-mirror's tables: {exc}")
                 return TemplateResponse(
                     request, "admin/django_mirror/mirrorstate/move.html", context
                 )
             context.update(
-                config=config, phase=phase, checks=checks, ready=all(c.ok for c in checks)
+                config=config,
+                phase=phase,
+                moving=moving,
+                checks=[
+                    replace(p, name=f"{label}: {p.name}") if len(moving) > 1 else p
+                    for label, found in checks.items()
+                    for p in found
+                ],
+                ready=all(p.ok for found in checks.values() for p in found),
             )
             if "confirm" in request.POST:
                 try:
-                    phases.change_phase(
-                        config.label,
+                    phases.change_phases(
+                        moving,
                         phase,
                         by=request.user.get_username(),
                         reason=form.cleaned_data["reason"],
@@ -132,8 +160,9 @@ class MirrorStateAdmin(admin.ModelAdmin):
                 else:
                     messages.success(
                         request,
-                        f"{config.label} moved from {config.phase} to {phase}; every process "
-                        f"follows within {conf.get_settings().phases['REFRESH']:.0f} s.",
+                        f"{', '.join(moving)} moved from {config.phase} to {phase}; every "
+                        f"process follows within "
+                        f"{conf.get_settings().phases['REFRESH']:.0f} s.",
                     )
                     return HttpResponseRedirect(
                         reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from django_mirror import conf, relay, stats
+from django_mirror import conf, graph, relay, stats
 from django_mirror.models import (
     DeadLetter,
     MetricWindow,
@@ -398,6 +398,15 @@ class DashboardAdmin(admin.ModelAdmin):
             "mismatches_url": mismatches_url,
             "rate_seconds": round(board.rate_seconds),
             "refresh_seconds": 30,
+            "groups": [
+                {
+                    "members": group.members,
+                    "phases": sorted(group.phases().items()),
+                    "split": group.split,
+                    "ties": [str(tie) for tie in group.ties],
+                }
+                for group in graph.groups()
+            ],
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/django_mirror/dashboard.html", context)

@@ -9,17 +9,26 @@ recorded as a write mismatch, never raised into the request.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from django.core.signals import setting_changed
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_mirror import conf, reporting
 from django_mirror.events import Event, event_dicts, pk_text
 from django_mirror.locking import retrying
-from django_mirror.targets import ApplyResult, Target, target_for
+from django_mirror.targets import (
+    ApplyResult,
+    DatabaseTarget,
+    Target,
+    database_target,
+    get_target,
+    target_for,
+)
 
 logger = logging.getLogger("django_mirror.live")
 
@@ -28,6 +37,43 @@ MAX_RECORDS_PER_FAILURE = 100
 
 #: (outbox batch id, model label, payload) of one captured statement.
 CommittedBatch = tuple[int, str, dict[str, Any]]
+
+
+class _Committing:
+    """A connection's live batches of its open transaction, applied together once it
+    commits: one target transaction per source transaction, so the target's foreign
+    keys see the rows of all its statements at once, in an order they accept."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.batches: list[CommittedBatch] = []
+
+    def flush(self) -> None:
+        batches, self.batches = self.batches, []
+        if batches:
+            apply_committed(self.alias, batches)
+
+
+def apply_after_commit(connection: BaseDatabaseWrapper, batch: CommittedBatch) -> None:
+    """Have ``batch`` applied live once the connection's transaction commits.
+
+    Each batch joins through a commit hook of its own, which Django drops with a savepoint
+    that is rolled back (the outbox row goes with it); one flush hook of ours, kept last
+    among ours and outside every savepoint, then applies what joined.
+    """
+    committing = connection.__dict__.get("_django_mirror_live")
+    if committing is None:
+        committing = connection.__dict__["_django_mirror_live"] = _Committing(connection.alias)
+    if not connection.in_atomic_block:  # autocommit: the hook runs at once
+        connection.on_commit(functools.partial(apply_committed, connection.alias, [batch]))
+        return
+    connection.on_commit(functools.partial(committing.batches.append, batch), robust=True)
+    hooks = connection.run_on_commit
+    for index, (_, hook, _) in enumerate(hooks):
+        if hook == committing.flush:
+            del hooks[index]
+            break
+    hooks.append((set(), committing.flush, True))
 
 
 def apply_committed(origin: str, batches: Sequence[CommittedBatch]) -> None:
@@ -63,7 +109,7 @@ def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> Non
     key = target.describe()
     if time.monotonic() < _paused_until.get(key, 0.0):
         reporting.incr("write.deferred", len(events), config.label)
-        record_write_mismatches(config, events, f"{key} failed recently; left to replay")
+        record_write_mismatches(config, events, f"{key} failed recently; left to replay", target)
         return
     started = time.perf_counter()
     try:
@@ -80,7 +126,7 @@ def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> Non
             type(exc).__name__,
             f", and live writes to it wait {PAUSE_AFTER_FAILURE:.0f} s" if unreachable else "",
         )
-        record_write_mismatches(config, events, f"{type(exc).__name__}: {exc}")
+        record_write_mismatches(config, events, f"{type(exc).__name__}: {exc}", target)
         reporting.sentry_mismatch(
             "write",
             config.label,
@@ -96,15 +142,19 @@ def _apply(config: conf.ModelConfig, target: Target, events: list[Event]) -> Non
         reporting.incr("write.applied", count, label)
     reporting.incr("write.stale", result.stale, config.label)
     for event, reason in result.failed:
-        record_write_mismatches(config, [event], reason)
+        record_write_mismatches(config, [event], reason, target)
 
 
-def record_write_mismatches(config: conf.ModelConfig, events: list[Event], reason: str) -> None:
-    """Count and record events the target did not take, one ``MismatchRecord`` a row.
+def record_write_mismatches(
+    config: conf.ModelConfig, events: list[Event], reason: str, target: Target
+) -> None:
+    """Count and record events ``target`` did not take, one ``MismatchRecord`` a row.
 
     The reason is the error's text with ``redact_fields`` values removed by the target
-    (database errors quote the failing row); the row's values are not stored at all.
+    (database errors quote the failing row); the row's values are not stored at all. The
+    record names the store (a database alias) so ``resolve_healed`` can look there.
     """
+    store = target.alias if isinstance(target, DatabaseTarget) else None
     from django_mirror.models import MismatchRecord
     from django_mirror.shadow.scope import current_path
 
@@ -123,11 +173,54 @@ def record_write_mismatches(config: conf.ModelConfig, events: list[Event], reaso
                     model=event.model,
                     pk_value=pk_text(event.pk)[:255],
                     request_path=path[:500],
-                    diff={"op": event.op, "version": event.version, "error": reason[:2000]},
+                    diff={
+                        "op": event.op,
+                        "version": event.version,
+                        "error": reason[:2000],
+                        "store": store,
+                    },
                 )
                 for event in events[:MAX_RECORDS_PER_FAILURE]
             ]
         )
+
+
+#: Suspected write mismatches looked at per ``resolve_healed`` call, oldest first.
+HEAL_BATCH = 500
+
+
+def resolve_healed(limit: int = HEAL_BATCH) -> int:
+    """Resolve suspected write mismatches whose row the store now holds at the failed
+    event's version or a newer one (replay applied it, or a later write superseded it):
+    what replay heals stops counting as a problem. Returns how many were resolved."""
+    from django_mirror.models import MismatchRecord
+
+    using = conf.source_alias()
+    suspected = MismatchRecord.objects.using(using).filter(
+        kind=MismatchRecord.Kind.WRITE, status=MismatchRecord.Status.SUSPECTED
+    )
+    by_store: dict[tuple[str, str | None], list[MismatchRecord]] = {}
+    for record in suspected.order_by("id")[:limit]:
+        store = (record.diff or {}).get("store")
+        by_store.setdefault((record.model, store), []).append(record)
+    healed: list[int] = []
+    for (label, store), records in by_store.items():
+        config = conf.config_for_label(label)
+        if config is None:
+            continue
+        target = database_target(store, live=True) if store else get_target(config)
+        held = target.versions(label, [r.pk_value for r in records])
+        for record in records:
+            version = (record.diff or {}).get("version")
+            current = held.get(record.pk_value)
+            if isinstance(version, int) and current is not None and current[0] >= version:
+                healed.append(record.pk)
+    if healed:
+        MismatchRecord.objects.using(using).filter(pk__in=healed).update(
+            status=MismatchRecord.Status.RESOLVED
+        )
+        reporting.incr("write.healed", len(healed))
+    return len(healed)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:

@@ -155,12 +155,7 @@ def write(
                 if mirrored_live:
                     batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
                     stored = json.loads(row[3])  # what the relay will read back
-                    # Its own on-commit callback: Django drops it with a savepoint that
-                    # is rolled back, as the outbox row goes with it.
-                    connection.on_commit(
-                        functools.partial(live.apply_committed, using, [(batch_id, label, stored)]),
-                        robust=True,
-                    )
+                    live.apply_after_commit(connection, (batch_id, label, stored))
                     _remember_versions(using, label, batch_id, stored)
         finally:
             cursor.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from django.db import connections, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from django_mirror import conf, failures
+from django_mirror import conf, failures, graph
 from django_mirror.background import ServiceThread
 
 if TYPE_CHECKING:
@@ -143,14 +144,36 @@ def replay_lag_seconds() -> float | None:
     return (lag or 0) / 1000
 
 
-def preconditions(config: conf.ModelConfig, phase: str) -> list[Precondition]:
-    """What must hold before ``config``'s model moves to ``phase``; empty for moves back
-    (a step back is always allowed: it is how a migration is rolled back)."""
+def _group_check(config: conf.ModelConfig, phase: str, moving: Iterable[str]) -> list[Precondition]:
+    """A move must not leave part of the model's group behind in another phase (a cascade
+    would then run on one primary and miss rows on the other)."""
+    group = graph.group_of(config.label)
+    if len(group.members) == 1:
+        return []
+    behind = graph.left_behind(moving, phase)
+    return [
+        Precondition(
+            "group moves together",
+            not behind,
+            "no tied model stays in another phase"
+            if not behind
+            else f"tied by foreign keys to {', '.join(behind)}, which would stay behind; "
+            f"move them together (mirror_phase --group {config.label} {phase})",
+        )
+    ]
+
+
+def preconditions(
+    config: conf.ModelConfig, phase: str, moving: Iterable[str] | None = None
+) -> list[Precondition]:
+    """What must hold before ``config``'s model moves to ``phase`` together with the
+    models ``moving`` (default: alone). A step back needs only its group with it: it is
+    how a migration is rolled back."""
     from django_mirror.models import MismatchRecord, VerifyRun
 
     options = conf.get_settings().phases
     now = timezone.now()
-    checks: list[Precondition] = []
+    checks = _group_check(config, phase, moving if moving is not None else [config.label])
     if phase == "mirror" and ORDER[config.phase] < ORDER["mirror"]:
         lag = replay_lag_seconds()
         limit = float(options["MAX_REPLAY_LAG"])
@@ -270,54 +293,78 @@ def advance_keys(config: conf.ModelConfig, to: str, previous: str) -> None:
 def change_phase(
     label: str, phase: str, *, by: str = "", reason: str = "", force: bool = False
 ) -> MirrorState:
-    """Move a model to ``phase`` at run time, every process following within seconds.
+    """Move one model to ``phase`` at run time (see ``change_phases``); its ``MirrorState``."""
+    (state,) = change_phases([label], phase, by=by, reason=reason, force=force)
+    return state
 
-    Raises ``PhaseRefused`` when a precondition fails, unless ``force`` (which needs a
-    ``reason``). Returns the ``MirrorState`` row.
+
+def change_phases(
+    labels: Sequence[str], phase: str, *, by: str = "", reason: str = "", force: bool = False
+) -> list[MirrorState]:
+    """Move models to ``phase`` together at run time, every process following within
+    seconds; all move or none does.
+
+    Raises ``PhaseRefused`` when a precondition of any fails (a split group included),
+    unless ``force`` (which needs a ``reason``). Returns the ``MirrorState`` rows.
     """
     from django_mirror.models import MirrorState
 
     if phase not in conf.PHASES:
         raise ValueError(f"unknown phase {phase!r}; use one of {', '.join(conf.PHASES)}")
-    config = conf.config_for_label(label)
-    if config is None or config.owner is not None:
-        raise LookupError(f"{label} is not a mirrored model")
-    failed = [p for p in preconditions(config, phase) if not p.ok]
+    moving: list[conf.ModelConfig] = []
+    for label in labels:
+        config = conf.config_for_label(label)
+        if config is None or config.owner is not None:
+            raise LookupError(f"{label} is not a mirrored model")
+        if config not in moving:
+            moving.append(config)
+    names = [c.label for c in moving]
+    failed = {c.label: [p for p in preconditions(c, phase, names) if not p.ok] for c in moving}
+    failed = {label: found for label, found in failed.items() if found}
     if failed and not force:
-        raise PhaseRefused(config.label, phase, failed)
+        label, found = next(iter(failed.items()))
+        if len(failed) > 1 or len(moving) > 1:
+            found = [replace(p, name=f"{lbl}: {p.name}") for lbl, ps in failed.items() for p in ps]
+            label = ", ".join(names)
+        raise PhaseRefused(label, phase, found)
     if force and failed and not reason.strip():
         raise ValueError("forcing a phase change past a failed precondition needs a reason")
-    new_primary = replace(config, phase=phase).primary_alias
-    if new_primary != config.primary_alias:
-        advance_keys(config, new_primary, config.primary_alias)
+    for config in moving:
+        new_primary = replace(config, phase=phase).primary_alias
+        if new_primary != config.primary_alias:
+            advance_keys(config, new_primary, config.primary_alias)
     using = conf.source_alias()
+    states = []
     with transaction.atomic(using=using):
-        state, created = (
-            MirrorState.objects.using(using)
-            .select_for_update()
-            .get_or_create(
-                model=config.label,
-                defaults={"phase": phase, "generation": config.generation + 1},
+        for config in moving:
+            state, created = (
+                MirrorState.objects.using(using)
+                .select_for_update()
+                .get_or_create(
+                    model=config.label,
+                    defaults={"phase": phase, "generation": config.generation + 1},
+                )
             )
+            if not created:
+                MirrorState.objects.using(using).filter(pk=state.pk).update(
+                    generation=F("generation") + 1
+                )
+                state.refresh_from_db(using=using, fields=["generation"])
+            state.phase = phase
+            state.changed_at = timezone.now()
+            state.changed_by = by[:150]
+            state.reason = reason
+            state.forced = config.label in failed
+            state.save(using=using)
+            states.append(state)
+    for config in moving:
+        logger.info(
+            "django-mirror: %s moved from %s to %s by %s%s",
+            config.label,
+            config.phase,
+            phase,
+            by or "?",
+            " (forced)" if config.label in failed else "",
         )
-        if not created:
-            MirrorState.objects.using(using).filter(pk=state.pk).update(
-                generation=F("generation") + 1
-            )
-            state.refresh_from_db(using=using, fields=["generation"])
-        state.phase = phase
-        state.changed_at = timezone.now()
-        state.changed_by = by[:150]
-        state.reason = reason
-        state.forced = bool(failed)
-        state.save(using=using)
-    logger.info(
-        "django-mirror: %s moved from %s to %s by %s%s",
-        config.label,
-        config.phase,
-        phase,
-        by or "?",
-        " (forced)" if failed else "",
-    )
     reload()
-    return state
+    return states

@@ -1,4 +1,6 @@
-"""``manage.py mirror_phase app.Model [phase]``: show or change a model's run-time phase."""
+"""``manage.py mirror_phase app.Model [app.Model ...] [phase]``: show or change models'
+run-time phase; ``--group`` takes each model's whole group (models tied by foreign keys
+whose ``on_delete`` writes the other table), which must move together."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
-from django_mirror import conf, phases
+from django_mirror import conf, graph, phases
 from django_mirror.management.commands._base import MirrorCommand
 
 
@@ -19,13 +21,22 @@ class Command(MirrorCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("model", metavar="app_label.Model")
-        parser.add_argument("phase", nargs="?", choices=conf.PHASES, help="The phase to move to.")
+        parser.add_argument(
+            "args",
+            nargs="+",
+            metavar="app_label.Model [app_label.Model ...] [phase]",
+            help=f"Models, then the phase to move them to ({', '.join(conf.PHASES)}).",
+        )
+        parser.add_argument(
+            "--group",
+            action="store_true",
+            help="Take each model's whole group: the models a move must not split.",
+        )
         parser.add_argument("--reason", default="", help="Why (kept with the change).")
         parser.add_argument(
             "--force",
             action="store_true",
-            help="Move despite failed preconditions (needs --reason).",
+            help="Move despite failed preconditions, a split group included (needs --reason).",
         )
         parser.add_argument("--by", default="", help="Who moves it (default: the OS user).")
         parser.add_argument(
@@ -33,60 +44,84 @@ class Command(MirrorCommand):
         )
         self.add_json_argument(parser)
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        (config,) = self.resolve_models([options["model"]])
-        targets = (
-            [options["phase"]]
-            if options["phase"]
-            else [p for p in conf.PHASES if p != config.phase]
-        )
+    def handle(self, *args: str, **options: Any) -> None:
+        labels = list(args)
+        phase = labels.pop() if len(labels) > 1 and labels[-1] in conf.PHASES else None
+        if not labels:
+            raise CommandError("name at least one model (app_label.Model)")
+        configs = self.resolve_models(labels)
+        if options["group"]:
+            members = dict.fromkeys(m for c in configs for m in graph.group_of(c.label).members)
+            configs = self.resolve_models(list(members))
+            if phase is not None:  # members there already stay as they are
+                configs = [c for c in configs if c.phase != phase]
+                if not configs:
+                    self.stdout.write(f"{', '.join(members)}: in {phase} already")
+                    return
+        moving = [c.label for c in configs]
         try:
-            checks = {phase: phases.preconditions(config, phase) for phase in targets}
+            checks = {
+                c.label: {
+                    to: phases.preconditions(c, to, moving if phase else None)
+                    for to in ([phase] if phase else [p for p in conf.PHASES if p != c.phase])
+                }
+                for c in configs
+            }
         except DatabaseError as exc:
             raise CommandError(f"cannot read django-mirror's tables: {exc}") from exc
-        report: dict[str, Any] = {
-            "model": config.label,
-            "phase": config.phase,
-            "generation": config.generation,
-            "preconditions": {
-                phase: [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in found]
-                for phase, found in checks.items()
-            },
-        }
-        if options["phase"] and not options["dry_run"]:
+        reports = [
+            {
+                "model": c.label,
+                "phase": c.phase,
+                "generation": c.generation,
+                "group": list(graph.group_of(c.label).members),
+                "preconditions": {
+                    to: [{"name": p.name, "ok": p.ok, "detail": p.detail} for p in found]
+                    for to, found in checks[c.label].items()
+                },
+            }
+            for c in configs
+        ]
+        moved = phase is not None and not options["dry_run"]
+        if moved:
             try:
-                state = phases.change_phase(
-                    config.label,
-                    options["phase"],
+                states = phases.change_phases(
+                    moving,
+                    phase,  # type: ignore[arg-type]
                     by=options["by"] or _os_user(),
                     reason=options["reason"],
                     force=options["force"],
                 )
             except phases.PhaseRefused as exc:
                 raise CommandError(f"{exc} (--force with a --reason overrides)") from exc
-            except (ValueError, DatabaseError) as exc:
+            except (ValueError, LookupError, DatabaseError) as exc:
                 raise CommandError(str(exc)) from exc
-            report.update(phase=state.phase, generation=state.generation, forced=state.forced)
+            for report, state in zip(reports, states, strict=True):
+                report.update(phase=state.phase, generation=state.generation, forced=state.forced)
         if options["json"]:
-            self.emit_json(report)
+            self.emit_json(reports[0] if len(reports) == 1 else {"models": reports})
             return
         if options["verbosity"] < 1:
             return
-        self.stdout.write(
-            f"{config.label}: phase {report['phase']} (generation {report['generation']})"
-        )
-        for phase, found in checks.items():
-            verdict = "ok" if all(c.ok for c in found) else "refused"
-            if options["phase"] and not options["dry_run"]:
-                continue
-            self.stdout.write(f"  to {phase}: {verdict}")
-            for check in found:
-                mark = self.style.SUCCESS("ok ") if check.ok else self.style.ERROR("no ")
-                self.stdout.write(f"    {mark} {check.name}: {check.detail}")
-        if options["phase"] and not options["dry_run"]:
+        for report in reports:
             self.stdout.write(
-                self.style.SUCCESS(f"moved to {report['phase']}")
-                + (" (forced)" if report.get("forced") else "")
+                f"{report['model']}: phase {report['phase']} (generation {report['generation']})"
+            )
+            if len(report["group"]) > 1 and options["verbosity"] > 1:
+                self.stdout.write(f"  group: {', '.join(report['group'])}")
+            if moved:
+                continue
+            for to, found in checks[report["model"]].items():
+                verdict = "ok" if all(c.ok for c in found) else "refused"
+                self.stdout.write(f"  to {to}: {verdict}")
+                for check in found:
+                    mark = self.style.SUCCESS("ok ") if check.ok else self.style.ERROR("no ")
+                    self.stdout.write(f"    {mark} {check.name}: {check.detail}")
+        if moved:
+            forced = any(r.get("forced") for r in reports)
+            self.stdout.write(
+                self.style.SUCCESS(f"moved {', '.join(moving)} to {phase}")
+                + (" (forced)" if forced else "")
             )
 
 
