@@ -18,9 +18,10 @@ from django.utils import timezone
 
 from django_mirror import conf
 from django_mirror.capture import paused
-from django_mirror.events import pk_text
+from django_mirror.events import UPSERT, Event, encode_column, pk_text
 from django_mirror.locking import retrying
 from django_mirror.models import CopyProgress
+from django_mirror.replay import dead_letter
 from django_mirror.targets import Target, get_target
 from django_mirror.targets.base import CopyResult
 
@@ -44,6 +45,7 @@ class CopyStats:
     copied: int = 0
     skipped: int = 0
     clashed: int = 0
+    dead_letters: int = 0
     resumed_from: str = ""
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
@@ -69,6 +71,7 @@ class CopyStats:
             "copied": self.copied,
             "skipped": self.skipped,
             "clashed": self.clashed,
+            "dead_letters": self.dead_letters,
             "resumed_from": self.resumed_from,
             "seconds": round(self.elapsed, 3),
             "rows_per_second": round(self.rate, 1),
@@ -151,6 +154,8 @@ class Copier:
             self.stats.copied += result.copied
             self.stats.skipped += result.skipped
             self.stats.clashed += result.clashed
+            for row, reason in result.failed:  # kept before the checkpoint moves past them
+                self._dead_letter(row, reason)
             CopyProgress.objects.using(self.alias).filter(pk=state.pk).update(
                 last_pk=pk_text(last),
                 rows_read=state.rows_read + self.stats.read,
@@ -169,6 +174,28 @@ class Copier:
         if self.progress:
             self.progress(self.stats)
         return self.stats
+
+    def _dead_letter(self, row: dict[str, Any], reason: str) -> None:
+        """A row the target refused, kept as the upsert a retry applies (version 0, as a
+        copied row has: any captured write is newer); copy goes on."""
+        fields = {f.attname: f for f in self.model._meta.concrete_fields}
+        pk = row[self.model._meta.pk.attname]
+        event = Event(
+            model=self.model._meta.label,
+            op=UPSERT,
+            pk=pk,
+            version=0,
+            row={fields[name].column: encode_column(fields[name], v) for name, v in row.items()},
+            source=self.alias,
+        )
+        dead_letter(
+            f"{self.target.describe()} refused the row: {reason}",
+            event.to_json(),
+            model=event.model,
+            pk_value=pk_text(pk),
+            stage="copy",
+        )
+        self.stats.dead_letters += 1
 
     def _chunk(
         self, source: models.QuerySet, attnames: list[str], last: Any

@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import math
+import reprlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,14 @@ encode_json = _json_encoder()
 
 class EventDecodeError(ValueError):
     """A stream record is not a valid django-mirror event."""
+
+
+#: Values quoted in decode errors: a bad value may be megabytes long, or nested deeper
+#: than ``repr`` can go.
+quote_value = reprlib.Repr(maxlevel=3, maxstring=80, maxother=80, maxlist=5, maxdict=5).repr
+
+#: Why a value too deep for Python's recursion is refused (replay must not crash on it).
+TOO_DEEP = "nested too deeply"
 
 
 def encode_value(value: Any) -> Any:
@@ -144,16 +153,20 @@ class FieldValue:
 def decode_value(value: Any) -> Any:
     if isinstance(value, dict):
         if len(value) != 1:
-            raise EventDecodeError(f"untagged object value {value!r}")
+            raise EventDecodeError(f"untagged object value {quote_value(value)}")
         ((tag, raw),) = value.items()
         try:
             return _DECODERS[tag](raw)
         except KeyError:
-            raise EventDecodeError(f"unknown value tag {tag!r}") from None
+            raise EventDecodeError(f"unknown value tag {quote_value(tag)}") from None
+        except EventDecodeError:
+            raise
+        except RecursionError:
+            raise EventDecodeError(f"{tag} value {TOO_DEEP}") from None
         except (TypeError, ValueError, ArithmeticError) as exc:
-            raise EventDecodeError(f"bad {tag} value {raw!r}: {exc}") from None
+            raise EventDecodeError(f"bad {tag} value {quote_value(raw)}: {exc}") from None
     if isinstance(value, list):
-        raise EventDecodeError(f"untagged list value {value!r}")
+        raise EventDecodeError(f"untagged list value {quote_value(value)}")
     return value
 
 
@@ -291,22 +304,26 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:
+        """The event of a decoded record, its keys and their types checked."""
         if not isinstance(data, dict):
             raise EventDecodeError("event is not a JSON object")
         missing = {"schema", "model", "op", "pk", "version"} - data.keys()
         if missing:
             raise EventDecodeError(f"event lacks {', '.join(sorted(missing))}")
         if data["schema"] != SCHEMA_VERSION:
-            raise EventDecodeError(f"unsupported event schema {data['schema']!r}")
+            raise EventDecodeError(f"unsupported event schema {quote_value(data['schema'])}")
         if data["op"] not in OPS:
-            raise EventDecodeError(f"unknown op {data['op']!r}")
+            raise EventDecodeError(f"unknown op {quote_value(data['op'])}")
         if not isinstance(data["version"], int) or isinstance(data["version"], bool):
-            raise EventDecodeError(f"version {data['version']!r} is not an integer")
+            raise EventDecodeError(f"version {quote_value(data['version'])} is not an integer")
+        for key in _TEXT_KEYS:  # a list or object here would travel on into every message
+            if not isinstance(data.get(key, ""), str):
+                raise EventDecodeError(f"{key} {quote_value(data[key])} is not a string")
         row = data.get("row")
         if data["op"] in (UPSERT, CALL) and not isinstance(row, dict):
             raise EventDecodeError(f"{data['op']} event has no row")
         return cls(
-            model=str(data["model"]),
+            model=data["model"],
             op=data["op"],
             pk=decode_value(data["pk"]),
             version=data["version"],
@@ -324,7 +341,13 @@ class Event:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventDecodeError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise EventDecodeError(TOO_DEEP) from None
         return cls.from_dict(data)
+
+
+#: Keys of an event whose values are text.
+_TEXT_KEYS = ("model", "source", "tx", "ts", "id")
 
 
 def pk_text(pk: Any) -> str:

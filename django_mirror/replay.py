@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -95,13 +94,26 @@ def _owner_is_dead(owner: str) -> bool:
     return False
 
 
+def storable(text: str) -> str:
+    """``text`` as any database's text column takes it: NUL (PostgreSQL refuses it) and
+    lone surrogates (not UTF-8) escaped."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter(
     reason: str, payload: bytes, *, model: str = "", pk_value: str = "", **where: str
 ) -> None:
-    reporting.incr("dead_letters", 1, model or "unknown")
-    DeadLetter.objects.using(conf.source_alias()).create(
-        reason=reason, payload=payload, model=model, pk_value=pk_value[:255], **where
-    )
+    """Keep a record that cannot be applied. Whatever the record holds, the letter can be
+    stored: each text is made storable and cut to its column (no field may make the
+    insert fail and stop replay); the payload keeps the record whole."""
+    fields = {"reason": reason, "model": model, "pk_value": pk_value, **where}
+    for name, text in fields.items():
+        limit = DeadLetter._meta.get_field(name).max_length
+        fields[name] = storable(text)[:limit]
+    reporting.incr("dead_letters", 1, fields["model"] or "unknown")
+    DeadLetter.objects.using(conf.source_alias()).create(payload=payload, **fields)
 
 
 class Replayer:
@@ -265,6 +277,8 @@ class Replayer:
     def apply_records(self, records: list[tuple[str, bytes]], shard_id: str = "") -> None:
         """Decode, filter and apply one batch; what cannot be applied is dead-lettered."""
         by_target: dict[Target, list[Event]] = defaultdict(list)
+        #: Each event's record, so a refused one is kept as it was read.
+        origins: dict[int, tuple[str, bytes]] = {}
         for sequence, data in records:
             self.stats.read += 1
             where = {"stream": self.stream.name, "shard_id": shard_id, "sequence_number": sequence}
@@ -292,6 +306,7 @@ class Replayer:
                 self.stats.dead_letters += 1
                 continue
             by_target[self._target(config, event.source)].append(event)
+            origins[id(event)] = (sequence, data)
         with paused():
             for target, events in by_target.items():
                 # Copy, live applies and the service may hold the same rows: a batch that
@@ -303,26 +318,28 @@ class Replayer:
                     reporting.incr("replayed", count, label)
                 reporting.incr("replay.stale", result.stale)
                 for event, reason in result.failed:
+                    sequence, data = origins[id(event)]
                     dead_letter(
                         f"{target.describe()} refused the event: {reason}",
-                        event.to_json(),
+                        data,
                         model=event.model,
                         pk_value=event.key[1],
                         stream=self.stream.name,
                         shard_id=shard_id,
+                        sequence_number=sequence,
                     )
                     self.stats.dead_letters += 1
 
     def _dispatch_call(self, event: Event, data: bytes, where: dict[str, str]) -> None:
         """A repository call: replayed at once, in stream order, on its targets."""
-        from django_mirror.repositories.calls import dispatch
+        from django_mirror.repositories.calls import dispatch, infrastructure_error
 
         try:
             with paused():
                 dispatch(event, include_live=self.include_live_calls)
-        except DatabaseError:
-            raise  # the source is away: replay stops without checkpointing
         except Exception as exc:  # unknown interface or method, bad arguments, ...
+            if infrastructure_error(exc):
+                raise  # a store is away: replay stops without checkpointing
             reason = f"{type(exc).__name__}: {exc}"
             dead_letter(reason, data, model=event.model, pk_value=event.key[1], **where)
             self.stats.dead_letters += 1

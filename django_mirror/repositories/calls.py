@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.utils import timezone
 
 from django_mirror import conf, reporting
@@ -165,7 +167,7 @@ def dispatch(event: Event, include_live: bool = False) -> int:
         if name in live:
             continue
         with replaying(event.id):
-            replayed = run(target, method, args, kwargs)
+            replayed = replay_on(target, method, args, kwargs)
         called += 1
         if comparable(method, replayed) != comparable(method, row.get("outcome", {})):
             mismatch(config.name, name, method, pk_text(event.pk), row.get("outcome"), replayed)
@@ -180,6 +182,60 @@ def run(
         return outcome(getattr(implementation, method.name)(*args, **kwargs))
     except Exception as exc:
         return outcome(error=exc)
+
+
+def replay_on(
+    implementation: Any, method: MethodSpec, args: list[Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Call the method on one target in replay: only the exceptions the interface
+    tolerates are outcomes (as they were when recorded); anything else propagates, to
+    stop replay (:func:`infrastructure_error`) or dead-letter the call."""
+    try:
+        return outcome(getattr(implementation, method.name)(*args, **kwargs))
+    except method.tolerate as exc:
+        return outcome(error=exc)
+
+
+#: AWS error codes that refuse the request itself; any other means AWS could not serve it.
+_AWS_REFUSALS = frozenset(
+    {
+        "ValidationException",
+        "ConditionalCheckFailedException",
+        "TransactionCanceledException",
+        "SerializationException",
+        "InvalidParameterException",
+        "InvalidArgumentException",
+    }
+)
+#: Names of exception classes client libraries raise for a server they cannot reach or
+#: that does not answer in time (redis-py's ``ConnectionError`` is no ``OSError``).
+_UNREACHABLE_NAMES = frozenset(
+    {"ConnectionError", "TimeoutError", "Timeout", "ConnectionFailure", "OperationalError"}
+)
+
+
+def infrastructure_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says a store or service could not be
+    reached or could not answer: the call is not at fault, so replay stops there without
+    a checkpoint and tries again, instead of dead-lettering every call until it is back."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError):
+            if current.response.get("Error", {}).get("Code") not in _AWS_REFUSALS:
+                return True
+        elif isinstance(current, DatabaseError):
+            if not isinstance(current, DataError | IntegrityError):
+                return True
+        elif isinstance(current, OSError | BotoCoreError):
+            if not isinstance(current, ParamValidationError):
+                return True
+        elif any(k.__name__ in _UNREACHABLE_NAMES for k in type(current).__mro__):
+            return True
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
+    return False
 
 
 def mismatch(

@@ -34,6 +34,8 @@ class CopyResult:
     copied: int = 0
     skipped: int = 0
     clashed: int = 0
+    #: Rows (``{attname: value}``) the target refused, with the reason: dead letters.
+    failed: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
 
 def latest_per_row(events: Sequence[Event]) -> list[Event]:

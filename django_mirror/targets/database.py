@@ -31,6 +31,7 @@ from django_mirror.events import (
     decode_row,
     decode_value,
     pk_text,
+    quote_value,
 )
 from django_mirror.locking import write_lock_first
 from django_mirror.models import RowVersion
@@ -41,9 +42,18 @@ class UnknownModel(LookupError):
     """An event names a model that is not mirrored here."""
 
 
-#: What one bad event can raise. Anything else (a lost connection, a missing table)
-#: means the target itself is broken: replay stops rather than dead-letter everything.
-APPLY_ERRORS = (IntegrityError, DataError, EventDecodeError, UnknownModel, ValueError, TypeError)
+#: What one bad event can raise (``OverflowError``: SQLite's driver, for a key past 64
+#: bits). Anything else (a lost connection, a missing table) means the target itself is
+#: broken: replay stops rather than dead-letter everything.
+APPLY_ERRORS = (
+    IntegrityError,
+    DataError,
+    EventDecodeError,
+    UnknownModel,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
 
 
 #: Backends with ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE ... RETURNING``.
@@ -97,6 +107,9 @@ class _Column:
     load: Callable[[Any], Any] | None
     #: ``load`` of a whole column at once, or None where it cannot do it.
     load_all: Callable[[Sequence[Any]], list[Any] | None] | None = None
+    #: What a column whose values go as they are takes: the driver would store anything
+    #: (SQLite keeps text in an integer column, and fails past 64 bits).
+    accepts: _Accepts | None = None
 
     def prepared(self, value: Any) -> Any:
         """The parameter of a Python value."""
@@ -113,12 +126,14 @@ class _Column:
         if self.load_all is not None and (loaded := self.load_all(values)) is not None:
             return loaded
         kinds = set(map(type, values))
-        if _Missing in kinds:
-            return [self._one(value) for value in values]
-        if self.load is not None:
+        if self.load is not None and _Missing not in kinds:
             return [value if value is None else self.load(value) for value in values]
-        if dict in kinds or list in kinds:
-            return [decode_value(value) for value in values]
+        if _Missing in kinds:
+            values, kinds = [self._one(value) for value in values], None
+        elif dict in kinds or list in kinds:
+            values, kinds = [decode_value(value) for value in values], None
+        if self.accepts is not None:
+            self.accepts.check(self.name, values, kinds)
         return values
 
     def _one(self, value: Any) -> Any:
@@ -127,6 +142,67 @@ class _Column:
         if self.load is None:
             return decode_value(value)
         return value if value is None else self.load(value)
+
+
+@dataclass(frozen=True)
+class _Accepts:
+    """The Python types (None aside) a column takes as they are, and for integers the
+    column's range: a value outside them is refused (its event dead-lettered)."""
+
+    kinds: frozenset[type]
+    expects: str
+    bounds: tuple[int, int] | None = None
+
+    def check(self, column: str, values: Sequence[Any], kinds: set[type] | None) -> None:
+        """Refuse the column's values unless all fit: a pass over their types and, for
+        integers, a ``min`` and a ``max``, all in C."""
+        kinds = set(map(type, values)) if kinds is None else set(kinds)
+        nulls = type(None) in kinds
+        kinds.discard(type(None))
+        if not kinds <= self.kinds:
+            bad = next(v for v in values if v is not None and type(v) not in self.kinds)
+            raise TypeError(
+                f"column {column!r} expects {self.expects}, "
+                f"not {type(bad).__name__} {quote_value(bad)}"
+            )
+        if self.bounds is None or int not in kinds:
+            return
+        ints = values if kinds == {int} and not nulls else [v for v in values if type(v) is int]
+        low, high = self.bounds
+        if min(ints) < low or max(ints) > high:
+            bad = next(v for v in ints if not low <= v <= high)
+            raise ValueError(
+                f"{quote_value(bad)} is out of range for column {column!r} ({low} to {high})"
+            )
+
+
+def _accepts(field: models.Field, connection: Any) -> _Accepts | None:
+    """What a column whose values pass unchanged takes; None for the others, whose
+    values their field prepares (and checks)."""
+    if not images.passes_unchanged(field):
+        return None
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    if isinstance(field, models.BooleanField):
+        return _Accepts(frozenset({bool}), "a boolean")
+    if isinstance(field, models.FloatField):
+        return _Accepts(
+            frozenset({float, int}), "a number", _int_range(connection, "BigIntegerField")
+        )
+    if isinstance(field, models.IntegerField):
+        return _Accepts(
+            frozenset({int}), "an integer", _int_range(connection, field.get_internal_type())
+        )
+    return _Accepts(frozenset({str}), "text")
+
+
+def _int_range(connection: Any, internal_type: str) -> tuple[int, int]:
+    """The range of an integer column; 64 bits where the backend does not say."""
+    try:
+        low, high = connection.ops.integer_field_range(internal_type)
+    except (KeyError, TypeError, ValueError):
+        low, high = None, None
+    return (-(2**63) if low is None else low, 2**63 - 1 if high is None else high)
 
 
 @dataclass(frozen=True)
@@ -249,6 +325,7 @@ def _column(field: models.Field, connection: Any) -> _Column:
         field.get_default,
         None if prepare is None else functools.partial(_decoded_prepared, prepare, field),
         load_all,
+        _accepts(field, connection),
     )
 
 
@@ -621,6 +698,8 @@ class DatabaseTarget(Target):
                 pks = [e.pk for e in upserts]
                 if spec.pk_plain is None or set(map(type, pks)) - {spec.pk_plain}:
                     pks = [column.prepared(spec.pk_to_python(pk)) for pk in pks]
+                if column.accepts is not None:
+                    column.accepts.check(column.name, pks, None)
                 columns.append(pks)
             else:
                 columns.append(column.convert(values))

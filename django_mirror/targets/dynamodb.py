@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -46,6 +46,12 @@ MAX_BATCH_WRITE = 25
 MAX_BATCH_GET = 100
 #: Integers of up to 38 digits: N as they are.
 MAX_EXACT_INT = 10**38
+#: Significant digits and exponents (of the leading digit) DynamoDB's N holds.
+MAX_DIGITS, MIN_EXPONENT, MAX_EXPONENT = 38, -130, 125
+#: Levels of maps and lists an attribute may have (one for a flat map or list).
+MAX_DEPTH = 32
+#: Bytes of a partition key's value (UTF-8).
+MAX_KEY_BYTES = 2048
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 #: Attributes django-mirror keeps beside the columns.
 VERSION, DELETED, TTL = "_v", "_deleted", "_ttl"
@@ -61,25 +67,44 @@ RETRYABLE = {
 T = TypeVar("T")
 
 
-class ItemTooLarge(ValueError):
-    """An item over DynamoDB's 400 KB: it goes to the dead-letter table, not the table."""
+class ItemRefused(ValueError):
+    """An item DynamoDB would refuse (and with it the whole batch): its event goes to the
+    dead-letter table with the reason, not to the table."""
+
+
+class ItemTooLarge(ItemRefused):
+    """An item over DynamoDB's 400 KB."""
+
+
+#: Decimal arithmetic that never rounds the values read back here.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def _number_text(value: Decimal | int | float) -> str | None:
+    """The number's text where DynamoDB's N holds it exactly (38 significant digits, and
+    1E-130 to 1E+126 in magnitude, or zero), else None."""
+    if type(value) is int and -MAX_EXACT_INT < value < MAX_EXACT_INT:
+        return str(value)  # the common case, and always within DynamoDB's range
+    text = repr(value) if isinstance(value, float) else str(value)
+    exact = Decimal(text)
+    if not exact.is_finite():
+        return None
+    if not exact:
+        return text
+    # Counted as written: ``normalize()`` would round to 28 digits first.
+    significant = len(bytes(exact.as_tuple().digits).strip(b"\0"))
+    if significant <= MAX_DIGITS and MIN_EXPONENT <= exact.adjusted() <= MAX_EXPONENT:
+        return text
+    return None
 
 
 def _number(value: Decimal | int | float) -> dict[str, str]:
-    """N where DynamoDB can hold the number exactly (38 digits, 1E-130 to 1E+126),
-    else its text, which the field reads back the same."""
-    if type(value) is int and -MAX_EXACT_INT < value < MAX_EXACT_INT:
-        return {"N": str(value)}  # the common case, and always within DynamoDB's range
-    text = repr(value) if isinstance(value, float) else str(value)
-    exact = Decimal(text)
-    fits = exact.is_finite() and (
-        exact == 0
-        or (
-            len(exact.normalize().as_tuple().digits) <= 38
-            and Decimal("1E-130") <= abs(exact) < Decimal("1E+126")
-        )
-    )
-    return {"N": text} if fits else {"S": text}
+    """N where DynamoDB can hold the number exactly, else its text (S), which the field
+    reads back the same."""
+    text = _number_text(value)
+    if text is not None:
+        return {"N": text}
+    return {"S": repr(value) if isinstance(value, float) else str(value)}
 
 
 def to_attribute(value: Any) -> dict[str, Any]:
@@ -107,12 +132,19 @@ def to_attribute(value: Any) -> dict[str, Any]:
     raise TypeError(f"no DynamoDB type for {type(value).__name__}")
 
 
-def json_attribute(value: Any) -> dict[str, Any]:
-    """A JSON document as a map or list, all the way down."""
-    if isinstance(value, dict):
-        return {"M": {str(k): json_attribute(v) for k, v in value.items()}}
-    if isinstance(value, list):
-        return {"L": [json_attribute(v) for v in value]}
+def json_attribute(value: Any, depth: int = 1) -> dict[str, Any]:
+    """A JSON document as a map or list, all the way down. A number N cannot hold exactly
+    (``1e200``, ``2**130``, NaN) is its JSON text as B, a type JSON never has otherwise;
+    a document nested deeper than DynamoDB allows is refused."""
+    if isinstance(value, dict | list):
+        if depth > MAX_DEPTH:
+            raise ItemRefused(f"JSON nested deeper than DynamoDB's {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            return {"M": {str(k): json_attribute(v, depth + 1) for k, v in value.items()}}
+        return {"L": [json_attribute(v, depth + 1) for v in value]}
+    if type(value) is int or type(value) is float:
+        text = _number_text(value)
+        return {"N": text} if text is not None else {"B": json.dumps(value).encode()}
     return to_attribute(value)
 
 
@@ -124,6 +156,8 @@ def json_value(attribute: dict[str, Any]) -> Any:
         return [json_value(v) for v in raw]
     if kind == "N":
         return float(raw) if any(c in raw for c in ".eE") else int(raw)
+    if kind == "B":
+        return json.loads(bytes(raw))
     if kind == "NULL":
         return None
     return raw
@@ -140,7 +174,7 @@ def from_attribute(field: models.Field, attribute: dict[str, Any]) -> Any:
         return bytes(raw) if kind == "B" else raw
     if isinstance(field, models.DecimalField):
         places = Decimal(10) ** -(field.decimal_places or 0)
-        return Decimal(raw).quantize(places)
+        return Decimal(raw).quantize(places, context=_EXACT)
     if isinstance(field, models.FloatField):
         return float(raw)
     if isinstance(field, models.DurationField):
@@ -154,6 +188,13 @@ def from_attribute(field: models.Field, attribute: dict[str, Any]) -> Any:
     if kind == "N":
         return int(raw)
     return field.to_python(raw)
+
+
+def _key(text: str) -> dict[str, str]:
+    """The partition key's attribute; DynamoDB refuses an empty one or one over 2 KB."""
+    if not text or len(text) * 4 > MAX_KEY_BYTES and len(text.encode()) > MAX_KEY_BYTES:
+        raise ItemRefused(f"key of {len(text.encode())} bytes: DynamoDB takes 1 to 2048")
+    return {"S": text}
 
 
 #: One encoder for every item: ``json.dumps`` with ``default`` builds a new one a call.
@@ -240,7 +281,9 @@ class DynamoDBTarget(Target):
     # --- items ------------------------------------------------------------------------------
 
     def _item(self, model: type[models.Model], event: Event) -> dict[str, Any]:
-        item: dict[str, Any] = {self.key: {"S": event.key[1]}, VERSION: {"N": str(event.version)}}
+        if not -MAX_EXACT_INT < event.version < MAX_EXACT_INT:
+            raise ItemRefused(f"version {event.version} has more than {MAX_DIGITS} digits")
+        item: dict[str, Any] = {self.key: _key(event.key[1]), VERSION: {"N": str(event.version)}}
         if event.op != UPSERT:
             expires = int(time.time() + self.tombstone_ttl)
             item.update({DELETED: {"BOOL": True}, TTL: {"N": str(expires)}})
@@ -398,10 +441,19 @@ class DynamoDBTarget(Target):
         """Read the versions of up to 100 rows, write the newer events: (written, stale,
         failed)."""
         failed: list[tuple[Event, str]] = []
+        keyed = []
+        for event in events:  # a key DynamoDB refuses would fail the version read of all
+            try:
+                _key(event.key[1])
+            except ItemRefused as exc:
+                failed.append((event, f"{type(exc).__name__}: {exc}"))
+            else:
+                keyed.append(event)
+        events = keyed
         try:
             held = self.versions(model._meta.label, [e.pk for e in events])
         except (LookupError, ValueError) as exc:
-            return 0, 0, [(e, str(exc)) for e in events]
+            return 0, 0, failed + [(e, str(exc)) for e in events]
         items = []
         stale = 0
         for event in events:
@@ -410,7 +462,7 @@ class DynamoDBTarget(Target):
                 continue
             try:
                 items.append(self._item(model, event))
-            except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
+            except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
                 failed.append((event, f"{type(exc).__name__}: {exc}"))
         self._batch_write(table, items)
         return len(items), stale, failed
@@ -423,7 +475,7 @@ class DynamoDBTarget(Target):
             model = apps.get_model(event.model)
             try:
                 item = self._item(model, event)
-            except (ItemTooLarge, EventDecodeError, TypeError, ValueError) as exc:
+            except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
                 continue
             if self._put_if(self.table(model), item, newer=True):
@@ -439,13 +491,20 @@ class DynamoDBTarget(Target):
         pk = model._meta.pk
         result = CopyResult()
 
-        def put(row: dict[str, Any]) -> bool:
-            item = {self.key: {"S": pk_text(row[pk.attname])}, VERSION: {"N": "0"}}
-            return self._put_if(table, self._with_columns(model, item, row), newer=False)
+        def put(row: dict[str, Any]) -> bool | str:
+            """Whether the row was put, or why DynamoDB would refuse it."""
+            try:
+                item = {self.key: _key(pk_text(row[pk.attname])), VERSION: {"N": "0"}}
+                item = self._with_columns(model, item, row)
+            except (ItemRefused, TypeError, ValueError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return self._put_if(table, item, newer=False)
 
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for copied in pool.map(put, rows):
-                if copied:
+            for row, copied in zip(rows, pool.map(put, rows), strict=True):
+                if isinstance(copied, str):
+                    result.failed.append((row, copied))
+                elif copied:
                     result.copied += 1
                 else:
                     result.skipped += 1
