@@ -175,10 +175,27 @@ screenshot: $(STAMP) browser
 	if [ $$status = 0 ]; then echo "saved docs/img/dashboard.png"; \
 	else echo "no screenshot saved (see above)"; exit 1; fi
 
-# The runbook on the example project, then again with the follows going to DynamoDB.
+# Databases of the demo's PostgreSQL pass (created when missing).
+PG_DEMO_SOURCE_URL ?= postgres://postgres@127.0.0.1:5432/mirror_demo_source
+PG_DEMO_TARGET_URL ?= postgres://postgres@127.0.0.1:5432/mirror_demo_target
+
+# The runbook on the example project, then again with the follows going to DynamoDB, then
+# (where PostgreSQL runs) on two PostgreSQL databases, whose foreign keys the live writes
+# of the promoted and rolled-back group must satisfy.
 demo: $(STAMP)
 	cd example_project && ../$(PY) manage.py mirror_demo
 	cd example_project && MIRROR_TARGET=dynamodb ../$(PY) manage.py mirror_demo --operations 1200
+	@if $(call port_open,127.0.0.1,5432); then \
+	  $(PY) -c "import sys, psycopg; from urllib.parse import urlsplit; \
+	    names = [urlsplit(u).path.strip('/') for u in sys.argv[1:]]; \
+	    url = urlsplit(sys.argv[1]); \
+	    c = psycopg.connect(host=url.hostname, port=url.port or 5432, user=url.username, dbname='postgres', autocommit=True); \
+	    [c.execute('CREATE DATABASE \"%s\"' % n) for n in names \
+	     if not c.execute('SELECT 1 FROM pg_database WHERE datname = %s', (n,)).fetchone()]" \
+	    "$(PG_DEMO_SOURCE_URL)" "$(PG_DEMO_TARGET_URL)" && \
+	  cd example_project && DATABASE_URL="$(PG_DEMO_SOURCE_URL)" TARGET_DATABASE_URL="$(PG_DEMO_TARGET_URL)" \
+	    ../$(PY) manage.py mirror_demo --operations 1200; \
+	else echo "PostgreSQL is not running on 127.0.0.1:5432: the demo's PostgreSQL pass is skipped"; fi
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -648,3 +648,18 @@ def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
 class _Excluding:
     def __init__(self, *fields: str) -> None:
         self.exclude_fields = fields
+
+
+def test_settings_that_start_a_group_split_are_warned_about():
+    from django.conf import settings
+    from django.test import override_settings
+
+    from django_mirror.checks import check_group_phases
+
+    assert check_group_phases() == []
+    base = settings.DJANGO_MIRROR
+    split = {**base["MODELS"], "testapp.Tag": {**base["MODELS"]["testapp.Tag"], "phase": "off"}}
+    with override_settings(DJANGO_MIRROR={**base, "MODELS": split}):
+        (warning,) = check_group_phases()
+    assert warning.id == "django_mirror.W008"
+    assert "testapp.Tag: off" in warning.msg and "testapp.Author: capture" in warning.msg

@@ -203,3 +203,4 @@ def test_rows_inserted_together_reach_the_target_parents_first(kinesis):
             Author.objects.filter(pk=author.pk).update(name="parent")
         _same_rows()
     assert not MismatchRecord.objects.filter(kind="write").exists()
+

@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DataError, IntegrityError, connections, models, transaction
 
-from django_mirror import conf, images, scoped
+from django_mirror import conf, graph, images, scoped
 from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
 from django_mirror.events import (
     UPSERT,
@@ -329,6 +329,21 @@ def _column(field: models.Field, connection: Any) -> _Column:
     )
 
 
+#: Passes over the events of a batch that failed as a whole (see ``_apply_each``).
+FAILED_EVENT_PASSES = 3
+
+
+@dataclass
+class _Claim:
+    """What one model's share of a batch won against the stored versions: the rows to
+    upsert (with their keys, where the store needs them) and the keys to delete."""
+
+    won: int
+    rows: list[tuple[Any, ...]]
+    upsert_pks: list[Any]
+    delete_pks: list[Any]
+
+
 class DatabaseTarget(Target):
     """Mirror rows into the ``DATABASES`` alias ``alias``."""
 
@@ -399,13 +414,27 @@ class DatabaseTarget(Target):
             with self._transaction():
                 applied, stale = self._apply(latest)
         except APPLY_ERRORS:
-            for event in sorted(latest, key=lambda e: e.version):
-                self._apply_one(event, result)
+            self._apply_each(sorted(latest, key=lambda e: e.version), result)
             return result
         for label, count in applied.items():
             result.count(label, count)
         result.stale += stale
         return result
+
+    def _apply_each(self, events: list[Event], result: ApplyResult) -> None:
+        """One event at a time, in version order; those refused are tried again while
+        a pass gets any in: a row whose turn broke a key check (a parent deleted while
+        a child still pointed at it) goes in once the rows it waited on have."""
+        for _ in range(FAILED_EVENT_PASSES):
+            before = len(result.failed)
+            for event in events:
+                self._apply_one(event, result)
+            refused = result.failed[before:]
+            if not refused or len(refused) == len(events):
+                return
+            del result.failed[before:]
+            events = [event for event, _ in refused]
+        result.failed += refused
 
     def _apply_one(self, event: Event, result: ApplyResult) -> None:
         """One event on its own; a unique clash with a stale row evicts that row, once."""
@@ -452,60 +481,85 @@ class DatabaseTarget(Target):
 
     def _apply(self, events: Sequence[Event]) -> tuple[dict[str, int], int]:
         """Apply newest-per-row events inside the caller's transaction:
-        (applied per model label, stale)."""
+        (applied per model label, stale).
+
+        Rows are written in an order the target's foreign keys accept, for a store that
+        checks them (live mirroring; MariaDB checks each statement): every model's
+        versions are claimed first, then rows are deleted child tables first, upserted
+        parent tables first, and a table's deletes wait until after the upserts while a
+        table referring to it has upserts (a child re-pointed by SET_NULL must let go of
+        its parent before the parent goes).
+        """
         by_label: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             by_label[event.model].append(event)
         by_model: dict[type[models.Model], list[Event]] = defaultdict(list)
         for label, labelled in by_label.items():  # settings looked up per label, not per event
             by_model[self._model(label)] += labelled
-        applied: dict[str, int] = {}
-        stale = 0
-        apply = (
-            self._apply_upserting
-            if self.connection.vendor in UPSERT_VENDORS
-            else self._apply_locking
-        )
-        for model, model_events in by_model.items():
-            done = apply(model, model_events)
-            applied[model._meta.label] = done
-            stale += len(model_events) - done
-        return applied, stale
+        locking = self.connection.vendor not in UPSERT_VENDORS
+        claim = self._claim_locking if locking else self._claim_upserting
+        claims = {model: claim(model, model_events) for model, model_events in by_model.items()}
+        order = graph.parents_first(tuple(by_model))
+        late: set[type[models.Model]] = set()
+        if len(order) > 1:
+            referring = graph.referrers(order)
+            for model in reversed(order):  # children first, so a wait passes up the chain
+                if any(claims[c].rows or c in late for c in referring[model]):
+                    late.add(model)
+        for model in reversed(order):
+            if model not in late:
+                self._delete_rows(model, claims[model].delete_pks)
+        for model in order:
+            if locking:
+                self._write_rows_locking(model, claims[model])
+            else:
+                self._upsert_rows(model, claims[model].rows)
+        for model in reversed(order):
+            if model in late:
+                self._delete_rows(model, claims[model].delete_pks)
+        applied = {model._meta.label: claims[model].won for model in order}
+        return applied, len(events) - sum(applied.values())
 
-    def _apply_locking(self, model: type[models.Model], events: list[Event]) -> int:
-        """Portable: lock the stored versions, then delete and insert the newer rows."""
+    def _claim_locking(self, model: type[models.Model], events: list[Event]) -> _Claim:
+        """Portable: lock the stored versions and store the newer ones; rows held already
+        are later updated in place, the others inserted."""
         label = model._meta.label_lower
         current = self._versions(label, [e.key[1] for e in events], lock=True)
         fresh = [e for e in events if e.version > current.get(e.key[1], (-1, False))[0]]
         if not fresh:
-            return 0
+            return _Claim(0, [], [], [])
         # Decode first: a bad event must fail before anything is written.
         upserts = [e for e in fresh if e.op == UPSERT]
         rows = self._rows(model, upserts)
-        # Rows held already are updated in place, so rows referring to them (an M2M
-        # table) keep their foreign keys valid even where the checks stay on (live
-        # mirroring); the others are inserted.
-        self._delete_rows(model, [e.pk for e in fresh if e.op != UPSERT])
-        held = {pk_text(pk) for pk in self._existing_pks(model, [e.pk for e in upserts])}
-        pk_index = [f.attname for f in model._meta.concrete_fields].index(model._meta.pk.attname)
-        in_place = [e.key[1] in held for e in upserts]
-        self._update_rows(model, [r for r, h in zip(rows, in_place, strict=True) if h], pk_index)
-        self._insert_rows(model, [r for r, h in zip(rows, in_place, strict=True) if not h])
         self._write_versions(label, fresh, current)
-        return len(fresh)
+        return _Claim(
+            len(fresh), rows, [e.pk for e in upserts], [e.pk for e in fresh if e.op != UPSERT]
+        )
 
-    def _apply_upserting(self, model: type[models.Model], events: list[Event]) -> int:
+    def _write_rows_locking(self, model: type[models.Model], claim: _Claim) -> None:
+        """Rows held already are updated in place, so rows referring to them (an M2M
+        table) keep their foreign keys valid where the checks stay on (live mirroring);
+        the others are inserted."""
+        if not claim.rows:
+            return
+        held = {pk_text(pk) for pk in self._existing_pks(model, claim.upsert_pks)}
+        pk_index = [f.attname for f in model._meta.concrete_fields].index(model._meta.pk.attname)
+        in_place = [pk_text(pk) in held for pk in claim.upsert_pks]
+        self._update_rows(
+            model, [r for r, h in zip(claim.rows, in_place, strict=True) if h], pk_index
+        )
+        self._insert_rows(model, [r for r, h in zip(claim.rows, in_place, strict=True) if not h])
+
+    def _claim_upserting(self, model: type[models.Model], events: list[Event]) -> _Claim:
         """PostgreSQL and SQLite: one conditional version upsert names the events that are
-        newer than what the target holds; then one row upsert and one delete apply them."""
+        newer than what the target holds; one row upsert and one delete apply them."""
         upserts = [e for e in events if e.op == UPSERT]
         deletes = [e for e in events if e.op != UPSERT]
         rows = self._rows(model, upserts)  # decoded first: a bad event fails before any write
         won = self._claim_versions(model._meta.label_lower, upserts, deletes)
         if len(won) < len(events):
             rows = [row for row, e in zip(rows, upserts, strict=True) if e.key[1] in won]
-        self._delete_rows(model, [e.pk for e in deletes if e.key[1] in won])
-        self._upsert_rows(model, rows)
-        return len(won)
+        return _Claim(len(won), rows, [], [e.pk for e in deletes if e.key[1] in won])
 
     def _claim_versions(self, label: str, upserts: list[Event], deletes: list[Event]) -> set[str]:
         """Store each event's version where it is newer than the stored one (or there is

@@ -200,10 +200,7 @@ class Command(BaseCommand):
                 self.verify()
 
             with self.step("5 mirror", "live writes to the target, every read shadowed") as note:
-                for label in labels:
-                    call_command(
-                        "mirror_phase", label, "mirror", reason="demo: step 5", verbosity=0
-                    )
+                self.move_group("mirror", "demo: step 5")
                 with shadow_reads(rate=1.0):
                     workload.run(share, lambda n: None)
                     reads = self.read_followers(workload, 200)
@@ -211,15 +208,14 @@ class Command(BaseCommand):
                 self.catch_up(source)
                 confirmed = MismatchRecord.objects.using(source).filter(kind="read").count()
                 note(
-                    f"{share} operations applied live; {reads} reads shadowed, {confirmed} mismatches"
+                    f"{share} operations applied live ({self.write_mismatches(source)} write "
+                    f"mismatches); {reads} reads shadowed, {confirmed} mismatches"
                 )
                 self.verify()
 
             with self.step("6 promote", "the new store takes reads and writes") as note:
-                for label in promotable:
-                    call_command(
-                        "mirror_phase", label, "promoted", reason="demo: step 6", verbosity=0
-                    )
+                if promotable:
+                    self.move_group("promoted", "demo: step 6")
                 if stay:
                     note(
                         f"all stay in mirror: {', '.join(stay)} goes to a store that is not a "
@@ -231,17 +227,19 @@ class Command(BaseCommand):
                 if not stay:
                     note(
                         f"{share} operations written to the new store first ({outbox} outbox "
-                        "batches there)"
+                        f"batches there) and mirrored back live "
+                        f"({self.write_mismatches(source)} write mismatches)"
                     )
                 self.verify()
 
-            with self.step("rollback", "back to mirror: the old store is primary again"):
-                for label in promotable:
-                    call_command(
-                        "mirror_phase", label, "mirror", reason="demo: rollback", verbosity=0
-                    )
+            with self.step(
+                "rollback", "back to mirror: the old store is primary again"
+            ) as note:
+                if promotable:
+                    self.move_group("mirror", "demo: rollback")
                 workload.run(max(share // 4, 1), lambda n: None)
                 self.catch_up(source)
+                note(f"{self.write_mismatches(source)} write mismatches in all")
                 self.verify()
 
             with self.step(
@@ -254,6 +252,9 @@ class Command(BaseCommand):
         finally:
             self.delete_stream_if_ours(stream)
 
+        writes = self.write_mismatches(source)
+        if writes:
+            raise CommandError(f"{writes} live writes failed on the other store (see the admin)")
         dead = DeadLetter.objects.using(source).count()
         if dead:
             self.stdout.write(self.style.WARNING(f"{dead} dead letters (see the admin)"))
@@ -262,6 +263,18 @@ class Command(BaseCommand):
         if channels_differing:
             raise CommandError(f"{channels_differing} channels differ between SQL and DynamoDB")
         self.stdout.write(self.style.SUCCESS("OK: 0 rows differ between source and target"))
+
+    def move_group(self, phase: str, reason: str) -> None:
+        """``mirror_phase --group``: the follows' models cascade into each other (a
+        deleted user takes its channels and follows), so they change phase as one."""
+        call_command(
+            "mirror_phase", "--group", MOVED[0]._meta.label, phase, reason=reason, verbosity=0
+        )
+
+    @staticmethod
+    def write_mismatches(source: str) -> int:
+        """Live writes the other store refused so far (replay applies them later)."""
+        return MismatchRecord.objects.using(source).filter(kind="write").count()
 
     # --- the repository step ---------------------------------------------------------------
 
