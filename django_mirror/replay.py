@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,12 +36,32 @@ logger = logging.getLogger("django_mirror.replay")
 APPLY_ATTEMPTS = 5
 
 
+#: Without a terminal, a replay whose progress line says nothing new prints it this often.
+QUIET_PROGRESS_SECONDS = 60.0
+
+
+class ReplayRefused(Exception):
+    """The checkpoints cannot be trusted on this stream: reading on would skip events."""
+
+
 @dataclass
 class ShardProgress:
     shard_id: str
     millis_behind: int | None = None
     caught_up: bool = False
     finished: bool = False
+    #: The other process ("host:pid") holding the shard's lease, and until when.
+    holder: str = ""
+    holder_until: dt.datetime | None = None
+
+    def describe(self) -> str:
+        if self.finished:
+            return "done"
+        lag = f"{self.millis_behind or 0} ms behind"
+        if not self.holder:
+            return lag
+        until = f"{self.holder_until:%H:%M:%S} UTC" if self.holder_until else "?"
+        return f"{lag}, replayed by {self.holder} (lease until {until})"
 
 
 @dataclass
@@ -59,13 +79,22 @@ class ReplayStats:
         return self.read / max(time.monotonic() - self.started, 1e-9)
 
     def line(self) -> str:
-        lags = ", ".join(
-            f"{s.shard_id}: {'done' if s.finished else f'{s.millis_behind or 0} ms behind'}"
-            for s in self.shards.values()
-        )
+        lags = ", ".join(f"{s.shard_id}: {s.describe()}" for s in self.shards.values())
         return (
             f"replay: {self.read} events read, {self.applied} applied, {self.stale} stale, "
             f"{self.dead_letters} dead-lettered, {self.rate:,.0f} events/s; {lags}"
+        )
+
+    def state(self) -> tuple[object, ...]:
+        """What the progress line says, less what moves by itself (rate, lease renewals)."""
+        return (
+            self.read,
+            self.applied,
+            self.stale,
+            self.dead_letters,
+            tuple(
+                (s.shard_id, s.finished, s.millis_behind, s.holder) for s in self.shards.values()
+            ),
         )
 
 
@@ -77,6 +106,11 @@ def consumer_name(labels: Iterable[str] | None) -> str:
 
 def make_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_process(owner: str) -> str:
+    """``host:pid`` of a lease owner, as an operator looks for the process."""
+    return ":".join(owner.split(":")[:2])
 
 
 def _owner_is_dead(owner: str) -> bool:
@@ -126,8 +160,11 @@ class Replayer:
         stream: Stream | None = None,
         progress: Callable[[ReplayStats], None] | None = None,
         progress_every: float = 1.0,
+        quiet_every: float | None = None,
     ) -> None:
-        self.labels = {label.lower() for label in models or ()}
+        """``quiet_every``: when set, a progress line that says nothing new waits this long."""
+        self.requested = sorted(models or ())
+        self.labels = {label.lower() for label in self.requested}
         # A model's auto-created many-to-many tables are mirrored, so replayed, with it.
         self.labels |= {
             c.label.lower()
@@ -141,14 +178,22 @@ class Replayer:
         self.stream = stream or get_stream()
         self.progress = progress
         self.progress_every = progress_every
+        self.quiet_every = quiet_every
         self.owner = make_owner()
         self.alias = conf.source_alias()
         self.stop = False
         #: Replay repository calls also on the targets that ran them live (from start).
         self.include_live_calls = False
         self.stats = ReplayStats()
+        #: The stream incarnation checkpoints are written for ("" when it cannot tell).
+        self.identity = ""
         self._positions: dict[str, str | None] = {}
         self._targets: dict[str, Target] = {}
+        #: Per shard another process holds: the last checkpoint time seen, and how many
+        #: different ones were seen since this process started watching it.
+        self._watched: dict[str, tuple[dt.datetime | None, int]] = {}
+        self._reported_at: float | None = None
+        self._reported_state: tuple[object, ...] = ()
 
     # --- checkpoints and leases ---------------------------------------------------------
 
@@ -163,37 +208,139 @@ class Replayer:
         self._checkpoints().delete()
         self.include_live_calls = True
 
-    def _claim(self, shards: list[Shard]) -> list[ShardCheckpoint]:
-        """Checkpoints of the readable shards this process holds or could take the lease of."""
+    def _recovery(self) -> str:
+        """The commands that bring the target back whole, for this consumer's models."""
+        labels = "".join(f" {label}" for label in self.requested)
+        flags = "".join(f" --model {label}" for label in self.requested)
+        return (
+            f"Recover with `manage.py mirror_copy{labels}` (rows created meanwhile), then "
+            f"`manage.py mirror_replay --from-start --until-caught-up{flags}` (forgets these "
+            f"checkpoints), then `manage.py mirror_verify{labels} --repair` (rows changed or "
+            "deleted meanwhile); see docs/runbook.md, 'Replay refused'."
+        )
+
+    def _verify_stream(self) -> None:
+        """Refuse a stream other than the incarnation this consumer's checkpoints were
+        taken on; checkpoints from before identities were kept adopt the current one."""
+        self.identity = self.stream.identity()
+        if not self.identity:
+            return
+        self._checkpoints().filter(stream_identity="").update(stream_identity=self.identity)
+        other = (
+            self._checkpoints()
+            .exclude(stream_identity=self.identity)
+            .values_list("stream_identity", flat=True)
+            .first()
+        )
+        if other is not None:
+            raise ReplayRefused(
+                f"stream {self.stream.name!r} is not the stream the checkpoints of consumer "
+                f"{self.consumer!r} were taken on ({other}; it is now {self.identity}): it was "
+                "deleted and created again, and the events the old one held that were not "
+                f"replayed yet are lost to replay. {self._recovery()}"
+            )
+
+    def _position(self, cp: ShardCheckpoint) -> str:
+        """A read position just after the checkpoint, once the shard is known to still
+        hold the checkpoint's record (else records after it may be gone unread)."""
+        if cp.sequence_number and not self.stream.holds(cp.shard_id, cp.sequence_number):
+            raise ReplayRefused(
+                f"shard {cp.shard_id} of stream {self.stream.name!r} no longer holds record "
+                f"{cp.sequence_number}, where consumer {self.consumer!r} checkpointed: the "
+                "stream's retention dropped it, and maybe records after it that were never "
+                f"replayed (or the stream was created again). {self._recovery()}"
+            )
+        return self.stream.position(cp.shard_id, cp.sequence_number or None)
+
+    def _held_elsewhere(self, cp: ShardCheckpoint, now: dt.datetime) -> bool:
+        """Another process that is alive holds the shard's lease."""
+        return (
+            cp.lease_owner not in ("", self.owner)
+            and cp.lease_expires is not None
+            and cp.lease_expires >= now
+            and not _owner_is_dead(cp.lease_owner)
+        )
+
+    def _lease(self, cp: ShardCheckpoint, now: dt.datetime, condition: Q) -> bool:
+        """Take (or renew) the shard's lease if its row still meets ``condition``."""
+        return bool(
+            self._checkpoints()
+            .filter(condition, pk=cp.pk)
+            .update(lease_owner=self.owner, lease_expires=now + self.lease)
+        )
+
+    def _claim(self, shards: list[Shard], share: bool = True) -> list[ShardCheckpoint]:
+        """Renew this process's leases and take free ones, up to its share of the readable
+        shards among the processes holding leases. With ``share``, a process below its
+        share also takes leases over from one above it, so processes started together
+        split the shards evenly."""
         for shard in shards:
             ShardCheckpoint.objects.using(self.alias).get_or_create(
-                consumer=self.consumer, stream=self.stream.name, shard_id=shard.shard_id
+                consumer=self.consumer,
+                stream=self.stream.name,
+                shard_id=shard.shard_id,
+                defaults={"stream_identity": self.identity},
             )
         checkpoints = {cp.shard_id: cp for cp in self._checkpoints()}
         listed = {shard.shard_id for shard in shards}
         now = timezone.now()
-        held = []
+        readable = []
         for shard in shards:
             cp = checkpoints[shard.shard_id]
-            parents_done = all(p not in listed or checkpoints[p].finished for p in shard.parents)
-            if cp.finished:
-                # Read to its end by an earlier run: counts as done for --until-caught-up.
-                self.stats.shards.setdefault(shard.shard_id, ShardProgress(shard.shard_id))
-                self.stats.shards[shard.shard_id].finished = True
+            progress = self.stats.shards.setdefault(shard.shard_id, ShardProgress(shard.shard_id))
+            # Read to its end, now or by an earlier run: counts as done for --until-caught-up.
+            progress.finished = cp.finished
+            if not cp.finished and all(
+                p not in listed or checkpoints[p].finished for p in shard.parents
+            ):
+                readable.append(cp)
+        holders = Counter(cp.lease_owner for cp in readable if self._held_elsewhere(cp, now))
+        most = -(-len(readable) // (len(holders) + 1))
+        fair = len(readable) // (len(holders) + 1)
+        held = [
+            cp
+            for cp in readable
+            if cp.lease_owner == self.owner and self._lease(cp, now, Q(lease_owner=self.owner))
+        ]
+        for cp in readable:
+            if len(held) >= most:
+                break
+            if cp.lease_owner == self.owner or self._held_elsewhere(cp, now):
                 continue
-            if not parents_done:
-                continue
-            free = Q(lease_owner="") | Q(lease_owner=self.owner) | Q(lease_expires__lt=now)
-            if cp.lease_owner and _owner_is_dead(cp.lease_owner):
-                free |= Q(lease_owner=cp.lease_owner)
-            taken = (
-                self._checkpoints()
-                .filter(free, pk=cp.pk)
-                .update(lease_owner=self.owner, lease_expires=now + self.lease)
-            )
-            if taken:
+            condition = Q(lease_owner=cp.lease_owner)
+            if cp.lease_owner and not _owner_is_dead(cp.lease_owner):
+                condition &= Q(lease_expires__lt=now)
+            if self._lease(cp, now, condition):
                 held.append(cp)
+        for victim, count in holders.most_common():
+            for cp in readable:
+                if not share or len(held) >= fair or count <= most:
+                    break
+                if cp.lease_owner == victim and self._lease(cp, now, Q(lease_owner=victim)):
+                    logger.info("replay: took %s over from %s", cp.shard_id, victim)
+                    held.append(cp)
+                    count -= 1
+        mine = {cp.shard_id for cp in held}
+        for cp in readable:
+            if cp.shard_id not in mine:
+                self._watch(cp, now)
+        for shard_id in set(self._positions) - mine:
+            del self._positions[shard_id]  # another process may move its checkpoint now
         return held
+
+    def _watch(self, cp: ShardCheckpoint, now: dt.datetime) -> None:
+        """Progress of a shard this process does not hold, from its checkpoint. It counts
+        as caught up once its holder wrote two checkpoints since this process started
+        watching (so the second one's read began after that), the last without lag."""
+        progress = self.stats.shards[cp.shard_id]
+        elsewhere = self._held_elsewhere(cp, now)
+        progress.holder = owner_process(cp.lease_owner) if elsewhere else ""
+        progress.holder_until = cp.lease_expires if elsewhere else None
+        progress.millis_behind = cp.millis_behind
+        seen, changes = self._watched.get(cp.shard_id, (cp.updated_at, -1))
+        changes += seen != cp.updated_at or changes < 0
+        self._watched[cp.shard_id] = (cp.updated_at, changes)
+        progress.caught_up = elsewhere and changes >= 2 and cp.millis_behind == 0
 
     def release(self) -> None:
         self._checkpoints().filter(lease_owner=self.owner).update(
@@ -203,30 +350,52 @@ class Replayer:
     # --- the loop -----------------------------------------------------------------------
 
     def run(self, until_caught_up: bool = False) -> ReplayStats:
-        last_progress = 0.0
+        """Replay until stopped, or with ``until_caught_up`` until every shard is caught up
+        (by this process, or by the one holding its lease)."""
         try:
+            self._verify_stream()
+            verified = True
             while not self.stop:
                 shards = self.stream.shards()
-                held = self._claim(shards)
-                for shard in shards:
-                    self.stats.shards.setdefault(shard.shard_id, ShardProgress(shard.shard_id))
+                held = self._claim(shards, share=not until_caught_up)
+                for cp in held:
+                    self._watched.pop(cp.shard_id, None)
+                    self.stats.shards[cp.shard_id].holder = ""
+                if not verified and any(cp.shard_id not in self._positions for cp in held):
+                    self._verify_stream()  # read positions come from checkpoints again
+                verified = False
                 records_seen = 0
                 for cp in held:
                     if self.stop:
                         break
                     records_seen += self._step(cp)
-                if self.progress and time.monotonic() - last_progress >= self.progress_every:
-                    self.progress(self.stats)
-                    last_progress = time.monotonic()
+                self._report()
                 if until_caught_up and self.caught_up(shards):
                     break
                 if not records_seen and not self.stop:
                     time.sleep(self.idle_sleep)
         finally:
             self.release()
-        if self.progress:
-            self.progress(self.stats)
+        self._report(final=True)
         return self.stats
+
+    def _report(self, final: bool = False) -> None:
+        """Call ``progress`` at most every ``progress_every`` seconds (and at the end);
+        with ``quiet_every``, a line that says nothing new only that often."""
+        if not self.progress:
+            return
+        now = time.monotonic()
+        state = self.stats.state()
+        if not final and self._reported_at is not None:
+            since = now - self._reported_at
+            if since < self.progress_every:
+                return
+            if self.quiet_every is not None and state == self._reported_state:
+                if since < self.quiet_every:
+                    return
+        self.progress(self.stats)
+        self._reported_at = now
+        self._reported_state = state
 
     def caught_up(self, shards: list[Shard]) -> bool:
         return all(
@@ -239,12 +408,12 @@ class Replayer:
         progress = self.stats.shards[cp.shard_id]
         position = self._positions.get(cp.shard_id)
         if position is None:
-            position = self.stream.position(cp.shard_id, cp.sequence_number or None)
+            position = self._position(cp)
         try:
             batch = self.stream.read(cp.shard_id, position, self.batch_size)
         except PositionExpired:
-            position = self.stream.position(cp.shard_id, cp.sequence_number or None)
-            batch = self.stream.read(cp.shard_id, position, self.batch_size)
+            self._verify_stream()
+            batch = self.stream.read(cp.shard_id, self._position(cp), self.batch_size)
         self.apply_records(batch.records, cp.shard_id)
         last_sequence = (
             max((sequence for sequence, _ in batch.records), key=int)
@@ -252,6 +421,7 @@ class Replayer:
             else cp.sequence_number
         )
         finished = batch.next_position is None
+        now = timezone.now()
         kept = (
             self._checkpoints()
             .filter(pk=cp.pk, lease_owner=self.owner)
@@ -259,11 +429,12 @@ class Replayer:
                 sequence_number=last_sequence,
                 finished=finished,
                 millis_behind=batch.millis_behind,
-                lease_expires=timezone.now() + self.lease,
+                lease_expires=now + self.lease,
+                updated_at=now,
             )
         )
         if not kept:
-            logger.warning("replay: lost the lease on %s; another process has it", cp.shard_id)
+            logger.info("replay: %s was handed over to another process", cp.shard_id)
             self._positions.pop(cp.shard_id, None)
             return len(batch.records)
         cp.sequence_number = last_sequence

@@ -143,7 +143,8 @@ def test_expired_iterator_is_renewed_from_the_checkpoint(kinesis: KinesisStream)
     with hooked(kinesis.client, *reads.hooks(), *expire.hooks()):
         Replayer(batch_size=20).run(until_caught_up=True)
     assert expire.failed == 1
-    assert len(reads.positioned) == 2  # the first position, and its renewal
+    # the first position; at renewal, a look at the checkpoint's record, then the new one
+    assert len(reads.positioned) == 3
     assert_mirrored(Counter)
 
 

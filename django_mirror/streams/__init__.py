@@ -14,6 +14,7 @@ from django_mirror import conf
 from django_mirror.streams.base import (
     Batch,
     PositionExpired,
+    PositionInvalid,
     Record,
     Shard,
     Stream,
@@ -26,6 +27,7 @@ __all__ = [
     "Batch",
     "KinesisStream",
     "PositionExpired",
+    "PositionInvalid",
     "Record",
     "Shard",
     "Stream",

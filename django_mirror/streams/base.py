@@ -20,6 +20,10 @@ class PositionExpired(StreamError):
     """A read position is too old to use; ask for a new one from the checkpoint."""
 
 
+class PositionInvalid(StreamError):
+    """The stream refused a sequence number: it never came from this shard."""
+
+
 @dataclass(frozen=True)
 class Record:
     """One event on its way to the stream."""
@@ -71,3 +75,14 @@ class Stream:
 
     def read(self, shard_id: str, position: str, limit: int) -> Batch:
         raise NotImplementedError
+
+    def identity(self) -> str:
+        """Which incarnation of the stream this is (a stream deleted and created again
+        under the same name is another one); "" when the backend cannot tell."""
+        return ""
+
+    def holds(self, shard_id: str, sequence: str) -> bool:
+        """Whether the shard still holds the record at ``sequence``: False once retention
+        dropped it, or when it never came from this shard. True when the backend cannot
+        tell."""
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -11,6 +12,7 @@ from django_mirror.aws import AwsClient
 from django_mirror.streams.base import (
     Batch,
     PositionExpired,
+    PositionInvalid,
     Record,
     Shard,
     Stream,
@@ -35,6 +37,9 @@ RETRYABLE_CODES = {
 
 #: The stream (or a shard) is missing: retrying cannot help.
 NOT_FOUND = "ResourceNotFoundException"
+#: Reads of a shard that may answer empty before its first record (Kinesis skips
+#: empty stretches of a shard one response at a time).
+EMPTY_READS = 10
 
 
 class KinesisStream(Stream):
@@ -158,8 +163,10 @@ class KinesisStream(Stream):
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "ExpiredIteratorException":
                     raise PositionExpired(str(exc)) from exc
-                if code == NOT_FOUND and method == "list_shards":  # not a trimmed shard
-                    raise StreamNotFound(self.name) from exc
+                if code == NOT_FOUND and method in ("list_shards", "describe_stream_summary"):
+                    raise StreamNotFound(self.name) from exc  # not a trimmed shard
+                if code == "InvalidArgumentException" and method == "get_shard_iterator":
+                    raise PositionInvalid(str(exc)) from exc
                 if code not in RETRYABLE_CODES or attempt + 1 == self.max_attempts:
                     raise StreamError(f"kinesis {method}: {exc}") from exc
             except BotoCoreError as exc:
@@ -201,3 +208,36 @@ class KinesisStream(Stream):
             next_position=response.get("NextShardIterator"),
             millis_behind=int(response.get("MillisBehindLatest") or 0),
         )
+
+    def identity(self) -> str:
+        """The ARN and creation time: a stream created again under the same name keeps
+        its ARN but not its creation time."""
+        summary = self._call("describe_stream_summary", StreamName=self.name)[
+            "StreamDescriptionSummary"
+        ]
+        created = summary["StreamCreationTimestamp"].astimezone(dt.UTC)
+        return f"{summary['StreamARN']} created {created.isoformat(timespec='milliseconds')}"
+
+    def holds(self, shard_id: str, sequence: str) -> bool:
+        """Read from the record at ``sequence``: Kinesis refuses a number from another
+        stream, and starts at its oldest retained record when that one expired."""
+        try:
+            position: str | None = self._call(
+                "get_shard_iterator",
+                StreamName=self.name,
+                ShardId=shard_id,
+                ShardIteratorType="AT_SEQUENCE_NUMBER",
+                StartingSequenceNumber=sequence,
+            )["ShardIterator"]
+        except PositionInvalid:
+            return False
+        for _ in range(EMPTY_READS):
+            if position is None:
+                break
+            batch = self.read(shard_id, position, 1)
+            if batch.records:
+                return batch.records[0][0] == sequence
+            if batch.millis_behind == 0:
+                break
+            position = batch.next_position
+        return False

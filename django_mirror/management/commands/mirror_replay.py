@@ -6,7 +6,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
-from django_mirror.replay import Replayer, ReplayStats
+from django_mirror.replay import QUIET_PROGRESS_SECONDS, Replayer, ReplayRefused, ReplayStats
 from django_mirror.streams import StreamError
 
 
@@ -43,6 +43,8 @@ class Command(MirrorCommand):
             models=[c.label for c in configs] if configs else None,
             batch_size=options["batch_size"],
             progress=progress,
+            # A log (no terminal) gets a line when something changed, or once a minute.
+            quiet_every=None if self.stdout.isatty() else QUIET_PROGRESS_SECONDS,
         )
 
         if options["dry_run"]:
@@ -61,6 +63,8 @@ class Command(MirrorCommand):
                 replayer.reset()
             with stopping_on_signals(request_stop):
                 stats = replayer.run(until_caught_up=options["until_caught_up"])
+        except ReplayRefused as exc:
+            raise CommandError(f"replay refused: {exc}") from exc
         except (StreamError, DatabaseError) as exc:
             raise CommandError(f"replay failed: {exc}") from exc
         if options["json"]:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 from django.db.models import Count
+from django.utils import timezone
 
-from django_mirror import conf, relay
+from django_mirror import conf, graph, relay
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.models import (
     DeadLetter,
@@ -14,6 +16,7 @@ from django_mirror.models import (
     MismatchRecord,
     ShardCheckpoint,
 )
+from django_mirror.replay import owner_process
 from django_mirror.verify import last_runs
 
 
@@ -52,13 +55,32 @@ class Command(MirrorCommand):
             )
             if options["verbosity"] >= 2:
                 self.stdout.write(f"  phase from {row['phase_source']}")
+        for group in report["groups"]:
+            phases = sorted(set(group["phases"].values()))
+            self.stdout.write(
+                f"group {', '.join(group['members'])}: "
+                + (f"{phases[0]}" if len(phases) == 1 else f"SPLIT ({', '.join(phases)})")
+            )
         self.stdout.write(f"relay backlog: {report['backlog']} events")
+        now = timezone.now()
         for shard in report["shards"]:
             self.stdout.write(
                 f"replay {shard['consumer']} {shard['shard_id']}: "
                 f"{'done' if shard['finished'] else str(shard['millis_behind']) + ' ms behind'}"
-                f" (lease: {shard['lease_owner'] or 'free'})"
+                f" (lease: {self._lease(shard, now)})"
             )
+
+    @staticmethod
+    def _lease(shard: dict[str, Any], now: dt.datetime) -> str:
+        """Which process (host:pid) holds the shard and until when, so an operator can
+        find the replay that is reading it."""
+        owner, expires = shard["lease_owner"], shard["lease_expires"]
+        if not owner or expires is None:
+            return "free"
+        until = f"{expires.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if expires < now:
+            return f"free, {owner_process(owner)}'s lapsed at {until}"
+        return f"{owner_process(owner)} until {until}"
 
     def _report(self, configs: list[conf.ModelConfig], using: str) -> dict[str, Any]:
         def counts(qs: Any) -> dict[str, int]:
@@ -113,7 +135,19 @@ class Command(MirrorCommand):
                 "finished",
                 "millis_behind",
                 "lease_owner",
+                "lease_expires",
                 "updated_at",
             )
         )
-        return {"models": models, "backlog": relay.backlog(using), "shards": shards}
+        chosen = {c.label for c in configs}
+        groups = [
+            {"members": list(g.members), "phases": g.phases(), "ties": [str(t) for t in g.ties]}
+            for g in graph.groups()
+            if chosen & set(g.members)
+        ]
+        return {
+            "models": models,
+            "groups": groups,
+            "backlog": relay.backlog(using),
+            "shards": shards,
+        }
