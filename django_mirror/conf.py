@@ -60,6 +60,8 @@ DEFAULT_REPLAY: dict[str, Any] = {
     "BATCH_SIZE": 1000,
     "LEASE_SECONDS": 30.0,
     "IDLE_SLEEP": 1.0,
+    # Seconds between looks for failed live writes that replay has since applied.
+    "HEAL_INTERVAL": 10.0,
 }
 DEFAULT_PHASES: dict[str, Any] = {
     # Seconds between reads of the MirrorState overrides in each process.

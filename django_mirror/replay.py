@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from django_mirror import conf, reporting
+from django_mirror import conf, live, reporting
 from django_mirror.capture import paused
 from django_mirror.events import CALL, Event, EventDecodeError
 from django_mirror.locking import retrying
@@ -175,6 +175,8 @@ class Replayer:
         self.batch_size = batch_size or conf.get_settings().replay["BATCH_SIZE"]
         self.lease = dt.timedelta(seconds=conf.get_settings().replay["LEASE_SECONDS"])
         self.idle_sleep = conf.get_settings().replay["IDLE_SLEEP"]
+        self.heal_interval = float(conf.get_settings().replay["HEAL_INTERVAL"])
+        self._heal_due = 0.0
         self.stream = stream or get_stream()
         self.progress = progress
         self.progress_every = progress_every
@@ -371,13 +373,24 @@ class Replayer:
                     records_seen += self._step(cp)
                 self._report()
                 if until_caught_up and self.caught_up(shards):
+                    self._heal(now=True)
                     break
+                self._heal()
                 if not records_seen and not self.stop:
                     time.sleep(self.idle_sleep)
         finally:
             self.release()
         self._report(final=True)
         return self.stats
+
+    def _heal(self, now: bool = False) -> None:
+        """Every ``REPLAY["HEAL_INTERVAL"]`` seconds (and once caught up), resolve the
+        write mismatches whose rows replay has since applied: healed, they stop counting."""
+        if not now and time.monotonic() < self._heal_due:
+            return
+        self._heal_due = time.monotonic() + self.heal_interval
+        with reporting.guarded("healed write mismatches could not be resolved"):
+            live.resolve_healed()
 
     def _report(self, final: bool = False) -> None:
         """Call ``progress`` at most every ``progress_every`` seconds (and at the end);

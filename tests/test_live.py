@@ -13,7 +13,7 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.models import F
 from django.test import Client
 
-from django_mirror import paused
+from django_mirror import live, paused
 from django_mirror.models import MismatchRecord, OutboxBatch, RowVersion
 from tests.conftest import (
     assert_mirrored,
@@ -85,9 +85,16 @@ def test_target_down_during_a_request_returns_200_records_and_replay_heals(kines
     assert record.status == MismatchRecord.Status.SUSPECTED
     assert record.diff["op"] == "upsert" and "error" in record.diff
     assert statsd.total(statsd.lines(), "django_mirror.write.mismatch.testapp_author") == 1
+    assert live.resolve_healed() == 0  # the target has not got the row yet
+    record.refresh_from_db()
+    assert record.status == MismatchRecord.Status.SUSPECTED
     with mirroring():
         drain_and_replay()
         assert_mirrored(Author)
+    # Replay applied the row: it resolves the record on its own, nobody has to.
+    record.refresh_from_db()
+    assert record.status == MismatchRecord.Status.RESOLVED
+    assert statsd.total(statsd.lines(), "django_mirror.write.healed") == 1
 
 
 @contextmanager
