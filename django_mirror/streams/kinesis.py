@@ -235,8 +235,8 @@ class KinesisStream(Stream):
             if position is None:
                 break
             batch = self.read(shard_id, position, 1)
-            if batch.records:
-                return batch.records[0][0] == sequence
+            if batch.records:  # at-least-once delivery: look among all, not the first only
+                return any(record[0] == sequence for record in batch.records)
             if batch.millis_behind == 0:
                 break
             position = batch.next_position
