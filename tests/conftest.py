@@ -22,6 +22,16 @@ from django_mirror.replay import Replayer
 from django_mirror.streams import KinesisStream, get_stream
 
 BOTH = ["default", "new"]
+#: The test settings' one group of models tied by foreign keys (``graph.group_of``).
+SHOP = (
+    "testapp.AllTypes",
+    "testapp.Author",
+    "testapp.Book",
+    "testapp.Shelf",
+    "testapp.ShelfBook",
+    "testapp.Tag",
+)
+
 #: Two databases, data committed for real: what relay threads and replay see.
 both_databases = pytest.mark.django_db(databases=BOTH, transaction=True)
 

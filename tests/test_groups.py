@@ -19,17 +19,8 @@ from django.test.utils import CaptureQueriesContext
 
 from django_mirror import conf, graph, phases
 from django_mirror.models import MirrorState, MismatchRecord
-from tests.conftest import both_databases, mirroring
+from tests.conftest import SHOP, both_databases, mirroring
 from tests.testapp.models import AllTypes, Author, Book, Shelf, ShelfBook, Tag
-
-SHOP = (
-    "testapp.AllTypes",
-    "testapp.Author",
-    "testapp.Book",
-    "testapp.Shelf",
-    "testapp.ShelfBook",
-    "testapp.Tag",
-)
 
 
 def phase_of(label: str) -> str:

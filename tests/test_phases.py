@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import time
-from io import StringIO
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import connections
 from django.test import override_settings

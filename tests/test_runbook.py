@@ -23,22 +23,14 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.models import F
 from django.test import override_settings
 
-from django_mirror import conf, paused, phases, relay
+from django_mirror import conf, paused, relay
 from django_mirror.models import MismatchRecord, OutboxBatch
 from django_mirror.replay import Replayer
 from django_mirror.shadow import get_pool, shadow_reads
-from tests.conftest import both_databases, drain_and_replay, in_thread
+from tests.conftest import SHOP, both_databases, drain_and_replay, in_thread
 from tests.testapp.models import AllTypes, Author, Book, Counter, Shelf, ShelfBook, Tag
 
-#: Author's group (graph.group_of) and a model tied to none.
-SHOP = (
-    "testapp.AllTypes",
-    "testapp.Author",
-    "testapp.Book",
-    "testapp.Shelf",
-    "testapp.ShelfBook",
-    "testapp.Tag",
-)
+#: Author's group and a model tied to none.
 MOVED = (*SHOP, "testapp.Counter")
 ROWS = 150
 #: What the service did, for the figures the test prints.
