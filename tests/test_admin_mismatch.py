@@ -1,6 +1,7 @@
 """The mismatch admin: side-by-side diffs that never show redacted values, access limited
-to staff with the mirrored model's permissions, and re-check / repair actions that fix
-and resolve records."""
+to staff with the mirrored model's permissions, re-check / repair actions that fix and
+resolve records (a read record by running its query again), and a dismiss action that
+asks why and records who."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
+from django_mirror import paused
 from django_mirror.models import MismatchRecord
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
+from tests.test_shadow import both
+from tests.test_shadow_determinism import divergent  # noqa: F401  (a fixture)
 from tests.testapp.models import Author, Book, Secret
 
 CHANGELIST = "admin:django_mirror_mismatchrecord_changelist"
@@ -282,3 +286,203 @@ def test_repair_never_copies_excluded_fields(kinesis):
     repaired = Secret.objects.using("new").get(pk=secret.pk)
     assert (repaired.name, repaired.token) == ("vault", "")
     assert MismatchRecord.objects.get().status == "resolved"
+
+
+# --- read records: Re-check runs the kept query again; Dismiss asks why ----------------
+
+
+def _shadowed(*reads: Any) -> None:
+    """Run ``reads`` with every Author read shadowed, until the comparisons end."""
+    from django_mirror.shadow import get_pool, shadow_reads
+    from tests.conftest import mirroring
+
+    with mirroring({"testapp.Author": {"shadow_read_rate": 1.0}}), shadow_reads(path="/t/"):
+        for read in reads:
+            read()
+        assert get_pool().wait_idle(30)
+
+
+@both_databases
+def test_recheck_of_a_count_record_runs_its_query_again():
+    ada, bob = both(Author, name="ada"), both(Author, name="abe")
+    with paused():
+        Author.objects.using("new").filter(pk=bob.pk).delete()
+    _shadowed(lambda: Author.objects.filter(name__startswith="a").count())
+    record = MismatchRecord.objects.get()
+    assert (record.kind, record.status, record.pk_value) == ("read", "confirmed", "")
+    assert record.query.startswith("count: ") and record.diff["rerun"]
+    client = _login(superuser=True)
+
+    response = _act(client, "recheck", [record])
+    assert "1 record(s) re-checked: 0 resolved, 1 still differ." in _messages(response)
+    assert MismatchRecord.objects.get().status == "confirmed"
+    with paused():
+        Author.objects.using("new").create(pk=bob.pk, name="abe")
+    response = _act(client, "recheck", [record])
+    assert "1 record(s) re-checked: 1 resolved, 0 still differ." in _messages(response)
+    record.refresh_from_db()
+    assert record.status == "resolved" and record.diff["rerun"]  # kept for the next time
+    assert ada.pk != bob.pk
+
+
+@both_databases
+@pytest.mark.usefixtures("divergent")
+def test_recheck_of_an_unordered_slice_record_reads_its_rows_by_key():
+    """The issue's case: an unordered slice's record named no row, so nothing could
+    clear it. Its rows are now read again by key, whichever rows the query picks."""
+    picked = [a.pk for a in Author.objects.filter(name__gte="n")[:5]]
+    tampered = picked[1]
+    Author.objects.using("new").filter(pk=tampered).update(name="nz-tampered")
+    _shadowed(lambda: list(Author.objects.filter(name__gte="n")[:5]))
+    record = MismatchRecord.objects.get()
+    assert record.pk_value == str(tampered) and record.diff["keys"]
+    client = _login(superuser=True)
+    page = client.get(_change_url(record))
+    assert page.status_code == 200 and 'value="Dismiss"' in page.content.decode()
+
+    response = _act(client, "recheck", [record], _from_change="1")
+    assert response.redirect_chain[-1][0] == _change_url(record)
+    assert "1 record(s) re-checked: 0 resolved, 1 still differ." in _messages(response)
+    Author.objects.using("new").filter(pk=tampered).update(
+        name=Author.objects.get(pk=tampered).name
+    )
+    response = _act(client, "recheck", [record])
+    assert "1 record(s) re-checked: 1 resolved, 0 still differ." in _messages(response)
+    assert MismatchRecord.objects.get().status == "resolved"
+
+
+@both_databases
+def test_recheck_of_read_records_that_kept_no_query():
+    """Records written before queries were kept: one naming rows compares them by key;
+    one naming none says so and points to Dismiss."""
+    authors = [both(Author, name=f"a{i}") for i in range(3)]
+    keys = [str(a.pk) for a in authors]
+    rows = MismatchRecord.objects.create(
+        kind="read",
+        model="testapp.Author",
+        pk_value=",".join(keys),
+        query="rows: SELECT ... LIMIT 3",
+        diff={
+            "differences": [
+                {"model": "testapp.Author", "pk": keys[0], "kind": "missing", "fields": {}},
+                {"model": "testapp.Author", "pk": keys[1], "kind": "extra", "fields": {}},
+                {"model": "testapp.Author", "pk": keys[2], "kind": "missing", "fields": {}},
+            ],
+            "summary": None,
+            "stores": ["default", "new"],
+        },
+    )
+    count = MismatchRecord.objects.create(
+        kind="read",
+        model="testapp.Author",
+        query="count: SELECT COUNT(*) ...",
+        diff={"differences": [], "summary": {"source": 3, "target": 2}},
+    )
+    client = _login(superuser=True)
+    response = _act(client, "recheck", [rows, count])
+    messages = _messages(response)
+    assert "1 record(s) re-checked: 1 resolved, 0 still differ." in messages
+    assert any(
+        f"record {count.pk} names no row and its query cannot run again" in m
+        and "dismiss it instead" in m
+        for m in messages
+    ), messages
+    rows.refresh_from_db()
+    count.refresh_from_db()
+    assert (rows.status, count.status) == ("resolved", "confirmed")
+
+    with paused():  # one of the rows differs now: the record says which
+        Author.objects.using("new").filter(pk=authors[2].pk).update(name="tampered")
+    _act(client, "recheck", [rows])
+    rows.refresh_from_db()
+    assert rows.status == "confirmed"
+    assert [d["pk"] for d in rows.diff["differences"]] == [keys[2]]
+    assert rows.target_value[keys[2]]["name"] == "tampered"
+
+
+@both_databases
+def test_dismiss_asks_why_then_records_who_when_and_why_and_the_gate_ignores_them():
+    from django_mirror import conf, phases
+
+    records = [
+        MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Author")
+        for _ in range(3)
+    ]
+    config = conf.config_for_label("testapp.Author")
+    assert config is not None
+
+    def gate() -> Any:
+        [check] = [
+            p for p in phases.preconditions(config, "promoted") if p.name == "no confirmed mismatch"
+        ]
+        return check
+
+    assert not gate().ok and "3 confirmed, undismissed" in gate().detail
+    client = _login(superuser=True)
+
+    asked = _act(client, "dismiss", records[:2])
+    assert asked.status_code == 200
+    assert asked.templates[0].name == "admin/django_mirror/mismatchrecord/dismiss.html"
+    assert 'name="reason"' in asked.content.decode()
+    assert not MismatchRecord.objects.filter(dismissed_at__isnull=False).exists()
+
+    blank = _act(client, "dismiss", records[:2], apply="1", reason="  ")
+    assert blank.status_code == 200 and "errorlist" in blank.content.decode()
+    assert not MismatchRecord.objects.filter(dismissed_at__isnull=False).exists()
+
+    # As the question's form posts it: no "index", as after Django's own confirmations.
+    done = client.post(
+        reverse(CHANGELIST),
+        {
+            "action": "dismiss",
+            "_selected_action": [r.pk for r in records[:2]],
+            "apply": "1",
+            "reason": "unordered slice, known",
+        },
+        follow=True,
+    )
+    assert "2 record(s) dismissed." in _messages(done)
+    dismissed = MismatchRecord.objects.filter(dismissed_at__isnull=False)
+    assert {r.pk for r in dismissed} == {records[0].pk, records[1].pk}
+    assert {(r.dismissed_by, r.dismissed_reason) for r in dismissed} == {
+        ("root", "unordered slice, known")
+    }
+    assert not gate().ok and "1 confirmed, undismissed" in gate().detail
+
+    def listed(query: dict[str, str]) -> set[int]:
+        response = client.get(reverse(CHANGELIST), query)
+        return {r.pk for r in response.context["cl"].result_list}
+
+    assert listed({"dismissed": "yes"}) == {records[0].pk, records[1].pk}
+    assert listed({"dismissed": "no"}) == {records[2].pk}
+    page = client.get(_change_url(records[0])).content.decode()
+    assert "Dismissed by <strong>root</strong>" in page and "unordered slice, known" in page
+    assert 'value="Dismiss"' not in page
+
+    # From a record's page, one record, and back to it.
+    asked = _act(client, "dismiss", [records[2]], _from_change="1")
+    assert 'name="_from_change"' in asked.content.decode()
+    done = _act(client, "dismiss", [records[2]], _from_change="1", apply="1", reason="checked")
+    assert done.redirect_chain[-1][0] == _change_url(records[2])
+    assert gate().ok
+    # Dismissing again keeps the first reason.
+    again = _act(client, "dismiss", records[:1], apply="1", reason="other")
+    assert any("dismissed already" in m for m in _messages(again))
+    assert MismatchRecord.objects.get(pk=records[0].pk).dismissed_reason == (
+        "unordered slice, known"
+    )
+
+
+@both_databases
+def test_only_staff_who_may_change_the_models_rows_dismiss():
+    record = MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Book")
+    mismatch_perms = ("django_mirror.view_mismatchrecord", "django_mirror.change_mismatchrecord")
+    viewer = _login(*mismatch_perms, "testapp.view_book")
+    assert 'value="Dismiss"' not in viewer.get(_change_url(record)).content.decode()
+    response = _act(viewer, "dismiss", [record], apply="1", reason="mine")
+    assert any("may not change" in m for m in _messages(response))
+    assert MismatchRecord.objects.get().dismissed_at is None
+    User.objects.all().delete()
+    no_action = _login("django_mirror.view_mismatchrecord", "testapp.change_book")
+    _act(no_action, "dismiss", [record], apply="1", reason="mine")
+    assert MismatchRecord.objects.get().dismissed_at is None  # no change on the records

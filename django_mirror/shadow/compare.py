@@ -3,7 +3,8 @@
 Model instances are compared row by row, by primary key, on their concrete fields
 (``exclude_fields`` dropped: they never reach the target); other results
 (``values()``, ``values_list()``, counts, aggregates) as a whole, in order only when
-the query is ordered. A model's ``compare`` callable replaces all of this.
+the query's ordering is total (``determinism``). A model's ``compare`` callable
+replaces all of this.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class Result:
     value: Any = None
     #: What the ``compare`` callable gets.
     plain: Any = None
+    #: Instance results: each row's primary key as the store returned it, by its text.
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def only(self, keys: set[str]) -> Result:
+        """An instance result narrowed to the rows ``keys`` (others unchanged)."""
+        if self.rows is None:
+            return self
+        rows = {k: v for k, v in self.rows.items() if k in keys}
+        return Result(
+            rows=rows,
+            names=self.names,
+            value=self.value,
+            plain=self.plain,
+            keys={k: v for k, v in self.keys.items() if k in keys},
+        )
 
 
 @dataclass
@@ -44,9 +60,14 @@ class Mismatch:
 
     differences: list[Difference] = field(default_factory=list)
     summary: Any = None
+    #: The rows (pk text) a whole-result difference is about, when known: an answer the
+    #: data does not fix is compared on the rows either store returned (``reads``).
+    keys: list[str] = field(default_factory=list)
 
     @property
     def pks(self) -> list[str]:
+        if not self.differences and self.keys:
+            return list(self.keys)
         return [pk_text(d.pk) for d in self.differences]
 
     @property
@@ -64,7 +85,7 @@ class Mismatch:
         kept = [d for d in self.differences if pk_text(d.pk) not in pks]
         if not kept and self.summary is None:
             return None
-        return Mismatch(kept, self.summary)
+        return Mismatch(kept, self.summary, self.keys)
 
 
 @cache
@@ -109,16 +130,19 @@ def normalise(config: conf.ModelConfig, result: Any, ordered: bool) -> Result:
         fields = _fields(model._meta.concrete_model, config.exclude_fields)
         names = tuple(f.name for f in fields)
         rows: dict[str, tuple[Any, ...]] = {}
+        keys: dict[str, Any] = {}
         # Only a ``compare`` callable reads the plain values: not built for the others.
         plain: list[dict[str, Any]] | None = [] if config.compare else None
         for pk, values in result.rows:
             raw = [values.get(f.attname) for f in fields]
             # Compared and stored in the events' encoding: exact (a Decimal's scale, a
             # datetime's zone) and JSON all the way, for the mismatch records.
-            rows[pk_text(pk)] = tuple(encode_column(f, v) for f, v in zip(fields, raw, strict=True))
+            key = pk_text(pk)
+            rows[key] = tuple(encode_column(f, v) for f, v in zip(fields, raw, strict=True))
+            keys[key] = pk
             if plain is not None:
                 plain.append(dict(zip(names, raw, strict=True)))
-        return Result(rows=rows, names=names, plain=plain)
+        return Result(rows=rows, names=names, plain=plain, keys=keys)
     if isinstance(result, list):
         items = [_drop_excluded(config, item) for item in result]
         encoded = [encoded_value(item) for item in items]

@@ -76,3 +76,14 @@ def shadow_reads(rate: float | None = None, path: str = "") -> Iterator[Scope]:
         yield _scope.get()  # type: ignore[misc]
     finally:
         _scope.reset(token)
+
+
+@contextmanager
+def suspended() -> Iterator[None]:
+    """No read is shadowed in this block, whatever scope surrounds it (django-mirror's
+    own reads of both stores, as the admin's Re-check makes them)."""
+    token = _scope.set(None)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
