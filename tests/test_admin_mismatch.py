@@ -378,15 +378,23 @@ def test_recheck_of_read_records_that_kept_no_query():
         query="count: SELECT COUNT(*) ...",
         diff={"differences": [], "summary": {"source": 3, "target": 2}},
     )
+    # A kept query is unpickled only under django-mirror's signature.
+    forged = MismatchRecord.objects.create(
+        kind="read",
+        model="testapp.Author",
+        query="count: SELECT COUNT(*) ...",
+        diff={"summary": {"source": 3, "target": 2}, "rerun": "gASV...:forged-signature"},
+    )
     client = _login(superuser=True)
-    response = _act(client, "recheck", [rows, count])
+    response = _act(client, "recheck", [rows, count, forged])
     messages = _messages(response)
     assert "1 record(s) re-checked: 1 resolved, 0 still differ." in messages
     assert any(
-        f"record {count.pk} names no row and its query cannot run again" in m
+        f"record {count.pk} names no row and its query cannot run again (no query was kept)" in m
         and "dismiss it instead" in m
         for m in messages
     ), messages
+    assert any(f"record {forged.pk}" in m and "signature does not match" in m for m in messages)
     rows.refresh_from_db()
     count.refresh_from_db()
     assert (rows.status, count.status) == ("resolved", "confirmed")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 
 from django_mirror import conf
 from django_mirror.shadow import compare, rerun, scope
@@ -82,13 +83,18 @@ def recheck_read(record: Any, config: conf.ModelConfig) -> Rechecked:
     keys = [str(k) for k in diff.get("keys") or []]
     # Not shadowed itself, whatever the admin request's scope drew.
     with scope.suspended():
-        if keys:
-            field = queryset.model._meta.pk
-            read.keys = {key: field.to_python(key) for key in keys}
-            read.reason = str(diff.get("not_determined") or "")
-            judged = read.judge_keys(read.keys, read.reason)
-        else:
-            judged = read.judge(read.run_on(read.primary), read.run_on(read.secondary))
+        try:
+            if keys:
+                field = queryset.model._meta.pk
+                read.keys = {key: field.to_python(key) for key in keys}
+                read.reason = str(diff.get("not_determined") or "")
+                judged = read.judge_keys(read.keys, read.reason)
+            else:
+                judged = read.judge(read.run_on(read.primary), read.run_on(read.secondary))
+        except DatabaseError:
+            raise
+        except Exception as exc:  # a field since removed, a key that no longer converts
+            raise CannotRerun(f"the kept query fails here ({type(exc).__name__})") from exc
         if judged.mismatch is None:
             return Rechecked(None)
         read.keys = judged.keys if judged.keys is not None else read.keys
