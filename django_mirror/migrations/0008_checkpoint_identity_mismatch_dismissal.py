@@ -4,30 +4,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_mirror', '0007_outbox_claimed_until'),
+        ("django_mirror", "0007_outbox_claimed_until"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='mismatchrecord',
-            name='dismissed_at',
+            model_name="mismatchrecord",
+            name="dismissed_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='mismatchrecord',
-            name='dismissed_by',
-            field=models.CharField(blank=True, default='', max_length=150),
+            model_name="mismatchrecord",
+            name="dismissed_by",
+            field=models.CharField(blank=True, default="", max_length=150),
         ),
         migrations.AddField(
-            model_name='mismatchrecord',
-            name='dismissed_reason',
-            field=models.TextField(blank=True, default=''),
+            model_name="mismatchrecord",
+            name="dismissed_reason",
+            field=models.TextField(blank=True, default=""),
         ),
         migrations.AddField(
-            model_name='shardcheckpoint',
-            name='stream_identity',
-            field=models.CharField(blank=True, default='', help_text='The stream incarnation the sequence number belongs to (ARN and creation time); replay refuses a stream that is not this one.', max_length=400),
+            model_name="shardcheckpoint",
+            name="stream_identity",
+            field=models.CharField(
+                blank=True,
+                default="",
+                help_text="The stream incarnation the sequence number belongs to (ARN and creation time); replay refuses a stream that is not this one.",
+                max_length=400,
+            ),
         ),
     ]
