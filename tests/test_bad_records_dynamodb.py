@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
 
 from django_mirror import paused
 from django_mirror.events import Event
@@ -54,6 +55,14 @@ REFUSED = {
 #: Values the source databases themselves hold (another producer's events bring the rest).
 IN_SOURCE = ["json_huge_float", "json_tiny_float", "json_int_40_digits", "json_int_39_digits"]
 IN_SOURCE += ["float_huge"]
+
+
+def refused_in_source() -> dict[str, tuple[dict[str, Any], str]]:
+    """The refused rows the source database can hold: MariaDB's own JSON check refuses
+    documents nested deeper than 32 levels, as DynamoDB does."""
+    if connections["default"].vendor == "mysql":
+        return {name: v for name, v in REFUSED.items() if name != "json_33_levels"}
+    return REFUSED
 
 
 def dynamodb_takes(attribute: dict[str, Any], depth: int = 0) -> None:
@@ -139,10 +148,12 @@ def test_replay_into_dynamodb_dead_letters_or_stores_each_bad_value_and_reaches_
         call_command("mirror_setup", verbosity=0)
         first = Author.objects.create(name="first")
         exact = [AllTypes.objects.create(**EXACT[name]) for name in IN_SOURCE]
-        refused = {name: AllTypes.objects.create(**v) for name, (v, _) in REFUSED.items()}
+        refused = {
+            name: AllTypes.objects.create(**v) for name, (v, _) in refused_in_source().items()
+        }
         last = Author.objects.create(name="last")
         stats = drain_and_replay(batch_size=4)
-        assert stats.dead_letters == len(REFUSED)
+        assert stats.dead_letters == len(refused)
         target = DynamoDBTarget(table_name="t_{model_name}")
         assert set(target.fetch(Author, [first.pk, last.pk])) == {str(first.pk), str(last.pk)}
         for obj in exact:
@@ -173,7 +184,9 @@ def test_copy_into_dynamodb_dead_letters_refused_rows_and_reaches_the_end(kinesi
         call_command("mirror_setup", verbosity=0)
         with paused():  # rows from before capture: only copy brings them
             rows = [AllTypes.objects.create(text=f"row {i}") for i in range(5)]
-            refused = {name: AllTypes.objects.create(**v) for name, (v, _) in REFUSED.items()}
+            refused = {
+                name: AllTypes.objects.create(**v) for name, (v, _) in refused_in_source().items()
+            }
             rows += [AllTypes.objects.create(**EXACT[name]) for name in IN_SOURCE]
         out = StringIO()
         call_command("mirror_copy", "testapp.AllTypes", "--chunk-size", "3", "--json", stdout=out)
