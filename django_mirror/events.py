@@ -67,7 +67,16 @@ class EventDecodeError(ValueError):
 
 #: Values quoted in decode errors: a bad value may be megabytes long, or nested deeper
 #: than ``repr`` can go.
-quote_value = reprlib.Repr(maxlevel=3, maxstring=80, maxother=80, maxlist=5, maxdict=5).repr
+def _quoter() -> reprlib.Repr:
+    """A short repr for error texts (attributes set one by one: Python 3.11's ``Repr``
+    takes no keyword arguments)."""
+    quoter = reprlib.Repr()
+    quoter.maxlevel, quoter.maxstring, quoter.maxother = 3, 80, 80
+    quoter.maxlist = quoter.maxdict = 5
+    return quoter
+
+
+quote_value = _quoter().repr
 
 #: Why a value too deep for Python's recursion is refused (replay must not crash on it).
 TOO_DEEP = "nested too deeply"
