@@ -148,13 +148,14 @@ def _backlogs(problems: list[str]) -> dict[str, int]:
 
 def _mismatches(now: dt.datetime) -> dict[str, dict[str, dict[str, int]]]:
     """``{label: {"hour"|"day": {kind: n}}}``: confirmed read and verify records, and
-    write records whatever their status (each is a live apply that failed)."""
+    write records whatever their status (each is a live apply that failed); dismissed
+    records left out, as the promotion gate leaves them."""
     found: dict[str, dict[str, dict[str, int]]] = defaultdict(
         lambda: {"hour": dict.fromkeys(KINDS, 0), "day": dict.fromkeys(KINDS, 0)}
     )
     per_kind = (
         MismatchRecord.objects.using(conf.source_alias())
-        .filter(created_at__gte=now - DAY)
+        .filter(created_at__gte=now - DAY, dismissed_at__isnull=True)
         .filter(Q(kind=MismatchRecord.Kind.WRITE) | Q(status=MismatchRecord.Status.CONFIRMED))
         .order_by()
         .values("model", "kind")

@@ -5,6 +5,7 @@ asks why and records who."""
 
 from __future__ import annotations
 
+import json
 import re
 from io import StringIO
 from typing import Any
@@ -14,6 +15,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from django_mirror import paused
 from django_mirror.models import MismatchRecord
@@ -494,3 +496,24 @@ def test_only_staff_who_may_change_the_models_rows_dismiss():
     no_action = _login("django_mirror.view_mismatchrecord", "testapp.change_book")
     _act(no_action, "dismiss", [record], apply="1", reason="mine")
     assert MismatchRecord.objects.get().dismissed_at is None  # no change on the records
+
+
+@both_databases
+def test_dismissed_records_leave_the_status_and_dashboard_figures_as_they_leave_the_gate():
+    from django_mirror import dashboard
+
+    kept, dismissed = (
+        MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Author")
+        for _ in range(2)
+    )
+    MismatchRecord.objects.filter(pk=dismissed.pk).update(
+        dismissed_at=timezone.now(), dismissed_by="ops", dismissed_reason="known: test data"
+    )
+    out = StringIO()
+    call_command("mirror_status", "--json", stdout=out)
+    row = next(r for r in json.loads(out.getvalue())["models"] if r["model"] == "testapp.Author")
+    assert row["mismatches"] == 1
+    board = dashboard.compute()
+    author = next(r for r in board.rows if r.label == "testapp.Author")
+    assert author.mismatches_day["read"] == 1
+    assert kept.pk != dismissed.pk

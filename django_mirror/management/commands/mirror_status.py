@@ -90,7 +90,11 @@ class Command(MirrorCommand):
 
         backlog = relay.backlog_by_model()
         dead = counts(DeadLetter.objects.using(using).filter(resolved_at__isnull=True))
-        open_mismatches = MismatchRecord.objects.using(using).exclude(status="resolved")
+        open_mismatches = (
+            MismatchRecord.objects.using(using)
+            .filter(dismissed_at__isnull=True)
+            .exclude(status="resolved")
+        )
         by_kind: dict[str, dict[str, int]] = {}
         for row in open_mismatches.values("model", "kind").annotate(n=Count("id")):
             by_kind.setdefault(row["model"].lower(), {})[row["kind"]] = row["n"]
