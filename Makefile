@@ -96,9 +96,10 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory test-oldest
 	@$(MAKE) --no-print-directory test-django
 
-# Lint and "no missing migrations".
+# Lint, format (Python files and the Python blocks of the docs) and "no missing migrations".
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(SQLITE_ENV) $(PY) -m django makemigrations --check --dry-run
 
 test-sqlite: $(STAMP)
@@ -200,10 +201,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
-# Format check is informational only (leading '-').
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	-$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check .
 
 # tox needs python3.12/python3.13 on PATH. pyenv's shims only resolve the global
 # version (and tox drops PYENV_VERSION), so append each installed 3.11-3.13 bin dir.

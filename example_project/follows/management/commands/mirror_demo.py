@@ -232,9 +232,7 @@ class Command(BaseCommand):
                     )
                 self.verify()
 
-            with self.step(
-                "rollback", "back to mirror: the old store is primary again"
-            ) as note:
+            with self.step("rollback", "back to mirror: the old store is primary again") as note:
                 if promotable:
                     self.move_group("mirror", "demo: rollback")
                 workload.run(max(share // 4, 1), lambda n: None)
