@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import signals
@@ -509,3 +510,11 @@ def connect_signals() -> None:
     for parent in parents:
         _connect(signals.pre_delete, _on_parent_pre_delete, parent)
         _connect(signals.post_delete, _on_parent_post_delete, parent)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in conf.RECONFIGURING:
+        connect_signals()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.capture")

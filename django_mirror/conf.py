@@ -308,17 +308,14 @@ def clear_cache() -> None:
     _effective.clear()
 
 
+#: Settings whose change rebuilds what is built from them. This module's receiver runs
+#: first (it is connected first); capture, streams and targets each connect their own.
+RECONFIGURING = frozenset({"DJANGO_MIRROR", "DATABASES", "INSTALLED_APPS"})
+
+
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("DJANGO_MIRROR", "DATABASES", "INSTALLED_APPS"):
+    if setting in RECONFIGURING:
         clear_cache()
-        from django_mirror import capture
-
-        capture.connect_signals()
-        from django_mirror import targets
-        from django_mirror.streams import get_stream
-
-        get_stream.cache_clear()
-        targets.clear_cache()
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.conf")

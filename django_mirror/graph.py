@@ -207,7 +207,7 @@ def _refers_to(child: type[models.Model], parent: type[models.Model]) -> bool:
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
-    if setting == "DJANGO_MIRROR":
+    if setting in conf.RECONFIGURING:
         _ties.cache_clear()
         _groups.cache_clear()
 

@@ -224,7 +224,7 @@ def resolve_healed(limit: int = HEAL_BATCH) -> int:
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
-    if setting in ("DJANGO_MIRROR", "DATABASES"):
+    if setting in conf.RECONFIGURING:
         _paused_until.clear()
 
 

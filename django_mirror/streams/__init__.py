@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
@@ -43,3 +44,11 @@ def get_stream() -> Stream:
     stream = conf.get_settings().stream
     backend = import_string(stream["BACKEND"])
     return backend(**stream["OPTIONS"])
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in conf.RECONFIGURING:
+        get_stream.cache_clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.streams")

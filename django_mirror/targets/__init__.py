@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from django_mirror import conf
@@ -67,3 +68,11 @@ def clear_cache() -> None:
     """Forget target instances (settings changed: endpoints, aliases, options)."""
     database_target.cache_clear()
     _backend.cache_clear()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in conf.RECONFIGURING:
+        clear_cache()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.targets")
