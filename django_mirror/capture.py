@@ -14,7 +14,7 @@ import functools
 import inspect
 import itertools
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -123,19 +123,17 @@ def uncommitted_events(using: str) -> bool:
     )
 
 
-@functools.cache
-def _relay() -> Any:
-    """``django_mirror.relay``, imported once on first use: it needs the app's models."""
-    from django_mirror import relay
-
-    return relay
+#: Called with the alias after every transaction that captured events commits: capture
+#: announces, the relay listens (``apps.py`` subscribes it), so capture never calls up.
+committed_hooks: list[Callable[[str], None]] = []
 
 
 def _after_commit(using: str, counts: dict[str, int]) -> None:
     with reporting.guarded("after-commit bookkeeping failed; the outbox keeps the events"):
         for label, count in counts.items():
             reporting.incr("captured", count, label)
-        _relay().after_commit(using)
+        for hook in committed_hooks:
+            hook(using)
 
 
 def read_rows(

@@ -13,7 +13,6 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from django.core.signals import setting_changed
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -21,6 +20,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django_mirror import conf, reporting
 from django_mirror.events import Event, event_dicts, pk_text
 from django_mirror.locking import retrying
+from django_mirror.outbox import StoredBatch
 from django_mirror.targets import (
     ApplyResult,
     DatabaseTarget,
@@ -35,9 +35,6 @@ logger = logging.getLogger("django_mirror.live")
 #: A failed apply records at most this many write mismatches (one per row).
 MAX_RECORDS_PER_FAILURE = 100
 
-#: (outbox batch id, model label, payload) of one captured statement.
-CommittedBatch = tuple[int, str, dict[str, Any]]
-
 
 class _Committing:
     """A connection's live batches of its open transaction, applied together once it
@@ -46,7 +43,7 @@ class _Committing:
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        self.batches: list[CommittedBatch] = []
+        self.batches: list[StoredBatch] = []
 
     def flush(self) -> None:
         batches, self.batches = self.batches, []
@@ -54,7 +51,7 @@ class _Committing:
             apply_committed(self.alias, batches)
 
 
-def apply_after_commit(connection: BaseDatabaseWrapper, batch: CommittedBatch) -> None:
+def apply_after_commit(connection: BaseDatabaseWrapper, batch: StoredBatch) -> None:
     """Have ``batch`` applied live once the connection's transaction commits.
 
     Each batch joins through a commit hook of its own, which Django drops with a savepoint
@@ -76,7 +73,7 @@ def apply_after_commit(connection: BaseDatabaseWrapper, batch: CommittedBatch) -
     hooks.append((set(), committing.flush, True))
 
 
-def apply_committed(origin: str, batches: Sequence[CommittedBatch]) -> None:
+def apply_committed(origin: str, batches: Sequence[StoredBatch]) -> None:
     """Apply the events of batches committed on ``origin`` to the other store."""
     with reporting.guarded("live mirroring failed; replay will apply the events"):
         groups: dict[int, tuple[conf.ModelConfig, Target, list[Event]]] = {}

@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_mirror import conf, live
+from django_mirror import conf
 from django_mirror.events import DELETE, decode_value, encode_json, event_dicts, pk_text
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
@@ -117,6 +117,13 @@ def _UnpreparedCursor() -> type:  # noqa: N802 - a class, made on first use
     return UnpreparedCursor
 
 
+#: (outbox batch id, model label, payload) of one captured statement.
+StoredBatch = tuple[int, str, dict[str, Any]]
+#: Called inside the writing transaction with each new batch of a model mirrored live:
+#: live mirroring listens (``apps.py`` subscribes it), so the outbox never calls up.
+live_batch_hooks: list[Callable[[BaseDatabaseWrapper, StoredBatch], None]] = []
+
+
 def write(
     connection: BaseDatabaseWrapper,
     label: str,
@@ -155,7 +162,8 @@ def write(
                 if mirrored_live:
                     batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
                     stored = json.loads(row[3])  # what the relay will read back
-                    live.apply_after_commit(connection, (batch_id, label, stored))
+                    for hook in live_batch_hooks:
+                        hook(connection, (batch_id, label, stored))
                     _remember_versions(using, label, batch_id, stored)
         finally:
             cursor.close()

@@ -28,7 +28,7 @@ from django.db import connections, transaction
 from django.db.models import F
 from django.test import Client, override_settings
 
-from django_mirror import conf, failures, relay, runtime
+from django_mirror import capture, conf, failures, relay, runtime
 from django_mirror.models import MirrorState, OutboxBatch
 from django_mirror.streams import KinesisStream
 from tests.conftest import (
@@ -317,7 +317,7 @@ def test_a_failing_commit_hook_of_ours_never_drops_the_apps_later_ones(
     def broken(using: str) -> None:
         raise RuntimeError("injected: after-commit shipping broke")
 
-    monkeypatch.setattr(relay, "after_commit", broken)
+    monkeypatch.setattr(capture, "committed_hooks", [broken])  # the relay's place
     ran: list[str] = []
     before = failures.count
     with transaction.atomic():
