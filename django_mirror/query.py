@@ -22,23 +22,11 @@ from django.db.models.sql import UpdateQuery
 
 from django_mirror import capture
 from django_mirror.batching import chunks, keys_per_statement, unique
+from django_mirror.keys import unique_sets
 from django_mirror.locking import defers_write_lock
 from django_mirror.shadow import reads
 
 T = TypeVar("T")
-
-
-def unique_sets(model: type[models.Model]) -> list[tuple[str, ...]]:
-    """Attribute-name tuples that identify a row besides its primary key."""
-    opts = model._meta
-    sets: list[tuple[str, ...]] = [
-        (f.attname,) for f in opts.concrete_fields if f.unique and not f.primary_key
-    ]
-    for together in opts.unique_together:
-        sets.append(tuple(opts.get_field(name).attname for name in together))
-    for constraint in opts.total_unique_constraints:
-        sets.append(tuple(opts.get_field(name).attname for name in constraint.fields))
-    return sets
 
 
 def _pks_by_unique_values(

@@ -28,6 +28,8 @@ from django.db.models.functions import Random
 from django.db.models.sql import Query
 from django.db.models.sql.where import WhereNode
 
+from django_mirror.keys import unique_fields
+
 ROWS, COUNT, EXISTS, AGGREGATE = "rows", "count", "exists", "aggregate"
 
 
@@ -214,16 +216,8 @@ def _column(term: Any, query: Query, opts: Any) -> str | None:
 
 def _unique_sets(model: type[models.Model]) -> list[frozenset[str]]:
     """Attname sets no two rows share: the key, and unique sets of non-null fields."""
-    opts = model._meta
-    sets = [frozenset([opts.pk.attname])]
-    candidates: list[list[Any]] = [
-        [f] for f in opts.concrete_fields if f.unique and not f.primary_key
-    ]
-    for together in opts.unique_together:
-        candidates.append([opts.get_field(name) for name in together])
-    for constraint in opts.total_unique_constraints:
-        candidates.append([opts.get_field(name) for name in constraint.fields])
-    for fields in candidates:
+    sets = [frozenset([model._meta.pk.attname])]
+    for fields in unique_fields(model):
         if all(not f.null for f in fields):
             sets.append(frozenset(f.attname for f in fields))
     return sets

@@ -33,6 +33,7 @@ from django_mirror.events import (
     pk_text,
     quote_value,
 )
+from django_mirror.keys import unique_sets
 from django_mirror.locking import write_lock_first
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
@@ -1091,8 +1092,6 @@ class DatabaseTarget(Target):
         """
         if event.op != UPSERT:
             return False
-        from django_mirror.query import unique_sets
-
         model = self._model(event.model)
         values = decode_row(model, event.row or {})
         qs = models.QuerySet(model=model, using=self.alias)
