@@ -230,3 +230,38 @@ def test_checkpoint_never_passes_an_event_the_target_did_not_apply(
     call_command("mirror_replay", "--until-caught-up", verbosity=0)
     assert checkpoints() != before
     assert_mirrored(Counter)
+
+
+@both_databases
+def test_an_idle_replay_reports_only_on_change_or_every_quiet_interval(
+    kinesis: KinesisStream,
+) -> None:
+    """What ``mirror_replay`` without a terminal does once a minute, at half a second:
+    while nothing changes, one line per interval, not one per round; a change is told."""
+    import threading
+    import time
+
+    lines: list[tuple[float, int]] = []
+    replayer = Replayer(
+        progress=lambda stats: lines.append((time.monotonic(), stats.applied)),
+        progress_every=0.01,
+        quiet_every=0.5,
+    )
+    replayer.idle_sleep = 0.01  # about a hundred rounds a second
+    worker = threading.Thread(target=replayer.run)
+    worker.start()
+    try:
+        time.sleep(1.6)
+        idle = len(lines)
+        Author.objects.create(name="news")
+        relay.drain()
+        deadline = time.monotonic() + 10
+        while not Author.objects.using("new").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        stopped = time.monotonic()
+    finally:
+        replayer.stop = True
+        worker.join(30)
+    assert 2 <= idle <= 6, idle
+    assert any(t < stopped and applied for t, applied in lines), lines
