@@ -92,8 +92,7 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory test-sqlite
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-mariadb
-	@$(MAKE) --no-print-directory test-oldest
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-postgres test-mariadb test-oldest
 	@$(MAKE) --no-print-directory test-django
 
 # Lint, format (Python files and the Python blocks of the docs) and "no missing migrations".
