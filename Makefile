@@ -85,14 +85,15 @@ mysql-extra:
 
 # --- tests ---------------------------------------------------------------------
 
-# Stops at the first failing step. The PostgreSQL and MariaDB passes run side by side
-# (their own servers and file names; many of their tests wait on threads and
-# subprocesses), each pass's output printed whole when it ends.
+# Stops at the first failing step. The four pytest passes run side by side (their own
+# database names and files; many of their tests wait on threads, moto and subprocesses
+# rather than the CPU), so make test stays under 30 minutes on two cores; each pass's
+# output is printed whole when it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory browser
-	@$(MAKE) --no-print-directory test-sqlite
-	@$(MAKE) --no-print-directory -j3 --output-sync=target test-postgres test-mariadb test-oldest
+	@$(MAKE) --no-print-directory -j4 --output-sync=target \
+	  test-sqlite test-postgres test-mariadb test-oldest
 	@$(MAKE) --no-print-directory test-django
 
 # Lint, format (Python files and the Python blocks of the docs) and "no missing migrations".
