@@ -147,7 +147,7 @@ test-oldest: $(STAMP)
 DJANGO_SUITE_ARGS ?=
 test-django: $(STAMP)
 	@echo "== Django's test suite, stock and mirrored"
-	$(PY) -m django_suite --parallel 2 --phase both --reuse-stock $(DJANGO_SUITE_ARGS)
+	$(PY) -m django_suite --parallel 2 --phase both $(DJANGO_SUITE_ARGS)
 
 # --- other tasks -----------------------------------------------------------------
 

@@ -6,7 +6,6 @@ Exit status: 0 no regression, 1 regressions, 2 a run did not complete.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -17,14 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from django_suite import compare, databases, sdist, selection, stream
+from django_suite.outcomes import PASSING
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = sdist.CACHE / "results"
-STOCK_CACHE = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "django-mirror" / "suite"
-)
-#: The harness modules a stock run executes: a change to one invalidates saved stock runs.
-STOCK_CODE = ("settings.py", "databases.py", "runner.py", "outcomes.py")
 PHASES = {"capture": ("capture",), "mirror": ("mirror",), "both": ("capture", "mirror")}
 
 
@@ -33,12 +28,18 @@ class RunFailed(RuntimeError):
 
 
 def run_tests(
-    backend: str, phase: str, modules: list[str], parallel: int, verbose: bool
+    backend: str,
+    phase: str,
+    labels: list[str],
+    parallel: int,
+    verbose: bool,
+    name: str = "",
 ) -> dict[str, Any]:
-    """One ``runtests.py`` run, stock (``phase`` "") or with every model mirrored in
-    ``phase``; its output goes to a log file beside its results."""
+    """One ``runtests.py`` run of ``labels`` (modules or test ids), stock (``phase`` "")
+    or with every model mirrored in ``phase``; its output goes to a log file beside its
+    results."""
     tests = sdist.tests_dir()
-    name = f"{backend}-{phase or 'stock'}"
+    name = name or f"{backend}-{phase or 'stock'}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     results, log = RESULTS / f"{name}.json", RESULTS / f"{name}.log"
     results.unlink(missing_ok=True)
@@ -55,9 +56,9 @@ def run_tests(
         "--settings=django_suite.settings",
         "--noinput",
         f"--parallel={parallel}",
-        *modules,
+        *labels,
     ]
-    print(f"== {name}: {len(modules)} modules, --parallel={parallel}, log {log}", flush=True)
+    print(f"== {name}: {len(labels)} labels, --parallel={parallel}, log {log}", flush=True)
     started = time.monotonic()
     with log.open("w") as out:
         if phase:
@@ -90,44 +91,36 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], out: Any, verbose: 
             sys.stdout.write(line)
 
 
-def stock_key(backend: str, modules: list[str]) -> str:
-    """What a stock run's outcome depends on: Django, Python, the backend, the modules
-    and the harness code a stock run uses (``STOCK_CODE``)."""
-    harness = [Path(__file__).with_name(name) for name in STOCK_CODE]
-    parts = [
-        sdist.installed_version(),
-        sys.version,
-        backend,
-        modules,
-        [hashlib.sha256(path.read_bytes()).hexdigest() for path in harness],
-    ]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+def stock_labels(mirrored: dict[str, Any]) -> list[str]:
+    """What to run stock after a mirrored run: every test that did not pass mirrored, and
+    every class or module whose set-up failed (its tests never ran)."""
+    labels = {test for test, t in mirrored["tests"].items() if t["outcome"] not in PASSING}
+    for holder in mirrored["suite_errors"]:
+        inner = holder[holder.find("(") + 1 : holder.rfind(")")] if "(" in holder else holder
+        if inner:
+            labels.add(inner)
+    return sorted(labels)
 
 
 def stock_run(
-    backend: str, modules: list[str], parallel: int, verbose: bool, reuse: bool
+    backend: str, phase: str, mirrored: dict[str, Any], parallel: int, verbose: bool
 ) -> dict[str, Any]:
-    """The stock run, or with ``reuse`` a saved one of the same ``stock_key``.
-
-    Saved in the user's cache (``~/.cache``), not the checkout's, so CI runs on the
-    same machine share it: a stock run only changes with Django or the harness.
-    """
-    saved = STOCK_CACHE / f"{backend}-stock-{stock_key(backend, modules)}.json"
-    if reuse and saved.exists():
-        print(f"== {backend}-stock: reusing {saved}")
-        return json.loads(saved.read_text())
-    data = run_tests(backend, "", modules, parallel, verbose)
-    STOCK_CACHE.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(data))
-    return data
+    """The tests that did not pass mirrored, run again stock: only those can be
+    regressions, and running them alone takes seconds where the whole selection
+    stock takes minutes."""
+    labels = stock_labels(mirrored)
+    if not labels:
+        return {"tests": {}, "suite_errors": {}, "wall_seconds": 0.0}
+    return run_tests(backend, "", labels, parallel, verbose, name=f"{backend}-{phase}-stock")
 
 
 HEADERS = (
     "backend",
     "phase",
     "tests",
-    "stock passed",
     "mirrored passed",
+    "run stock",
+    "passed stock",
     "regressions",
     "accepted",
     "query-count only",
@@ -136,8 +129,8 @@ HEADERS = (
     "shadow reads",
     "read mismatches",
     "live writes",
-    "stock s",
     "mirrored s",
+    "stock s",
 )
 
 
@@ -191,9 +184,10 @@ def row(
     return [
         backend,
         phase,
+        len(mirrored["tests"]),
+        compare.passed(mirrored),
         len(stock["tests"]),
         compare.passed(stock),
-        compare.passed(mirrored),
         len(result.regressions),
         len(result.accepted),
         len(result.query_counts),
@@ -202,8 +196,8 @@ def row(
         counted.get("read.compared", 0) if mirror else "-",
         counted.get("read.mismatch", 0) if mirror else "-",
         counted.get("write.applied", 0) if mirror else "-",
-        stock.get("wall_seconds", "-"),
         mirrored["wall_seconds"],
+        stock["wall_seconds"],
     ]
 
 
@@ -214,16 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         "--phase",
         choices=list(PHASES),
         default="both",
-        help="the phase every model is mirrored in; both: two mirrored runs, one stock run",
+        help="the phase every model is mirrored in; both: one run in each",
     )
     parser.add_argument("--parallel", type=int, default=2, help="runtests.py processes")
     parser.add_argument("--modules", nargs="+", help="Django test modules (default: selection)")
-    parser.add_argument(
-        "--reuse-stock",
-        action="store_true",
-        help=f"reuse the stock run saved in {STOCK_CACHE} for the same Django, Python, "
-        "backend, modules and harness",
-    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show runtests.py output")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
@@ -238,15 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         modules = args.modules or selection.modules(backend)
-        try:
-            stock = stock_run(backend, modules, args.parallel, args.verbose, args.reuse_stock)
-        except RunFailed as exc:
-            print(exc)
-            status = 2
-            continue
         for phase in PHASES[args.phase]:
             try:
                 mirrored = run_tests(backend, phase, modules, args.parallel, args.verbose)
+                stock = stock_run(backend, phase, mirrored, args.parallel, args.verbose)
             except RunFailed as exc:
                 print(exc)
                 status = 2
@@ -260,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print(
-        "\nstock/mirrored: tests passed; events: written to the outbox in the mirrored run "
+        "\nmirrored passed: tests passed mirrored; run stock / passed stock: the others, run "
+        "again stock, and how many of them passed (regressions unless accepted); events: written to the outbox in the mirrored run "
         "(most rolled back with their test); records: put on the stream (committed writes); "
         "shadow reads: reads run again on the target and compared, mismatches: confirmed "
         "after re-checks; live writes: rows applied to the target at commit."
