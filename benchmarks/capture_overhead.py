@@ -34,8 +34,9 @@ def run(db: str, quick: bool) -> Outcome:
 
     from benchmarks.benchapp.models import Follow, PlainFollow
     from benchmarks.moto_server import moto_process
-    from django_mirror import conf, relay
+    from django_mirror.config import conf
     from django_mirror.models import OutboxBatch
+    from django_mirror.pipeline import relay
     from django_mirror.streams import get_stream
 
     assert conf.get_settings().relay["ON_COMMIT"] == "off"

@@ -36,7 +36,7 @@ def fill_source(model: type[Any], first: int, last: int, alias: str = "default")
     """Insert follows ``first..last`` server-side, equal to ``follow_values(pk, 0)``."""
     from django.db import connections
 
-    from django_mirror.capture import paused
+    from django_mirror.capture.record import paused
 
     connection = connections[alias]
     qn = connection.ops.quote_name
@@ -94,8 +94,8 @@ def table_md5(alias: str, table: str, up_to: int) -> str:
 
 def copier() -> Any:
     from benchmarks.benchapp.models import Follow
-    from django_mirror import conf
-    from django_mirror.copy import Copier
+    from django_mirror.config import conf
+    from django_mirror.pipeline.copy import Copier
 
     config = conf.model_config(Follow)
     assert config is not None and config.target_alias == "new" and config.capturing
@@ -257,7 +257,7 @@ def run_postgres(quick: bool) -> Outcome:
 
 def run_sqlite(quick: bool) -> Outcome:
     from benchmarks.benchapp.models import Follow
-    from django_mirror.capture import paused
+    from django_mirror.capture.record import paused
     from django_mirror.models import RowVersion
 
     naive_rows = 2_000 if quick else 10_000

@@ -43,7 +43,7 @@ def follow_row(model: type[Any], pk: int, generation: int) -> dict[str, Any]:
 
 def build_round(model: type[Any], batches: int) -> list[list[Any]]:
     """``batches`` batches of upserts; batch ``i`` rewrites half of batch ``i - 1``."""
-    from django_mirror.events import UPSERT, VERSION_STRIDE, Event
+    from django_mirror.core.events import UPSERT, VERSION_STRIDE, Event
 
     label = model._meta.label
     rounds = []
@@ -87,7 +87,7 @@ def fresh_table(target: Any, model: type[Any]) -> str:
 
 def run(db: str, quick: bool) -> Outcome:
     from benchmarks.benchapp.models import Follow
-    from django_mirror.capture import paused
+    from django_mirror.capture.record import paused
     from django_mirror.targets import DynamoDBTarget
 
     batches = 5 if quick else 20

@@ -38,7 +38,7 @@ def follow_values(pk: int, generation: int) -> dict[str, Any]:
 
 def row_image(model: type[Any], values: dict[str, Any]) -> dict[str, Any]:
     """A row image as ``docs/events.md`` defines it: every column, tagged where needed."""
-    from django_mirror.events import encode_column
+    from django_mirror.core.events import encode_column
 
     return {f.column: encode_column(f, values[f.attname]) for f in model._meta.concrete_fields}
 
@@ -51,7 +51,7 @@ def batch_pks(index: int) -> range:
 
 def build_events(model: type[Any], index: int) -> list[Any]:
     """One batch as relay ships it: captured row images, 100 per outbox row, versioned."""
-    from django_mirror.events import UPSERT, VERSION_STRIDE, Event, encode_value
+    from django_mirror.core.events import UPSERT, VERSION_STRIDE, Event, encode_value
 
     events = []
     for i, pk in enumerate(batch_pks(index)):
@@ -98,7 +98,7 @@ def run(db: str, quick: bool) -> Outcome:
     from django.db import connections
 
     from benchmarks.benchapp.models import Follow, PlainFollow
-    from django_mirror.capture import paused
+    from django_mirror.capture.record import paused
     from django_mirror.targets import DatabaseTarget
 
     min_batches = 5 if quick else 20  # at least 20,000 events each

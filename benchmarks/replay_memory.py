@@ -27,7 +27,7 @@ BATCH = 1_000
 def event_dict(i: int, distinct: int) -> dict[str, Any]:
     """Event ``i`` as relay ships it; row ``i % distinct + 1``, newer with every lap."""
     from benchmarks.benchapp.models import Follow
-    from django_mirror.events import UPSERT, encode_value
+    from django_mirror.core.events import UPSERT, encode_value
 
     pk = i % distinct + 1
     return {
@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 
 def run(db: str, quick: bool) -> Outcome:
     from benchmarks.benchapp.models import Follow
-    from django_mirror.replay import Replayer
+    from django_mirror.pipeline.replay import Replayer
 
     total = 100_000 if quick else 1_000_000
     distinct = 10_000 if quick else 100_000

@@ -109,7 +109,7 @@ def save_overhead(db: str, quick: bool) -> tuple[list[Row], str]:
 
     from benchmarks.benchapp.models import Follow, PlainFollow
     from benchmarks.benchapp.repositories import CREATED_AT, INTERFACE, FollowStore
-    from django_mirror import conf
+    from django_mirror.config import conf
     from django_mirror.models import OutboxBatch
     from django_mirror.repositories import get
     from django_mirror.repositories.registry import config_for

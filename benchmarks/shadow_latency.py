@@ -140,8 +140,8 @@ def serve() -> None:
 
 def control(command: str) -> Any:
     """The benchmark's requests: wait for the shadow pool to drain, or read the counts."""
-    from django_mirror import stats
     from django_mirror.models import MetricWindow
+    from django_mirror.observability import stats
     from django_mirror.shadow import get_pool
 
     if command == "idle":

@@ -33,8 +33,8 @@ POOL_SIZES = (1, 4)
 
 def compared_so_far(label: str) -> dict[str, int]:
     """This process's shadow-read counters for ``label``, as the dashboard stores them."""
-    from django_mirror import stats
     from django_mirror.models import MetricWindow
+    from django_mirror.observability import stats
 
     stats.flush()
     totals: dict[str, int] = {}
@@ -61,7 +61,7 @@ def one_round(pool_size: int, seconds: float, rng: random.Random) -> dict[str, f
     from django.test.utils import override_settings
 
     from benchmarks.benchapp.models import Follow
-    from django_mirror import conf
+    from django_mirror.config import conf
     from django_mirror.shadow import get_pool, shadow_reads
 
     label = Follow._meta.label

@@ -24,8 +24,8 @@ PEAK_TARGET_MB = 300
 
 def verifier() -> Any:
     from benchmarks.benchapp.models import Follow
-    from django_mirror import conf
-    from django_mirror.verify import Verifier
+    from django_mirror.config import conf
+    from django_mirror.pipeline.verify import Verifier
 
     config = conf.model_config(Follow)
     assert config is not None and config.target_alias == "new"

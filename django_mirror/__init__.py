@@ -15,7 +15,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(query, name)
     if name == "paused":
-        from django_mirror.capture import paused
+        from django_mirror.capture.record import paused
 
         return paused
     raise AttributeError(f"module 'django_mirror' has no attribute {name!r}")

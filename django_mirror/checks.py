@@ -19,8 +19,8 @@ from django.db import connections, models
 from django.db.models import deletion
 from django.utils.module_loading import import_string
 
-from django_mirror import conf
-from django_mirror.events import encode_column
+from django_mirror.config import conf
+from django_mirror.core.events import encode_column
 
 logger = logging.getLogger("django_mirror")
 
@@ -106,7 +106,7 @@ def _check_stream_options(backend: Any, options: dict[str, Any]) -> list[Any]:
     """``OPTIONS`` become the backend's constructor's keywords: checked against its
     signature here, not met as a ``TypeError`` at the first write. ``KinesisStream``
     hands its ``**client_options`` on to ``AwsClient``, whose signature names those."""
-    from django_mirror.aws import AwsClient
+    from django_mirror.core.aws import AwsClient
     from django_mirror.streams import KinesisStream
 
     where = "DJANGO_MIRROR['STREAM']['OPTIONS']"
@@ -680,7 +680,7 @@ def check_field_values(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def check_group_phases(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     """Settings that start a group's models in different phases split it from the first
     write: a cascade would run on one primary and miss rows on the other."""
-    from django_mirror import graph
+    from django_mirror.config import graph
 
     configs = {c.label.lower(): c for c in conf.mirrored_models().values()}  # as set
     messages = []

@@ -47,7 +47,7 @@ class OutboxBatch(models.Model):
         Versions and ids derive from the batch id and position, so shipping a batch
         twice yields the same events twice, which replay recognises.
         """
-        from django_mirror.events import event_dicts
+        from django_mirror.core.events import event_dicts
 
         return event_dicts(self.id, self.model, json.loads(self.payload))
 

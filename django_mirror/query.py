@@ -20,10 +20,10 @@ from django.db import connections, models, router
 from django.db.models import Q
 from django.db.models.sql import UpdateQuery
 
-from django_mirror import capture
-from django_mirror.batching import chunks, keys_per_statement, unique
-from django_mirror.keys import unique_sets
-from django_mirror.locking import defers_write_lock
+from django_mirror.capture import record as capture
+from django_mirror.core.batching import chunks, keys_per_statement, unique
+from django_mirror.core.keys import unique_sets
+from django_mirror.core.locking import defers_write_lock
 from django_mirror.shadow import reads
 
 T = TypeVar("T")

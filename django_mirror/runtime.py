@@ -16,7 +16,10 @@ import os
 import threading
 from typing import Protocol
 
-from django_mirror import capture, phases, relay, reporting, stats
+from django_mirror.capture import record
+from django_mirror.observability import reporting, stats
+from django_mirror.phases import transitions
+from django_mirror.pipeline import relay
 from django_mirror.shadow import pool
 
 
@@ -37,7 +40,7 @@ class Service(Protocol):
 
 SERVICES: tuple[Service, ...] = (
     relay.shipper,
-    phases.watcher,
+    transitions.watcher,
     stats.writer,
     reporting.sender,
     pool.service,
@@ -89,7 +92,7 @@ def flush_at_exit() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    capture.after_fork()
+    record.after_fork()
     for service in SERVICES:
         service.after_fork()
     if _running:

@@ -47,7 +47,9 @@ def prepare() -> dict[str, list[str]]:
 
     Returns ``{label: [check ids]}`` of the models left out.
     """
-    from django_mirror import capture, checks, conf
+    from django_mirror import checks
+    from django_mirror.capture import record
+    from django_mirror.config import conf
 
     source = conf.source_alias()
     models = settings.DJANGO_MIRROR["MODELS"]
@@ -65,7 +67,7 @@ def prepare() -> dict[str, list[str]]:
     for label in refused:
         models.pop(label, None)
     conf.clear_cache()
-    capture.connect_signals()
+    record.connect_signals()
     _count_events()
     return {label: sorted(ids) for label, ids in refused.items()}
 
@@ -115,7 +117,7 @@ def mirrored_model_count() -> int:
 def _count_events() -> None:
     """Wrap ``outbox.write`` to add each payload's events to a process-shared counter."""
     global _events
-    from django_mirror import outbox
+    from django_mirror.capture import outbox
 
     if _events is not None:
         return
@@ -133,7 +135,7 @@ def _count_events() -> None:
 
 def _count_metrics() -> None:
     """Wrap ``reporting.incr`` to add the ``COUNTED`` metrics to process-shared counters."""
-    from django_mirror import reporting
+    from django_mirror.observability import reporting
 
     for name in COUNTED:
         _counters[name] = multiprocessing.Value("q", 0)

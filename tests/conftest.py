@@ -17,8 +17,10 @@ from django.test import override_settings
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
-from django_mirror import conf, relay, runtime, testing
-from django_mirror.replay import Replayer
+from django_mirror import runtime, testing
+from django_mirror.config import conf
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream, get_stream
 
 BOTH = ["default", "new"]
@@ -191,7 +193,7 @@ class StatsdListener:
 
     def lines(self) -> list[str]:
         """Everything received so far, after a moment for packets still in flight."""
-        from django_mirror import reporting
+        from django_mirror.observability import reporting
 
         reporting.flush()  # counters and timers are sent once a second
         time.sleep(0.2)
@@ -261,7 +263,7 @@ def target_down(alias: str = "new") -> Iterator[None]:
 
 def upsert_event(obj: models.Model, version: int) -> Any:
     """An upsert of ``obj`` as it stands, the way capture encodes it."""
-    from django_mirror.events import Event, encode_column
+    from django_mirror.core.events import Event, encode_column
 
     fields = type(obj)._meta.concrete_fields
     row = {f.column: encode_column(f, getattr(obj, f.attname)) for f in fields}
@@ -269,6 +271,6 @@ def upsert_event(obj: models.Model, version: int) -> Any:
 
 
 def delete_event(obj: models.Model, version: int) -> Any:
-    from django_mirror.events import Event
+    from django_mirror.core.events import Event
 
     return Event(model=type(obj)._meta.label, op="delete", pk=obj.pk, version=version)

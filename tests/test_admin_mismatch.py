@@ -412,7 +412,8 @@ def test_recheck_of_read_records_that_kept_no_query():
 
 @both_databases
 def test_dismiss_asks_why_then_records_who_when_and_why_and_the_gate_ignores_them():
-    from django_mirror import conf, phases
+    from django_mirror.config import conf
+    from django_mirror.phases import transitions
 
     records = [
         MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Author")
@@ -423,7 +424,9 @@ def test_dismiss_asks_why_then_records_who_when_and_why_and_the_gate_ignores_the
 
     def gate() -> Any:
         [check] = [
-            p for p in phases.preconditions(config, "promoted") if p.name == "no confirmed mismatch"
+            p
+            for p in transitions.preconditions(config, "promoted")
+            if p.name == "no confirmed mismatch"
         ]
         return check
 
@@ -500,7 +503,7 @@ def test_only_staff_who_may_change_the_models_rows_dismiss():
 
 @both_databases
 def test_dismissed_records_leave_the_status_and_dashboard_figures_as_they_leave_the_gate():
-    from django_mirror import dashboard
+    from django_mirror.admin import dashboard
 
     kept, dismissed = (
         MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Author")

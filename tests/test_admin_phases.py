@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.models import MirrorState
 from tests.conftest import both_databases
 

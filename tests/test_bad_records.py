@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from django_mirror import relay
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 from django_mirror.models import DeadLetter, ShardCheckpoint
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import both_databases, drain_and_replay
 from tests.faults import stream_records

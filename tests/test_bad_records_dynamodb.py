@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 
 from django_mirror import paused
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 from django_mirror.models import DeadLetter
 from django_mirror.targets import DynamoDBTarget
 from django_mirror.targets.dynamodb import MAX_ITEM_BYTES

@@ -23,7 +23,7 @@ from django.db.models import F
 from django.test import override_settings
 
 from django_mirror import paused
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 from django_mirror.models import DeadLetter
 from django_mirror.targets import CacheTarget
 from tests.conftest import both_databases, drain_and_replay

@@ -159,7 +159,9 @@ def test_a_full_configuration_passes():
         (config(lambda c: c.__setitem__("RELAY", {"ON_COMMIT": "later"})), ["django_mirror.E015"]),
         # E019: a target backend that is no Target or refuses its OPTIONS
         (
-            config(model("testapp.Author", target={"BACKEND": "django_mirror.conf.ModelConfig"})),
+            config(
+                model("testapp.Author", target={"BACKEND": "django_mirror.config.conf.ModelConfig"})
+            ),
             ["django_mirror.E019"],
         ),
         (
@@ -413,7 +415,7 @@ def test_the_first_write_with_a_bad_setting_logs_each_error(caplog, monkeypatch)
     settings errors at ERROR, and its event still waits in the outbox."""
     import logging
 
-    from django_mirror import conf
+    from django_mirror.config import conf
     from django_mirror.models import OutboxBatch
     from tests.testapp.models import Author
 
@@ -437,7 +439,7 @@ def test_the_first_write_with_a_bad_setting_logs_each_error(caplog, monkeypatch)
 def test_the_first_write_logs_nothing_when_the_settings_are_valid(caplog, monkeypatch):
     import logging
 
-    from django_mirror import conf
+    from django_mirror.config import conf
     from tests.testapp.models import Author
 
     monkeypatch.setattr(conf, "_looked_up", False)
@@ -449,7 +451,7 @@ def test_the_first_write_logs_nothing_when_the_settings_are_valid(caplog, monkey
 def _mirroring_only(monkeypatch: pytest.MonkeyPatch, *mirrored: type[models.Model]) -> None:
     """These models, defined in a test, as the mirrored ones (their app registry is not
     the one ``DJANGO_MIRROR['MODELS']`` labels resolve in)."""
-    from django_mirror import conf
+    from django_mirror.config import conf
 
     monkeypatch.setattr(conf, "mirrored_models", lambda: dict.fromkeys(mirrored))
 
@@ -615,8 +617,8 @@ class _OpaqueField(models.Field):
 
 @isolate_apps("tests.testapp")
 def test_a_field_whose_values_cannot_be_carried_is_an_error(monkeypatch):
-    from django_mirror import conf
     from django_mirror.checks import check_field_values
+    from django_mirror.config import conf
 
     calls: list[str] = []
 

@@ -14,9 +14,9 @@ import pytest
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 
-from django_mirror import relay
 from django_mirror.models import DeadLetter
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from tests.conftest import assert_mirrored, both_databases, in_thread
 from tests.faults import (
     DuplicateAndShuffle,

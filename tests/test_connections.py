@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from django_mirror import paused
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 from django_mirror.models import DeadLetter, MismatchRecord
 from django_mirror.shadow import get_pool
 from django_mirror.streams import KinesisStream

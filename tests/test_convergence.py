@@ -35,11 +35,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from django_mirror import conf, paused, relay
-from django_mirror.copy import Copier, CopyStats
-from django_mirror.events import pk_text
+from django_mirror import paused
+from django_mirror.config import conf
+from django_mirror.core.events import pk_text
 from django_mirror.models import CopyProgress, DeadLetter
-from django_mirror.replay import Replayer, ReplayStats
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.copy import Copier, CopyStats
+from django_mirror.pipeline.replay import Replayer, ReplayStats
 from django_mirror.streams import KinesisStream, get_stream
 from django_mirror.targets import Target, get_target
 from django_mirror.targets.base import CopyResult

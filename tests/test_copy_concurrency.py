@@ -19,10 +19,12 @@ from django.core.management import call_command
 from django.db import DatabaseError, connections, transaction
 from django.db.models import F
 
-from django_mirror import conf, paused, relay
-from django_mirror.copy import Copier
+from django_mirror import paused
+from django_mirror.config import conf
 from django_mirror.models import DeadLetter, RowVersion
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.copy import Copier
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.targets.database import DatabaseTarget
 from tests.conftest import (
     assert_mirrored,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from django.db.models import F
 
-from django_mirror import relay
 from django_mirror.models import OutboxBatch, RowVersion, ShardCheckpoint
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases
 from tests.faults import configured_stream, stream_records, unique_stream_name

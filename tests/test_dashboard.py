@@ -1,6 +1,6 @@
 """The migration dashboard, through the admin as staff see it: every mirrored model with
 its phase, and figures from real outbox rows, mismatch records, checkpoints and the
-per-minute windows django_mirror.stats writes."""
+per-minute windows django_mirror.observability.stats writes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_mirror import conf, dashboard, relay, stats
+from django_mirror.admin import dashboard
+from django_mirror.config import conf
 from django_mirror.models import (
     DeadLetter,
     MetricWindow,
@@ -24,6 +25,8 @@ from django_mirror.models import (
     ShardCheckpoint,
     VerifyRun,
 )
+from django_mirror.observability import stats
+from django_mirror.pipeline import relay
 from tests.conftest import both_databases, mirroring
 from tests.testapp.models import Author, Book, Tag
 

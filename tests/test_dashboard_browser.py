@@ -19,8 +19,8 @@ from django.test import override_settings
 from django.utils import timezone
 from pytest_django.live_server_helper import LiveServer
 
-from django_mirror import stats
 from django_mirror.models import DeadLetter, MismatchRecord, ShardCheckpoint, VerifyRun
+from django_mirror.observability import stats
 from tests.conftest import both_databases
 from tests.test_dashboard import DASHBOARD, fresh_stats  # noqa: F401 (a fixture used below)
 from tests.testapp.models import Author, Book, Shelf, Tag

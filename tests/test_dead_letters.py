@@ -13,9 +13,9 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import Client, override_settings
 
-from django_mirror import relay
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 from django_mirror.models import DeadLetter, ShardCheckpoint
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases
 from tests.faults import stream_records

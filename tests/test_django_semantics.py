@@ -8,7 +8,8 @@ import re
 import pytest
 from django.db import connections, transaction
 
-from django_mirror import capture, relay
+from django_mirror.capture import record
+from django_mirror.pipeline import relay
 from tests.testapp.models import Author, Book
 
 
@@ -41,7 +42,7 @@ def test_m2m_remove_in_a_doomed_transaction_raises_djangos_error(monkeypatch):
         with connections[using].cursor() as cursor:  # as SQLite's DEFERRED mode does
             cursor.execute("SELECT 1")
 
-    monkeypatch.setattr(capture, "write_lock_first", lock_with_a_statement)
+    monkeypatch.setattr(record, "write_lock_first", lock_with_a_statement)
     author = Author.objects.create(name="a")
     book = Book.objects.create(author=author, title="t")
     with transaction.atomic():
@@ -68,7 +69,7 @@ def test_an_in_memory_sqlite_database_is_told_apart(monkeypatch):
     of this suite's own, which they share nothing through, in)."""
     from django.db import connections
 
-    from django_mirror.locking import shared_in_memory
+    from django_mirror.core.locking import shared_in_memory
 
     memory = {**connections.settings["default"], "NAME": ":memory:"}
     monkeypatch.setitem(connections.settings, "memory", memory)
@@ -83,7 +84,7 @@ def test_an_in_memory_sqlite_database_is_told_apart(monkeypatch):
 def test_a_built_in_field_subclass_changing_no_conversion_is_imaged_like_its_base():
     from django.db import models
 
-    from django_mirror import images
+    from django_mirror.core import images
 
     class CreatedField(models.DateTimeField):  # as Django's queries tests: a default only
         db_returning = True
@@ -101,8 +102,8 @@ def test_figures_taken_under_one_use_tz_are_written_under_the_other(settings):
     """Django's tests switch ``USE_TZ`` (``override_settings``) between a figure taken
     and its window written: the writer neither compares naive with aware minutes nor
     hands the database a minute of the wrong kind."""
-    from django_mirror import stats
     from django_mirror.models import MetricWindow
+    from django_mirror.observability import stats
 
     stats.flush()  # what earlier tests left
     for use_tz in (True, False):

@@ -16,9 +16,8 @@ from django.db import models, transaction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_mirror import relay
-from django_mirror.batching import unique
-from django_mirror.events import (
+from django_mirror.core.batching import unique
+from django_mirror.core.events import (
     DELETE,
     UPSERT,
     Event,
@@ -31,6 +30,7 @@ from django_mirror.events import (
     encode_value,
 )
 from django_mirror.models import OutboxBatch
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import BOTH, assert_mirrored, both_databases, drain_and_replay, rows
 from tests.testapp.models import AllTypes, Author, BigKey, Secret

@@ -17,8 +17,9 @@ from django.db import connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from django_mirror import conf, graph, phases
+from django_mirror.config import conf, graph
 from django_mirror.models import MirrorState, MismatchRecord
+from django_mirror.phases import transitions
 from tests.conftest import SHOP, both_databases, mirroring
 from tests.testapp.models import AllTypes, Author, Book, Shelf, ShelfBook, Tag
 
@@ -55,8 +56,8 @@ def test_a_move_that_splits_a_group_is_refused_naming_the_models_to_move_togethe
         if label != "testapp.Book":
             assert label in message
     assert "mirror_phase --group testapp.Book mirror" in message
-    with pytest.raises(phases.PhaseRefused, match="group moves together"):
-        phases.change_phase("testapp.Author", "mirror")
+    with pytest.raises(transitions.PhaseRefused, match="group moves together"):
+        transitions.change_phase("testapp.Author", "mirror")
     assert not MirrorState.objects.exists()
 
 

@@ -28,8 +28,12 @@ from django.db import connections, transaction
 from django.db.models import F
 from django.test import Client, override_settings
 
-from django_mirror import capture, conf, failures, relay, runtime
+from django_mirror import runtime
+from django_mirror.capture import record
+from django_mirror.config import conf
+from django_mirror.core import failures
 from django_mirror.models import MirrorState, OutboxBatch
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import (
     assert_mirrored,
@@ -317,7 +321,7 @@ def test_a_failing_commit_hook_of_ours_never_drops_the_apps_later_ones(
     def broken(using: str) -> None:
         raise RuntimeError("injected: after-commit shipping broke")
 
-    monkeypatch.setattr(capture, "committed_hooks", [broken])  # the relay's place
+    monkeypatch.setattr(record, "committed_hooks", [broken])  # the relay's place
     ran: list[str] = []
     before = failures.count
     with transaction.atomic():

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_mirror import images
-from django_mirror.events import encode_column, encode_value
+from django_mirror.core import images
+from django_mirror.core.events import encode_column, encode_value
 from tests.conftest import rows
 from tests.testapp.models import AllTypes, Author
 

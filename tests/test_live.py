@@ -13,7 +13,8 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.models import F
 from django.test import Client
 
-from django_mirror import live, paused
+from django_mirror import paused
+from django_mirror.live import apply
 from django_mirror.models import MismatchRecord, OutboxBatch, RowVersion
 from tests.conftest import (
     assert_mirrored,
@@ -85,7 +86,7 @@ def test_target_down_during_a_request_returns_200_records_and_replay_heals(kines
     assert record.status == MismatchRecord.Status.SUSPECTED
     assert record.diff["op"] == "upsert" and "error" in record.diff
     assert statsd.total(statsd.lines(), "django_mirror.write.mismatch.testapp_author") == 1
-    assert live.resolve_healed() == 0  # the target has not got the row yet
+    assert apply.resolve_healed() == 0  # the target has not got the row yet
     record.refresh_from_db()
     assert record.status == MismatchRecord.Status.SUSPECTED
     with mirroring():

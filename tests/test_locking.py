@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import OperationalError, connection, transaction
 
-from django_mirror.locking import lock_conflict, retrying
+from django_mirror.core.locking import lock_conflict, retrying
 from tests.conftest import both_databases, in_thread
 from tests.testapp.models import Counter
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.test import override_settings
 
-from django_mirror import failures, reporting
+from django_mirror.core import failures
+from django_mirror.observability import reporting
 from tests.conftest import both_databases, drain_and_replay
 from tests.testapp.models import Author, Counter
 

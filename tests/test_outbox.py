@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.db import connections
 
-from django_mirror import outbox
+from django_mirror.capture import outbox
 from django_mirror.models import OutboxBatch
 from tests.testapp.models import Tag
 

@@ -19,9 +19,10 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from django.test import override_settings
 
-from django_mirror import conf, phases
-from django_mirror.events import GENERATION_STRIDE
+from django_mirror.config import conf
+from django_mirror.core.events import GENERATION_STRIDE
 from django_mirror.models import MirrorState, MismatchRecord, OutboxBatch, VerifyRun
+from django_mirror.phases import transitions
 from django_mirror.router import MirrorRouter
 from tests.conftest import both_databases, drain_and_replay
 from tests.testapp.models import Author, Book, Tag, Unmirrored
@@ -46,14 +47,14 @@ def author_config() -> conf.ModelConfig:
 
 
 def failed(phase: str) -> list[str]:
-    return [p.name for p in phases.preconditions(author_config(), phase) if not p.ok]
+    return [p.name for p in transitions.preconditions(author_config(), phase) if not p.ok]
 
 
 @both_databases
 def test_moving_to_mirror_needs_replay_caught_up_and_a_recent_clean_verify(kinesis, author_alone):
     assert failed("mirror") == ["replay caught up", "clean verify"]
-    with pytest.raises(phases.PhaseRefused, match="replay has never run"):
-        phases.change_phase("testapp.Author", "mirror")
+    with pytest.raises(transitions.PhaseRefused, match="replay has never run"):
+        transitions.change_phase("testapp.Author", "mirror")
     Author.objects.create(name="ada")
     drain_and_replay()
     assert failed("mirror") == ["clean verify"]
@@ -67,7 +68,7 @@ def test_moving_to_mirror_needs_replay_caught_up_and_a_recent_clean_verify(kines
     run = VerifyRun.objects.filter(model="testapp.Author").first()
     assert run is not None and run.clean and run.repaired == 1
     assert failed("mirror") == []
-    state = phases.change_phase("testapp.Author", "mirror", by="ops", reason="step 5")
+    state = transitions.change_phase("testapp.Author", "mirror", by="ops", reason="step 5")
     assert (state.phase, state.generation, state.forced) == ("mirror", 1, False)
     assert author_config().phase == "mirror"  # this process sees it at once
 
@@ -75,9 +76,9 @@ def test_moving_to_mirror_needs_replay_caught_up_and_a_recent_clean_verify(kines
 @both_databases
 def test_a_refused_move_can_be_forced_only_with_a_reason():
     with pytest.raises(ValueError, match="needs a reason"):
-        phases.change_phase("testapp.Author", "mirror", force=True)
+        transitions.change_phase("testapp.Author", "mirror", force=True)
     assert not MirrorState.objects.exists()
-    state = phases.change_phase(
+    state = transitions.change_phase(
         "testapp.Author", "mirror", force=True, by="ops", reason="empty table, nothing to verify"
     )
     assert state.forced and state.reason == "empty table, nothing to verify"
@@ -87,18 +88,18 @@ def test_a_refused_move_can_be_forced_only_with_a_reason():
 @both_databases
 def test_moving_to_promoted_needs_mirror_and_no_recent_confirmed_mismatch(author_alone):
     assert failed("promoted") == ["in mirror"]
-    phases.change_phase("testapp.Author", "mirror", force=True, reason="test")
+    transitions.change_phase("testapp.Author", "mirror", force=True, reason="test")
     assert failed("promoted") == []
     MismatchRecord.objects.create(kind="read", status="confirmed", model="testapp.Author")
     assert failed("promoted") == ["no confirmed mismatch"]
-    with pytest.raises(phases.PhaseRefused, match="1 confirmed, undismissed mismatches"):
-        phases.change_phase("testapp.Author", "promoted")
+    with pytest.raises(transitions.PhaseRefused, match="1 confirmed, undismissed mismatches"):
+        transitions.change_phase("testapp.Author", "promoted")
     MismatchRecord.objects.update(status="resolved")
-    phases.change_phase("testapp.Author", "promoted", by="ops", reason="numbers are right")
+    transitions.change_phase("testapp.Author", "promoted", by="ops", reason="numbers are right")
     assert author_config().phase == "promoted"
     # Stepping back is always allowed: it is the rollback.
     assert failed("mirror") == [] and failed("capture") == []
-    phases.change_phase("testapp.Author", "mirror", by="ops", reason="roll back")
+    transitions.change_phase("testapp.Author", "mirror", by="ops", reason="roll back")
     assert author_config().phase == "mirror"
 
 
@@ -106,8 +107,8 @@ def test_moving_to_promoted_needs_mirror_and_no_recent_confirmed_mismatch(author
 def test_each_change_raises_the_generation_and_so_every_later_version():
     Author.objects.create(name="before")
     before = max(e["version"] for b in OutboxBatch.objects.all() for e in b.events())
-    phases.change_phase("testapp.Author", "mirror", force=True, reason="test")
-    phases.change_phase("testapp.Author", "capture", by="ops")
+    transitions.change_phase("testapp.Author", "mirror", force=True, reason="test")
+    transitions.change_phase("testapp.Author", "capture", by="ops")
     OutboxBatch.objects.all().delete()
     Author.objects.create(name="after")
     (after,) = [e["version"] for b in OutboxBatch.objects.all() for e in b.events()]
@@ -122,7 +123,7 @@ def test_another_process_follows_a_phase_change_within_five_seconds():
             sys.executable,
             "-c",
             "import django, sys, time; django.setup()\n"
-            "from django_mirror import conf\n"
+            "from django_mirror.config import conf\n"
             "from tests.testapp.models import Author\n"
             "print('ready', conf.model_config(Author).phase, flush=True)\n"
             "while conf.model_config(Author).phase != 'mirror': time.sleep(0.02)\n"
@@ -143,7 +144,9 @@ def test_another_process_follows_a_phase_change_within_five_seconds():
         assert watcher.stdout is not None
         assert watcher.stdout.readline().split() == ["ready", "capture"]
         changed = time.monotonic()
-        phases.change_phase("testapp.Author", "mirror", force=True, reason="cross-process test")
+        transitions.change_phase(
+            "testapp.Author", "mirror", force=True, reason="cross-process test"
+        )
         line = watcher.stdout.readline().strip()
         took = time.monotonic() - changed
         assert line == "seen", line + watcher.stdout.read()
@@ -244,12 +247,12 @@ def test_promotion_starts_the_new_stores_keys_past_both_stores_and_rollback_like
             author = Author.objects.create(name="x")
             Author.objects.using("new").create(pk=author.pk, name="x")
     highest = Author.objects.order_by("-pk").first().pk  # type: ignore[union-attr]
-    phases.change_phase("testapp.Author", "mirror", force=True, reason="test")
-    phases.change_phase("testapp.Author", "promoted", force=True, reason="test")
+    transitions.change_phase("testapp.Author", "mirror", force=True, reason="test")
+    transitions.change_phase("testapp.Author", "promoted", force=True, reason="test")
     promoted = Author.objects.create(name="on the target")  # routed to "new"
     assert Author.objects.using("new").filter(pk=promoted.pk).exists()
     assert promoted.pk > highest + 50_000
-    phases.change_phase("testapp.Author", "mirror", by="ops", reason="roll back")
+    transitions.change_phase("testapp.Author", "mirror", by="ops", reason="roll back")
     back = Author.objects.create(name="on the source again")
     assert back.pk > promoted.pk
     assert Author.objects.using("default").filter(pk=back.pk).exists()

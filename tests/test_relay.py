@@ -13,9 +13,9 @@ from django.core.management import CommandError, call_command
 from django.db.models import F
 from django.test import override_settings
 
-from django_mirror import relay
 from django_mirror.models import OutboxBatch
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
 from tests.faults import (

@@ -13,9 +13,9 @@ from django.core.management import CommandError, call_command
 from django.db import connections, transaction
 from django.db.models import F
 
-from django_mirror import relay
 from django_mirror.models import DeadLetter, RowVersion, ShardCheckpoint
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay, rows
 from tests.faults import (

@@ -10,8 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import F
 
-from django_mirror import relay
 from django_mirror.models import ShardCheckpoint
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
 from tests.faults import Handler, hooked, stream_records

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from django_mirror import relay
 from django_mirror.models import ShardCheckpoint
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import assert_mirrored, both_databases
 from tests.faults import configured_stream, unique_stream_name

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 
-from django_mirror import relay
 from django_mirror.models import MismatchRecord, OutboxBatch
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.repositories import InterfaceError, get, read, repository, write
 from django_mirror.repositories.interface import binder
 from django_mirror.repositories.registry import config_for
@@ -238,7 +238,7 @@ def test_interfaces_are_checked_when_defined():
 
 @both_databases
 def test_the_dashboard_shows_a_mirrored_repository_and_its_mismatches(admin_client):
-    from django_mirror import stats
+    from django_mirror.observability import stats
 
     with repositories("mirror", candidate="tests.testapp.repositories.DivergingFollows"):
         get(FollowStore).follow(1, 40)

@@ -23,9 +23,11 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.models import F
 from django.test import override_settings
 
-from django_mirror import conf, paused, relay
+from django_mirror import paused
+from django_mirror.config import conf
 from django_mirror.models import MismatchRecord, OutboxBatch
-from django_mirror.replay import Replayer
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import Replayer
 from django_mirror.shadow import get_pool, shadow_reads
 from tests.conftest import SHOP, both_databases, drain_and_replay, in_thread
 from tests.testapp.models import AllTypes, Author, Book, Counter, Shelf, ShelfBook, Tag

@@ -451,7 +451,7 @@ def test_a_models_compare_callable_decides(statsd):
 
 
 def test_unordered_results_compare_as_multisets_ordered_ones_in_order() -> None:
-    from django_mirror import conf
+    from django_mirror.config import conf
 
     config = conf.config_for_label("testapp.Author")
     assert config is not None
@@ -533,8 +533,8 @@ def test_locking_reads_are_compared_without_their_lock(statsd):
 def test_the_dashboard_figures_do_not_depend_on_statsd():
     from django.test import override_settings
 
-    from django_mirror import stats
     from django_mirror.models import MetricWindow
+    from django_mirror.observability import stats
 
     stats.flush()
     author = both(Author, name="ada")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from django_mirror import stats
 from django_mirror.models import MetricWindow
+from django_mirror.observability import stats
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 
-from django_mirror import relay
 from django_mirror.models import DeadLetter, OutboxBatch
+from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream, Record
 from django_mirror.streams.kinesis import MAX_PUT_BYTES, MAX_PUT_RECORDS
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay

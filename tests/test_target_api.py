@@ -12,7 +12,8 @@ from django.core.management import call_command
 from django.db.models import F
 from django.test import override_settings
 
-from django_mirror import conf, paused
+from django_mirror import paused
+from django_mirror.config import conf
 from django_mirror.targets import get_target
 from tests.conftest import both_databases, drain_and_replay
 from tests.testapp.models import Counter

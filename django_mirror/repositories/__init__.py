@@ -2,14 +2,9 @@
 data interfaces, for targets that remodel the data (see ``docs/repositories.md``)."""
 
 from django_mirror.repositories.calls import current_event_id
-from django_mirror.repositories.interface import (
-    InterfaceError,
-    passthrough,
-    read,
-    repository,
-    write,
-)
+from django_mirror.repositories.interface import InterfaceError, passthrough, read, write
 from django_mirror.repositories.registry import get
+from django_mirror.repositories.wrapper import repository
 
 __all__ = [
     "InterfaceError",

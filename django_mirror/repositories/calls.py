@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-from django.db import DatabaseError, DataError, IntegrityError
 from django.utils import timezone
 
-from django_mirror import conf, reporting
-from django_mirror.events import Event, decode_value, encode_value, pk_text
+from django_mirror.config import conf
+from django_mirror.core.events import Event, decode_value, encode_value, pk_text
+from django_mirror.observability import reporting
+from django_mirror.repositories import registry
 from django_mirror.repositories.interface import BoundCall, InterfaceSpec, MethodSpec
 
 logger = logging.getLogger("django_mirror.repositories")
@@ -116,8 +116,8 @@ def record(
 ) -> None:
     """Add the call to the outbox, in the caller's transaction if there is one (a call
     rolled back with its transaction leaves no event)."""
-    from django_mirror.capture import record_payload  # they need the app's models
-    from django_mirror.outbox import Payload
+    from django_mirror.capture.outbox import Payload
+    from django_mirror.capture.record import record_payload  # they need the app's models
 
     using = using or conf.source_alias()
     payload = Payload(
@@ -150,8 +150,6 @@ def dispatch(event: Event, include_live: bool = False) -> int:
     whose outcome differs from the recorded one is a write mismatch. Targets that ran
     the call live (phase ``mirror``) are skipped, unless ``include_live`` (a replay from
     the start, into rebuilt targets). Returns the number of targets called."""
-    from django_mirror.repositories import registry
-
     config = registry.config_for(event.model)
     if config is None:
         raise LookupError(f"{event.model} is not a mirrored repository here")
@@ -189,53 +187,11 @@ def replay_on(
 ) -> dict[str, Any]:
     """Call the method on one target in replay: only the exceptions the interface
     tolerates are outcomes (as they were when recorded); anything else propagates, to
-    stop replay (:func:`infrastructure_error`) or dead-letter the call."""
+    stop replay (``core.outages.infrastructure_error``) or dead-letter the call."""
     try:
         return outcome(getattr(implementation, method.name)(*args, **kwargs))
     except method.tolerate as exc:
         return outcome(error=exc)
-
-
-#: AWS error codes that refuse the request itself; any other means AWS could not serve it.
-_AWS_REFUSALS = frozenset(
-    {
-        "ValidationException",
-        "ConditionalCheckFailedException",
-        "TransactionCanceledException",
-        "SerializationException",
-        "InvalidParameterException",
-        "InvalidArgumentException",
-    }
-)
-#: Names of exception classes client libraries raise for a server they cannot reach or
-#: that does not answer in time (redis-py's ``ConnectionError`` is no ``OSError``).
-_UNREACHABLE_NAMES = frozenset(
-    {"ConnectionError", "TimeoutError", "Timeout", "ConnectionFailure", "OperationalError"}
-)
-
-
-def infrastructure_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) says a store or service could not be
-    reached or could not answer: the call is not at fault, so replay stops there without
-    a checkpoint and tries again, instead of dead-lettering every call until it is back."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ClientError):
-            if current.response.get("Error", {}).get("Code") not in _AWS_REFUSALS:
-                return True
-        elif isinstance(current, DatabaseError):
-            if not isinstance(current, DataError | IntegrityError):
-                return True
-        elif isinstance(current, OSError | BotoCoreError):
-            if not isinstance(current, ParamValidationError):
-                return True
-        elif any(k.__name__ in _UNREACHABLE_NAMES for k in type(current).__mro__):
-            return True
-        context = None if current.__suppress_context__ else current.__context__
-        current = current.__cause__ or context
-    return False
 
 
 def mismatch(

@@ -176,7 +176,7 @@ def _serialisable(hint: Any) -> bool:
     return False
 
 
-def _spec(interface: type, name: str, function: Any) -> MethodSpec:
+def method_spec(interface: type, name: str, function: Any) -> MethodSpec:
     kind, options = function.__mirror_method__
     signature = inspect.signature(function)
     params = list(signature.parameters.values())[1:]  # self
@@ -217,30 +217,6 @@ def _spec(interface: type, name: str, function: Any) -> MethodSpec:
         options.get("preprocess"),
         tuple(options.get("context", ())),
     )
-
-
-def repository(cls: C | None = None, *, name: str | None = None) -> Any:
-    """Tag an interface; every public method must say what it is (``@write``, ``@read``
-    or ``@passthrough``), and every argument of a write or read must be serialisable.
-    ``name`` (default: the dotted path) names its calls in events and settings."""
-
-    def build(interface: C) -> C:
-        spec = InterfaceSpec(name or f"{interface.__module__}.{interface.__qualname__}")
-        for attr, value in inspect.getmembers(interface, inspect.isfunction):
-            if attr.startswith("_"):
-                continue
-            if not hasattr(value, "__mirror_method__"):
-                raise InterfaceError(
-                    f"{interface.__qualname__}.{attr}: mark it @write, @read or @passthrough"
-                )
-            spec.methods[attr] = _spec(interface, attr, value)
-        interface.__mirror_interface__ = spec  # type: ignore[attr-defined]
-        from django_mirror.repositories.wrapper import wrapper_class
-
-        interface.Mirrored = wrapper_class(interface, spec)  # type: ignore[attr-defined]
-        return interface
-
-    return build(cls) if cls is not None else build
 
 
 def spec_of(interface: type) -> InterfaceSpec:

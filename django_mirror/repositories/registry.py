@@ -10,8 +10,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from django_mirror import conf
-from django_mirror.repositories import wrapper
+from django_mirror.config import conf
 from django_mirror.repositories.interface import InterfaceSpec, spec_of
 
 PHASES = ("off", "capture", "mirror")
@@ -105,8 +104,7 @@ def get(interface: type | str) -> Any:
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "DJANGO_MIRROR":
-        configs.cache_clear()
-        wrapper.settings_changed()  # after the clear: a bypass must not see old configs
+        configs.cache_clear()  # the wrappers' bypasses come off next (wrapper.py)
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="django_mirror.repositories")

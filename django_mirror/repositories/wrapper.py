@@ -19,27 +19,30 @@ change to ``DJANGO_MIRROR`` takes them off again.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
 import weakref
 from typing import Any
 
-from django_mirror import reporting
+from django.core.signals import setting_changed
+
+from django_mirror.observability import reporting
 from django_mirror.repositories import calls
 from django_mirror.repositories.interface import (
     PASSTHROUGH,
     READ,
     BoundCall,
+    C,
+    InterfaceError,
     InterfaceSpec,
     MethodSpec,
+    method_spec,
 )
+from django_mirror.repositories.registry import config_for
 
 
 def _config(wrapper: Any) -> Any:
-    # From the module, not its package: ``from package import module`` runs importlib's
-    # Python-level fromlist handling on every call.
-    from django_mirror.repositories.registry import config_for
-
     return config_for(wrapper._mirror_name)
 
 
@@ -52,7 +55,7 @@ def _timed(implementation: Any, method: MethodSpec, args: Any, kwargs: Any) -> t
 def _mirror_write(config: Any, method: MethodSpec, bound: BoundCall, expected: dict) -> list[str]:
     """Run a write on every target after the source; differences are write mismatches.
     Returns the targets that ran it, which replay then leaves out."""
-    from django_mirror.shadow.scope import current_path
+    from django_mirror.core.request import current_path
 
     args, kwargs = bound.args, bound.kwargs
     ran: list[str] = []
@@ -73,8 +76,8 @@ def _mirror_write(config: Any, method: MethodSpec, bound: BoundCall, expected: d
 
 def _shadow_read(config: Any, method: MethodSpec, bound: BoundCall, expected: dict) -> None:
     """Queue the read for each target on the shadow pool (skipped and counted when full)."""
+    from django_mirror.core.request import current_path
     from django_mirror.shadow import get_pool
-    from django_mirror.shadow.scope import current_path
 
     path = current_path()
     args, kwargs = bound.args, bound.kwargs
@@ -121,9 +124,11 @@ def _bypass(wrapper: Any, generation: int) -> None:
         _bypassed.add(wrapper)
 
 
-def settings_changed() -> None:
+def settings_changed(*, setting: str = "DJANGO_MIRROR", **kwargs: Any) -> None:
     """Take every bypass off: each wrapper reads its interface's settings on its next call.
-    Called by the registry once its configs are cleared."""
+    Connected after the registry's receiver, so it runs once the configs are cleared."""
+    if setting != "DJANGO_MIRROR":
+        return
     global _generation
     with _bypass_lock:
         _generation += 1
@@ -227,3 +232,29 @@ def wrapper_class(interface: type, spec: InterfaceSpec) -> type:
         original = getattr(interface, method.name)
         namespace[method.name] = functools.wraps(original)(function)
     return type(f"Mirrored{interface.__name__}", (), namespace)
+
+
+def repository(cls: C | None = None, *, name: str | None = None) -> Any:
+    """Tag an interface; every public method must say what it is (``@write``, ``@read``
+    or ``@passthrough``), and every argument of a write or read must be serialisable.
+    ``name`` (default: the dotted path) names its calls in events and settings."""
+
+    def build(interface: C) -> C:
+        spec = InterfaceSpec(name or f"{interface.__module__}.{interface.__qualname__}")
+        for attr, value in inspect.getmembers(interface, inspect.isfunction):
+            if attr.startswith("_"):
+                continue
+            if not hasattr(value, "__mirror_method__"):
+                raise InterfaceError(
+                    f"{interface.__qualname__}.{attr}: mark it @write, @read or @passthrough"
+                )
+            spec.methods[attr] = method_spec(interface, attr, value)
+        interface.__mirror_interface__ = spec  # type: ignore[attr-defined]
+        interface.Mirrored = wrapper_class(interface, spec)  # type: ignore[attr-defined]
+        return interface
+
+    return build(cls) if cls is not None else build
+
+
+# After the registry's receiver (imported above): a bypass must not see old configs.
+setting_changed.connect(settings_changed, dispatch_uid="django_mirror.repositories.wrapper")

@@ -18,9 +18,9 @@ from typing import Any
 from django.db import models
 from django.utils.module_loading import import_string
 
-from django_mirror import conf
-from django_mirror.diff import REDACTED, Difference, compare_rows
-from django_mirror.events import encode_column, encode_value, pk_text
+from django_mirror.config import conf
+from django_mirror.core.diff import REDACTED, Difference, compare_rows
+from django_mirror.core.events import encode_column, encode_value, pk_text
 
 #: A mismatch record shows at most this many rows or items of each side.
 MAX_SHOWN = 20

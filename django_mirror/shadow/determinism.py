@@ -28,7 +28,7 @@ from django.db.models.functions import Random
 from django.db.models.sql import Query
 from django.db.models.sql.where import WhereNode
 
-from django_mirror.keys import unique_fields
+from django_mirror.core.keys import unique_fields
 
 ROWS, COUNT, EXISTS, AGGREGATE = "rows", "count", "exists", "aggregate"
 

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.db import connections
 
-from django_mirror import conf
+from django_mirror.config import conf
 
 logger = logging.getLogger("django_mirror.shadow")
 

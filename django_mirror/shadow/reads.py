@@ -21,9 +21,13 @@ from typing import Any
 from django.core.exceptions import EmptyResultSet
 from django.db import DatabaseError, models
 
-from django_mirror import capture, conf, lag, reporting, scoped
-from django_mirror.diff import REDACTED
-from django_mirror.events import pk_text
+from django_mirror.capture import record
+from django_mirror.config import conf
+from django_mirror.core import scoped
+from django_mirror.core.diff import REDACTED
+from django_mirror.core.events import pk_text
+from django_mirror.live import lag
+from django_mirror.observability import reporting
 from django_mirror.shadow import compare, determinism, rerun, scope
 from django_mirror.shadow.pool import get_pool
 from django_mirror.targets import get_target
@@ -529,7 +533,7 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
                 reporting.incr("read.not_comparable", 1, config.label)
                 return None
             pks = found
-        if capture.uncommitted_events(primary):
+        if record.uncommitted_events(primary):
             reporting.incr("read.uncommitted", 1, config.label)
             return None  # the target cannot have what this transaction has not committed
         control = current.draw < current_control_rate() * (

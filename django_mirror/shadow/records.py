@@ -16,7 +16,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.shadow import compare, rerun, scope
 from django_mirror.shadow.rerun import CannotRerun
 

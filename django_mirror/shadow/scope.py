@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django_mirror import conf
+from django_mirror.config import conf
+from django_mirror.core import request
 
 
 @dataclass(frozen=True)
@@ -45,25 +46,25 @@ _scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
     "django_mirror_shadow_scope", default=None
 )
 
+#: What ``enter`` hands back to ``leave``: the scope's token and the request path's.
+Tokens = tuple[contextvars.Token[Scope | None], contextvars.Token[str]]
+
 
 def current() -> Scope | None:
     return _scope.get()
 
 
-def current_path() -> str:
-    """The path of the request being served, or "" outside requests."""
-    scope = _scope.get()
-    return scope.path if scope is not None else ""
+def enter(path: str, hold: bool = False, rate: float | None = None) -> tuple[Scope, Tokens]:
+    """Open a scope for this context (the middleware's per-request scope); its path is
+    also the request path that records of a difference name."""
+    scope = Scope(random.random(), path, rate, [] if hold else None)
+    return scope, (_scope.set(scope), request.set_path(path))
 
 
-def enter(path: str, hold: bool) -> tuple[Scope, contextvars.Token[Scope | None]]:
-    """Open a scope for this context (the middleware's per-request scope)."""
-    scope = Scope(random.random(), path, None, [] if hold else None)
-    return scope, _scope.set(scope)
-
-
-def leave(token: contextvars.Token[Scope | None]) -> None:
-    _scope.reset(token)
+def leave(tokens: Tokens) -> None:
+    scope_token, path_token = tokens
+    _scope.reset(scope_token)
+    request.reset_path(path_token)
 
 
 @contextmanager
@@ -71,11 +72,11 @@ def shadow_reads(rate: float | None = None, path: str = "") -> Iterator[Scope]:
     """Shadow reads of mirrored models in this block, sampled at each model's
     ``shadow_read_rate`` (or at ``rate`` for every model), as the middleware does for a
     request: for tasks, commands and other code outside requests."""
-    token = _scope.set(Scope(random.random(), path, rate))
+    scope, tokens = enter(path, rate=rate)
     try:
-        yield _scope.get()  # type: ignore[misc]
+        yield scope
     finally:
-        _scope.reset(token)
+        leave(tokens)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from functools import cache
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.streams.base import (
     Batch,
     PositionExpired,

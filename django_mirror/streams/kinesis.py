@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from django_mirror.aws import AwsClient
+from django_mirror.core.aws import AwsClient
 from django_mirror.streams.base import (
     Batch,
     PositionExpired,

@@ -8,7 +8,7 @@ import json
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.targets.base import ApplyResult, Target, latest_per_row
 from django_mirror.targets.cache import CacheTarget
 from django_mirror.targets.database import DatabaseTarget

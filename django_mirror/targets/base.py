@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import models
 
-from django_mirror.events import Event
+from django_mirror.core.events import Event
 
 
 @dataclass

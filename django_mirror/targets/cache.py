@@ -4,7 +4,7 @@ local-memory cache for tests and a single-process development server).
 Each row is one key, ``<key_prefix>:<app_label.model>:<pk text>`` (under the alias's own
 ``KEY_PREFIX`` and ``VERSION``), whose value is ``{"v": version, "d": deleted, "row":
 {column: value}}``. The row is the event's tagged JSON image kept as it came
-(``django_mirror.events``), so every value reads back exactly through ``decode_row``;
+(``django_mirror.core.events``), so every value reads back exactly through ``decode_row``;
 copied rows are encoded the same way. A delete leaves ``{"v": version, "d": True}``,
 expiring after ``tombstone_ttl``; reads hide it.
 
@@ -35,7 +35,14 @@ from django.conf import settings
 from django.core.cache import BaseCache, caches
 from django.db import models
 
-from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, encode_column, pk_text
+from django_mirror.core.events import (
+    UPSERT,
+    Event,
+    EventDecodeError,
+    decode_row,
+    encode_column,
+    pk_text,
+)
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
 
 #: Keys read per ``get_many`` call.

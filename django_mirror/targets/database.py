@@ -21,9 +21,10 @@ from typing import Any
 from django.conf import settings
 from django.db import DataError, IntegrityError, connections, models, transaction
 
-from django_mirror import conf, graph, images, scoped
-from django_mirror.batching import chunks, keys_per_statement, rows_per_statement
-from django_mirror.events import (
+from django_mirror.config import conf, graph
+from django_mirror.core import images, scoped
+from django_mirror.core.batching import chunks, keys_per_statement, rows_per_statement
+from django_mirror.core.events import (
     UPSERT,
     Event,
     EventDecodeError,
@@ -33,8 +34,8 @@ from django_mirror.events import (
     pk_text,
     quote_value,
 )
-from django_mirror.keys import unique_sets
-from django_mirror.locking import write_lock_first
+from django_mirror.core.keys import unique_sets
+from django_mirror.core.locking import write_lock_first
 from django_mirror.models import RowVersion
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
 

@@ -36,8 +36,8 @@ from django.apps import apps
 from django.db import models
 from django.utils import timezone
 
-from django_mirror.aws import AwsClient
-from django_mirror.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
+from django_mirror.core.aws import AwsClient
+from django_mirror.core.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
 
 #: DynamoDB's limits.

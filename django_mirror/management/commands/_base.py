@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.streams import StreamError
 
 

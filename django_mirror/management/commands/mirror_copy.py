@@ -6,9 +6,9 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, models
 
-from django_mirror import conf
-from django_mirror.copy import Copier, CopyRefused, CopyStats, check_capturing
+from django_mirror.config import conf
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
+from django_mirror.pipeline.copy import Copier, CopyRefused, CopyStats, check_capturing
 
 
 def _bar(stats: CopyStats, width: int = 30) -> str:

@@ -10,8 +10,9 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
-from django_mirror import conf, graph, phases
+from django_mirror.config import conf, graph
 from django_mirror.management.commands._base import MirrorCommand
+from django_mirror.phases import transitions
 
 
 class Command(MirrorCommand):
@@ -62,7 +63,7 @@ class Command(MirrorCommand):
         try:
             checks = {
                 c.label: {
-                    to: phases.preconditions(c, to, moving if phase else None)
+                    to: transitions.preconditions(c, to, moving if phase else None)
                     for to in ([phase] if phase else [p for p in conf.PHASES if p != c.phase])
                 }
                 for c in configs
@@ -85,14 +86,14 @@ class Command(MirrorCommand):
         moved = phase is not None and not options["dry_run"]
         if moved:
             try:
-                states = phases.change_phases(
+                states = transitions.change_phases(
                     moving,
                     phase,  # type: ignore[arg-type]
                     by=options["by"] or _os_user(),
                     reason=options["reason"],
                     force=options["force"],
                 )
-            except phases.PhaseRefused as exc:
+            except transitions.PhaseRefused as exc:
                 raise CommandError(f"{exc} (--force with a --reason overrides)") from exc
             except (ValueError, LookupError, DatabaseError) as exc:
                 raise CommandError(str(exc)) from exc

@@ -6,8 +6,8 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections
 
-from django_mirror import relay
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
+from django_mirror.pipeline import relay
 from django_mirror.streams import StreamError
 
 

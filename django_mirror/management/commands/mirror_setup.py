@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.streams import StreamError, get_stream
 from django_mirror.targets import Target, get_target

@@ -8,7 +8,7 @@ from django.db import DatabaseError
 from django.db.models import Count
 from django.utils import timezone
 
-from django_mirror import conf, graph, relay
+from django_mirror.config import conf, graph
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.models import (
     DeadLetter,
@@ -16,8 +16,9 @@ from django_mirror.models import (
     MismatchRecord,
     ShardCheckpoint,
 )
-from django_mirror.replay import owner_process
-from django_mirror.verify import last_runs
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.replay import owner_process
+from django_mirror.pipeline.verify import last_runs
 
 
 class Command(MirrorCommand):

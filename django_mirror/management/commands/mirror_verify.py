@@ -7,10 +7,10 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from django_mirror import conf
+from django_mirror.config import conf
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.models import VerifyRun
-from django_mirror.verify import Verifier, VerifyStats
+from django_mirror.pipeline.verify import Verifier, VerifyStats
 
 
 class Command(MirrorCommand):

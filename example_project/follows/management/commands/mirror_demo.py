@@ -29,8 +29,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, models, transaction
 from django.test.utils import override_settings
 
-from django_mirror import conf, paused, relay, stats
+from django_mirror import paused
+from django_mirror.config import conf
 from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord, OutboxBatch
+from django_mirror.observability import stats
+from django_mirror.pipeline import relay
 from django_mirror.repositories import get as get_repository
 from django_mirror.repositories.registry import RepositoryConfig, config_for
 from django_mirror.shadow import get_pool, shadow_reads

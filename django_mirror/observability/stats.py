@@ -22,9 +22,10 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from django_mirror import conf, failures
-from django_mirror.background import ServiceThread
-from django_mirror.locking import shared_in_memory
+from django_mirror.config import conf
+from django_mirror.core import failures
+from django_mirror.core.background import ServiceThread
+from django_mirror.core.locking import shared_in_memory
 
 logger = logging.getLogger("django_mirror.stats")
 

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from django.core.signals import setting_changed
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_mirror import conf, reporting
-from django_mirror.events import Event, event_dicts, pk_text
-from django_mirror.locking import retrying
-from django_mirror.outbox import StoredBatch
+from django_mirror.capture.outbox import StoredBatch
+from django_mirror.config import conf
+from django_mirror.core.events import Event, event_dicts, pk_text
+from django_mirror.core.locking import retrying
+from django_mirror.observability import reporting
 from django_mirror.targets import (
     ApplyResult,
     DatabaseTarget,
@@ -152,8 +153,8 @@ def record_write_mismatches(
     record names the store (a database alias) so ``resolve_healed`` can look there.
     """
     store = target.alias if isinstance(target, DatabaseTarget) else None
+    from django_mirror.core.request import current_path
     from django_mirror.models import MismatchRecord
-    from django_mirror.shadow.scope import current_path
 
     by_model: dict[str, int] = {}
     for event in events:

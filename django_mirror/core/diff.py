@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django_mirror.events import pk_text
+from django_mirror.core.events import pk_text
 
 #: What stands in for a ``redact_fields`` value anywhere a difference is shown or sent.
 REDACTED = "<redacted>"

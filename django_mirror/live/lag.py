@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 
-from django_mirror import conf
-from django_mirror.capture import capture_alias
-from django_mirror.events import decode_value, event_dicts, pk_text
+from django_mirror.capture.record import capture_alias
+from django_mirror.config import conf
+from django_mirror.core.events import decode_value, event_dicts, pk_text
 from django_mirror.models import MismatchRecord, OutboxBatch
 from django_mirror.targets import target_for
 

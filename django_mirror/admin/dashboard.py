@@ -1,7 +1,7 @@
 """The migration dashboard: per mirrored model, where it stands and how it behaves now.
 
 Every figure comes from django-mirror's own tables (the outbox, replay checkpoints,
-mismatch records and the per-minute ``MetricWindow`` rows of ``django_mirror.stats``),
+mismatch records and the per-minute ``MetricWindow`` rows of ``django_mirror.observability.stats``),
 read with one aggregate query each, so the page costs the same for two models or fifty.
 """
 
@@ -21,15 +21,17 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from django_mirror import conf, graph, relay, stats
+from django_mirror.config import conf, graph
 from django_mirror.models import (
     DeadLetter,
     MetricWindow,
     MismatchRecord,
     ShardCheckpoint,
 )
+from django_mirror.observability import stats
+from django_mirror.pipeline import relay
+from django_mirror.pipeline.verify import last_runs
 from django_mirror.repositories import registry as repositories
-from django_mirror.verify import last_runs
 
 KINDS = ("read", "write", "verify")
 #: Events/s are averaged over the windows of the last this many minutes (the current,
@@ -474,3 +476,7 @@ def _shown(
         "reads": number(row.source_latency.reads + row.target_latency.reads),
         "verify": _verify_cell(row, now, within),
     }
+
+
+# The migration dashboard is MetricWindow's changelist.
+admin.site.register(MetricWindow, DashboardAdmin)

@@ -21,8 +21,8 @@ from typing import Any
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_mirror import conf
-from django_mirror.events import DELETE, decode_value, encode_json, event_dicts, pk_text
+from django_mirror.config import conf
+from django_mirror.core.events import DELETE, decode_value, encode_json, event_dicts, pk_text
 
 #: Events per outbox row; far below ``VERSION_STRIDE`` so versions never collide.
 MAX_BATCH_EVENTS = 10_000

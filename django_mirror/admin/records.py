@@ -1,4 +1,4 @@
-"""Admin pages for dead letters, mismatches, phases, the outbox and the dashboard."""
+"""Admin pages for dead letters, mismatch records and the outbox."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from django_mirror import conf
-from django_mirror.dashboard import DashboardAdmin
-from django_mirror.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
-from django_mirror.events import pk_text
-from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord, OutboxBatch
+from django_mirror.config import conf
+from django_mirror.core.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
+from django_mirror.core.events import pk_text
+from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
+from django_mirror.pipeline.verify import Verifier
 from django_mirror.shadow import records as read_records
-from django_mirror.verify import Verifier
 
 
 def _redacted_payload(payload: bytes) -> str:
@@ -77,7 +76,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected records", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        from django_mirror.replay import retry_dead_letter
+        from django_mirror.pipeline.replay import retry_dead_letter
 
         done = failed = 0
         for letter in queryset.filter(resolved_at__isnull=True):
@@ -570,10 +569,3 @@ class OutboxBatchAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # deleting a batch would lose its events
-
-
-# The phase controls live in their own module; importing it registers them.
-from django_mirror import admin_phases  # noqa: E402, F401
-
-# The migration dashboard is MetricWindow's changelist (django_mirror/dashboard.py).
-admin.site.register(MetricWindow, DashboardAdmin)

@@ -20,7 +20,8 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from django_mirror import failures, stats
+from django_mirror.core import failures
+from django_mirror.observability import stats
 
 logger = logging.getLogger("django_mirror.reporting")
 

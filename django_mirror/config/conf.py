@@ -238,7 +238,7 @@ def mirrored_models() -> dict[type[models.Model], ModelConfig]:
 
 
 #: Run-time phases, ``{lower-cased label: (phase, generation)}``, kept current by
-#: ``django_mirror.phases`` (a watcher thread); empty until it first reads them.
+#: ``django_mirror.phases.transitions`` (a watcher thread); empty until it first reads them.
 overrides: dict[str, tuple[str, int]] = {}
 _effective: dict[tuple[int, str, int], ModelConfig] = {}
 #: Called once, on the first phase lookup of the process (``phases`` adds the one that

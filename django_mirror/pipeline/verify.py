@@ -18,10 +18,10 @@ from typing import Any
 from django.db import connections, models
 from django.db.models import OuterRef, Subquery
 
-from django_mirror import conf
-from django_mirror.capture import paused
-from django_mirror.diff import EXTRA, Difference, compare_rows, redacted_row
-from django_mirror.events import encode_column, pk_text
+from django_mirror.capture.record import paused
+from django_mirror.config import conf
+from django_mirror.core.diff import EXTRA, Difference, compare_rows, redacted_row
+from django_mirror.core.events import encode_column, pk_text
 from django_mirror.models import MismatchRecord, VerifyRun
 from django_mirror.targets import get_target
 

@@ -24,8 +24,9 @@ from django.db import connections, models, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from django_mirror import conf, failures, graph
-from django_mirror.background import ServiceThread
+from django_mirror.config import conf, graph
+from django_mirror.core import failures
+from django_mirror.core.background import ServiceThread
 
 if TYPE_CHECKING:
     from django_mirror.models import MirrorState

@@ -21,11 +21,13 @@ from django.db import DatabaseError, close_old_connections, connections, transac
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from django_mirror import conf, failures, reporting
-from django_mirror.background import ServiceThread
-from django_mirror.events import decode_value, encode_json, partition_key, pk_text
-from django_mirror.locking import shared_in_memory, write_lock_first
+from django_mirror.config import conf
+from django_mirror.core import failures
+from django_mirror.core.background import ServiceThread
+from django_mirror.core.events import decode_value, encode_json, partition_key, pk_text
+from django_mirror.core.locking import shared_in_memory, write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
+from django_mirror.observability import reporting
 from django_mirror.streams import Record, Stream, get_stream
 
 

@@ -16,12 +16,12 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from django_mirror import conf
-from django_mirror.capture import paused
-from django_mirror.events import UPSERT, Event, encode_column, pk_text
-from django_mirror.locking import retrying
+from django_mirror.capture.record import paused
+from django_mirror.config import conf
+from django_mirror.core.events import UPSERT, Event, encode_column, pk_text
+from django_mirror.core.locking import retrying
 from django_mirror.models import CopyProgress
-from django_mirror.replay import dead_letter
+from django_mirror.pipeline.replay import dead_letter
 from django_mirror.targets import Target, get_target
 from django_mirror.targets.base import CopyResult
 

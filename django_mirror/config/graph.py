@@ -17,7 +17,7 @@ from functools import cache
 from django.core.signals import setting_changed
 from django.db import models
 
-from django_mirror import conf
+from django_mirror.config import conf
 
 #: ``on_delete`` handlers that never write the referring table.
 _LEAVES_CHILD = (models.PROTECT, models.RESTRICT, models.DO_NOTHING)

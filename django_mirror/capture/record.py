@@ -25,12 +25,15 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import signals
 from django.utils import timezone
 
-from django_mirror import conf, images, outbox, reporting
-from django_mirror.batching import chunks, keys_per_statement, unique
-from django_mirror.events import (
+from django_mirror.capture import outbox
+from django_mirror.config import conf
+from django_mirror.core import images
+from django_mirror.core.batching import chunks, keys_per_statement, unique
+from django_mirror.core.events import (
     encode_column,
 )
-from django_mirror.locking import write_lock_first
+from django_mirror.core.locking import write_lock_first
+from django_mirror.observability import reporting
 
 _paused: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "django_mirror_paused", default=False

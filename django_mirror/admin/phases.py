@@ -15,8 +15,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from django_mirror import conf, graph, phases
+from django_mirror.config import conf, graph
 from django_mirror.models import MirrorState
+from django_mirror.phases import transitions
 
 
 class MoveForm(forms.Form):
@@ -127,7 +128,7 @@ class MirrorStateAdmin(admin.ModelAdmin):
                 ]
             try:
                 checks = {
-                    label: phases.preconditions(conf.config_for_label(label), phase, moving)  # type: ignore[arg-type]
+                    label: transitions.preconditions(conf.config_for_label(label), phase, moving)  # type: ignore[arg-type]
                     for label in moving
                 }
             except DatabaseError as exc:
@@ -148,14 +149,14 @@ class MirrorStateAdmin(admin.ModelAdmin):
             )
             if "confirm" in request.POST:
                 try:
-                    phases.change_phases(
+                    transitions.change_phases(
                         moving,
                         phase,
                         by=request.user.get_username(),
                         reason=form.cleaned_data["reason"],
                         force=form.cleaned_data["force"],
                     )
-                except (phases.PhaseRefused, ValueError) as exc:
+                except (transitions.PhaseRefused, ValueError) as exc:
                     messages.error(request, str(exc))
                 else:
                     messages.success(

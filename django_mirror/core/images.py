@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import models
 from django.db.backends.utils import format_number
 
-from django_mirror.events import encode_column, encode_json
+from django_mirror.core.events import encode_column, encode_json
 
 _NOT_PLAIN = object()
 

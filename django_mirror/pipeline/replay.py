@@ -22,15 +22,22 @@ from dataclasses import dataclass, field
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from django_mirror import conf, live, reporting
-from django_mirror.capture import paused
-from django_mirror.events import CALL, Event, EventDecodeError
-from django_mirror.locking import retrying
+from django_mirror.capture.record import paused
+from django_mirror.config import conf
+from django_mirror.core.events import CALL, Event, EventDecodeError
+from django_mirror.core.locking import retrying
+from django_mirror.core.outages import infrastructure_error
+from django_mirror.live import apply as live
 from django_mirror.models import DeadLetter, ShardCheckpoint
+from django_mirror.observability import reporting
 from django_mirror.streams import PositionExpired, Shard, Stream, get_stream
 from django_mirror.targets import Target, target_for
 
 logger = logging.getLogger("django_mirror.replay")
+
+#: Replays a repository call event on its targets, ``(event, include_live)``: ``apps.py``
+#: subscribes ``django_mirror.repositories.calls.dispatch``, a layer above replay.
+call_dispatchers: list[Callable[[Event, bool], object]] = []
 
 #: Tries of a batch that loses a deadlock or lock timeout on a database target.
 APPLY_ATTEMPTS = 5
@@ -516,11 +523,12 @@ class Replayer:
 
     def _dispatch_call(self, event: Event, data: bytes, where: dict[str, str]) -> None:
         """A repository call: replayed at once, in stream order, on its targets."""
-        from django_mirror.repositories.calls import dispatch, infrastructure_error
-
         try:
+            if not call_dispatchers:
+                raise LookupError("no repository dispatcher is registered")
             with paused():
-                dispatch(event, include_live=self.include_live_calls)
+                for dispatch in call_dispatchers:
+                    dispatch(event, self.include_live_calls)
         except Exception as exc:  # unknown interface or method, bad arguments, ...
             if infrastructure_error(exc):
                 raise  # a store is away: replay stops without checkpointing

@@ -1,0 +1,2 @@
+"""Metrics (statsd), Sentry events and the per-minute figures the dashboard reads;
+called by every layer above, never raising into it."""
