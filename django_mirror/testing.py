@@ -35,8 +35,10 @@ def moto_server(ip_address: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address=ip_address, port=port, verbose=False)
     server.start()
     wsgi = server._server  # moto 5.0 has no get_host_and_port()
+    assert wsgi is not None  # start() returns once the server is made
     wsgi.app = _OneRequestAtATime(wsgi.app)
     host, bound = wsgi.server_address[:2]
+    assert isinstance(host, str)  # the name of a bound AF_INET(6) socket
     try:
         yield f"http://{host}:{bound}"
     finally:

@@ -111,7 +111,7 @@ def _transaction(connection: BaseDatabaseWrapper) -> _Transaction:
     state = _Transaction(connection.alias)
     # Robust: should ours fail after all, Django still runs the app's later callbacks.
     connection.on_commit(state.after_commit, robust=True)
-    connection._mirror_tx = state  # type: ignore[attr-defined]
+    connection._mirror_tx = state
     return state
 
 
@@ -184,7 +184,7 @@ def _shape(model: type[models.Model], exclude: tuple[str, ...]) -> _Shape:
         columns=tuple(f.column for f in fields),
         pk_attname=model._meta.pk.attname,
         pk=model._meta.pk,
-        imager=images.plan(model, fields),
+        imager=images.plan(model, fields),  # type: ignore[arg-type]  # mypy#20409: type[Any] is hashable
     )
 
 
@@ -219,7 +219,7 @@ def _record(
 ) -> None:
     """:func:`record` once the model's config and the connection are known."""
     using = connection.alias
-    shape = _shape(model, config.exclude_fields)
+    shape = _shape(model, config.exclude_fields)  # type: ignore[arg-type]  # mypy#20409: type[Any] is hashable
     # Ops as lists, or as their JSON text when an imager wrote it (see outbox.Payload).
     upserts: list[Any] = []
     reread = list(upsert_pks)
@@ -315,11 +315,12 @@ def batch(using: str) -> Iterator[None]:
     if getattr(connection, "_mirror_batch", None) is not None:
         yield
         return
-    connection._mirror_batch = pending = {}  # type: ignore[attr-defined]
+    pending: dict[str, outbox.Payload] = {}
+    connection._mirror_batch = pending
     try:
         yield
     finally:
-        connection._mirror_batch = None  # type: ignore[attr-defined]
+        connection._mirror_batch = None
     for label, payload in pending.items():
         _store(connection, label, payload)
 
@@ -334,13 +335,19 @@ def _on_post_delete(
 
 
 def _m2m_field(through: type[models.Model]) -> models.ManyToManyField:
-    for f in through._meta.auto_created._meta.local_many_to_many:  # type: ignore[union-attr]
+    for f in through._meta.auto_created._meta.local_many_to_many:
         if f.remote_field.through is through:
             return f
     raise LookupError(f"no many-to-many field uses {through._meta.label}")
 
 
-def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: ignore[no-untyped-def]
+def _m2m_rows(
+    sender: type[models.Model],
+    instance: models.Model,
+    reverse: bool,
+    pk_set: Iterable[Any] | None,
+    using: str,
+) -> list[Any]:
     """Primary keys of the through rows an add/remove/clear on ``instance`` touches."""
     m2m = _m2m_field(sender)
     near, far = m2m.m2m_field_name(), m2m.m2m_reverse_field_name()
@@ -354,7 +361,15 @@ def _m2m_rows(sender, instance, reverse, pk_set, using) -> list[Any]:  # type: i
     return list(qs.values_list("pk", flat=True))
 
 
-def _on_m2m_changed(sender, instance, action, reverse, pk_set, using, **kw) -> None:  # type: ignore[no-untyped-def]
+def _on_m2m_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    pk_set: set[Any] | None,
+    using: str,
+    **kw: Any,
+) -> None:
     if active_config(sender, using) is None or connections[using].needs_rollback:
         # A transaction already doomed (an earlier error in the caller's atomic block)
         # commits nothing: query nothing, so Django raises what it raises without us.
@@ -389,7 +404,9 @@ def _rewriting_relations(parent: type[models.Model]) -> list[models.ForeignKey]:
     ]
 
 
-def _on_parent_pre_delete(sender, instance, using, **kw) -> None:  # type: ignore[no-untyped-def]
+def _on_parent_pre_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kw: Any
+) -> None:
     """Note which mirrored children a SET_NULL/SET_DEFAULT/SET() cascade will rewrite.
 
     Django rewrites them with a plain ``UPDATE`` that sends no signal. Locking the
@@ -408,7 +425,9 @@ def _on_parent_pre_delete(sender, instance, using, **kw) -> None:  # type: ignor
     instance.__dict__["_mirror_set_null_pending"] = pending
 
 
-def _on_parent_post_delete(sender, instance, using, **kw) -> None:  # type: ignore[no-untyped-def]
+def _on_parent_post_delete(
+    sender: type[models.Model], instance: models.Model, using: str, **kw: Any
+) -> None:
     for f, pks in instance.__dict__.pop("_mirror_set_null_pending", {}).items():
         if f.model._meta.auto_created:  # M2M rows cascade-deleted with the parent
             record(f.model, using, delete_pks=pks)
@@ -427,7 +446,7 @@ def _connect(signal: signals.ModelSignal, receiver: Any, sender: type[models.Mod
     _connected.append((signal, sender, uid))
 
 
-def _captured_save_table(original):  # type: ignore[no-untyped-def]
+def _captured_save_table(original: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``Model._save_table`` so a saved row is captured as soon as it is written,
     in one transaction with it.
 
@@ -458,7 +477,7 @@ def _captured_save_table(original):  # type: ignore[no-untyped-def]
     ]
 
     @functools.wraps(original)
-    def _save_table(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _save_table(self: models.Model, *args: Any, **kwargs: Any) -> Any:
         given = len(args)
         raw, cls, using, update_fields = [
             args[index] if index < given else kwargs.get(name, default)
@@ -502,7 +521,7 @@ def connect_signals() -> None:
             continue
         _connect(signals.post_delete, _on_post_delete, model)
         if not getattr(model._save_table, "_mirror_wrapped", False):
-            model._save_table = _captured_save_table(model._save_table)  # type: ignore[method-assign]
+            model._save_table = _captured_save_table(model._save_table)
         parents.update(
             f.related_model
             for f in model._meta.concrete_fields

@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 from django.conf import settings
@@ -53,7 +53,7 @@ def _decimal(field: models.Field, value: Any) -> Any:
         return _NOT_PLAIN
     if len(value.as_tuple().digits) > 15:  # SQLite keeps only 15 significant digits
         return _NOT_PLAIN
-    return Decimal(format_number(value, field.max_digits, field.decimal_places))  # type: ignore[attr-defined]
+    return Decimal(format_number(value, field.max_digits, field.decimal_places))
 
 
 def _datetime(field: models.Field, value: Any) -> Any:
@@ -90,7 +90,7 @@ def _json(field: models.Field, value: Any) -> Any:
     Not a float written with an exponent: PostgreSQL's ``jsonb`` keeps numbers as
     ``numeric`` and gives ``1e+16`` back as the integer ``10000000000000000``.
     """
-    if field.encoder is not None or field.decoder is not None:  # type: ignore[attr-defined]
+    if field.encoder is not None or field.decoder is not None:
         return _NOT_PLAIN
     try:
         return json.loads(json.dumps(value, allow_nan=False), parse_float=_float_in_full)
@@ -152,7 +152,7 @@ def _normaliser(field: models.Field) -> Normaliser | None:
     if isinstance(field, models.ForeignKey):
         target = field.target_field
         return _normaliser(target) if not isinstance(target, models.ForeignKey) else None
-    return _built_in_normaliser(type(field))
+    return _built_in_normaliser(type(field))  # type: ignore[arg-type]  # mypy#20409: type[Any] is hashable
 
 
 @functools.cache
@@ -225,7 +225,7 @@ def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Imager 
     columns = ",".join(f"{{v{i}}}" for i in range(len(fields)))
     lines.append(f"    return f'[\"u\",{{v{pk_index}}},[{columns}]]'")
     exec("\n".join(lines), names)  # noqa: S102 - source built above from field indexes
-    return names["image"]  # type: ignore[no-any-return]
+    return names["image"]
 
 
 def _aware_datetime_json(value: Any) -> Any:

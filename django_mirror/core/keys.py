@@ -13,9 +13,9 @@ def unique_fields(model: type[models.Model]) -> list[list[models.Field]]:
         [f] for f in opts.concrete_fields if f.unique and not f.primary_key
     ]
     for together in opts.unique_together:
-        sets.append([opts.get_field(name) for name in together])  # type: ignore[misc]
+        sets.append([opts.get_field(name) for name in together])
     for constraint in opts.total_unique_constraints:
-        sets.append([opts.get_field(name) for name in constraint.fields])  # type: ignore[misc]
+        sets.append([opts.get_field(name) for name in constraint.fields])
     return sets
 
 

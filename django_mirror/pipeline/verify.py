@@ -244,14 +244,15 @@ class Verifier:
 
     def _extras(self) -> list[Difference]:
         """Rows the target holds and the source does not, scanned segment by segment."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         pk = self.model._meta.pk
 
         def segment(number: int) -> list[Difference]:
             extra: list[Difference] = []
             try:
                 batch: list[Any] = []
-                for row in self.store.scan(self.model, number, self.segments):  # type: ignore[union-attr]
+                for row in store.scan(self.model, number, self.segments):
                     batch.append(row[pk.attname])
                     if len(batch) >= self.chunk_size:
                         extra += self._absent_from_source(batch)
@@ -279,22 +280,20 @@ class Verifier:
         return [Difference(self.config.label, p, EXTRA) for p in pks if p not in present]
 
     def _check_range(self, pool: ThreadPoolExecutor, low: Any, high: Any) -> list[Difference]:
-        target_future = pool.submit(
-            self._rows if self.stats.method == "python" else self._sql_checksum,
-            self.target,
-            low,
-            high,
-        )
+        target = self.target
+        assert target is not None  # a target that is not a database is checked by key
         if self.stats.method == "python":
+            rows_future = pool.submit(self._rows, target, low, high)
             source_rows = self._rows(self.source, low, high)
-            target_rows = target_future.result()
+            target_rows = rows_future.result()
             if source_rows == target_rows:
                 return []
         else:
-            if self._sql_checksum(self.source, low, high) == target_future.result():
+            checksum_future = pool.submit(self._sql_checksum, target, low, high)
+            if self._sql_checksum(self.source, low, high) == checksum_future.result():
                 return []
             source_rows = self._rows(self.source, low, high)
-            target_rows = self._rows(self.target, low, high)
+            target_rows = self._rows(target, low, high)
         self.stats.chunks_differing += 1
         return self._compare(source_rows, target_rows)
 

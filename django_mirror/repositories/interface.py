@@ -85,7 +85,7 @@ def binder(signature: inspect.Signature) -> Binder:
         f"    return _mirror_BoundCall(({values}), {{}}, {{{arguments}}})"
     )
     exec(source, names)  # noqa: S102 - built above from the signature's parameter names
-    return names["bind"]  # type: ignore[no-any-return]
+    return names["bind"]
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def read(
 
 def passthrough(fn: F) -> F:
     """Not mirrored: calls go to the source implementation untouched."""
-    return _mark(PASSTHROUGH, fn)  # type: ignore[no-any-return]
+    return _mark(PASSTHROUGH, fn)
 
 
 def _serialisable(hint: Any) -> bool:
@@ -223,4 +223,4 @@ def spec_of(interface: type) -> InterfaceSpec:
     spec = getattr(interface, "__mirror_interface__", None)
     if spec is None:
         raise InterfaceError(f"{interface!r} is not tagged with @repository")
-    return spec  # type: ignore[no-any-return]
+    return spec

@@ -70,7 +70,7 @@ class Command(MirrorCommand):
             }
         except DatabaseError as exc:
             raise CommandError(f"cannot read django-mirror's tables: {exc}") from exc
-        reports = [
+        reports: list[dict[str, Any]] = [
             {
                 "model": c.label,
                 "phase": c.phase,
@@ -85,10 +85,11 @@ class Command(MirrorCommand):
         ]
         moved = phase is not None and not options["dry_run"]
         if moved:
+            assert phase is not None  # as ``moved`` says
             try:
                 states = transitions.change_phases(
                     moving,
-                    phase,  # type: ignore[arg-type]
+                    phase,
                     by=options["by"] or _os_user(),
                     reason=options["reason"],
                     force=options["force"],
