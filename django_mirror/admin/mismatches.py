@@ -1,127 +1,27 @@
-"""Admin pages for dead letters, mismatch records and the outbox."""
+"""The mismatch records' admin: side-by-side diffs, and the Re-check, Repair and
+Dismiss actions, for staff allowed the rows each record describes."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from typing import Any
 
 from django import forms
-from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError
-from django.db.models import F, Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
 
+from django_mirror.admin import settling
+from django_mirror.admin.permissions import may
 from django_mirror.config import conf
-from django_mirror.core.diff import CHANGED, EXTRA, MISSING, REDACTED, Difference
-from django_mirror.core.events import pk_text
-from django_mirror.models import DeadLetter, MismatchRecord, OutboxBatch
-from django_mirror.pipeline.verify import Verifier
-from django_mirror.shadow import records as read_records
-
-
-def _redacted_payload(payload: bytes) -> str:
-    """The dead letter's record for display, with the model's ``redact_fields`` hidden."""
-    try:
-        data = json.loads(bytes(payload))
-    except (ValueError, UnicodeDecodeError):
-        return repr(bytes(payload)[:2000])
-    if isinstance(data, dict) and isinstance(data.get("row"), dict):
-        config = conf.config_for_label(str(data.get("model", "")))
-        if config is not None and config.model is not None:
-            hidden = {
-                f.column
-                for f in config.model._meta.concrete_fields
-                if f.name in config.redact_fields or f.attname in config.redact_fields
-            }
-            data["row"] = {k: ("<redacted>" if k in hidden else v) for k, v in data["row"].items()}
-    return json.dumps(data, indent=2, ensure_ascii=False)
-
-
-@admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = (
-        "created_at",
-        "stage",
-        "model",
-        "pk_value",
-        "short_reason",
-        "attempts",
-        "resolved_at",
-    )
-    list_filter = ("stage", "model", ("resolved_at", admin.EmptyFieldListFilter))
-    search_fields = ("pk_value", "reason")
-    readonly_fields = [f.name for f in DeadLetter._meta.fields if f.name != "payload"] + ["record"]
-    exclude = ("payload",)
-    actions = ["retry"]
-
-    @admin.display(description="reason")
-    def short_reason(self, obj: DeadLetter) -> str:
-        return obj.reason[:120]
-
-    @admin.display(description="record")
-    def record(self, obj: DeadLetter) -> str:
-        return format_html("<pre>{}</pre>", _redacted_payload(obj.payload))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.action(description="Retry the selected records", permissions=["change"])
-    def retry(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        from django_mirror.pipeline.replay import retry_dead_letter
-
-        done = failed = 0
-        for letter in queryset.filter(resolved_at__isnull=True):
-            reason = retry_dead_letter(letter)
-            if reason is None:
-                letter.resolved_at = timezone.now()
-                letter.save(update_fields=["resolved_at"])
-                done += 1
-            else:
-                DeadLetter.objects.filter(pk=letter.pk).update(
-                    attempts=F("attempts") + 1, reason=reason
-                )
-                failed += 1
-        if done:
-            self.message_user(request, f"{done} record(s) applied.", messages.SUCCESS)
-        if failed:
-            self.message_user(request, f"{failed} record(s) failed again.", messages.ERROR)
-
-
-def _guarding_model(label: str) -> type[Model] | None:
-    """The model whose permissions guard a mismatch record's rows (an M2M table's owner)."""
-    config = conf.config_for_label(label)
-    model = config.model if config is not None else None
-    if model is None:
-        try:
-            model = apps.get_model(label)
-        except (LookupError, ValueError):
-            return None
-    owner = model._meta.auto_created
-    return owner if isinstance(owner, type) else model
-
-
-def _may(user: Any, label: str, action: str) -> bool:
-    """Whether ``user`` may ``view`` or ``change`` the rows of the mirrored model ``label``."""
-    if user.is_active and user.is_superuser:
-        return True
-    model = _guarding_model(label)
-    if model is None:
-        return False
-    opts = model._meta
-
-    def has(name: str) -> bool:
-        return bool(user.has_perm(f"{opts.app_label}.{get_permission_codename(name, opts)}"))
-
-    return has("view") or has("change") if action == "view" else has(action)
+from django_mirror.core.diff import EXTRA, MISSING, REDACTED
+from django_mirror.models import MismatchRecord
 
 
 def _redact(value: Any, hidden: set[str]) -> Any:
@@ -211,11 +111,11 @@ class MismatchRecordAdmin(admin.ModelAdmin):
         if user.is_active and user.is_superuser:
             return queryset
         labels = queryset.order_by().values_list("model", flat=True).distinct()
-        return queryset.filter(model__in=[label for label in labels if _may(user, label, "view")])
+        return queryset.filter(model__in=[label for label in labels if may(user, label, "view")])
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         allowed = super().has_view_permission(request, obj)
-        return allowed and (obj is None or _may(request.user, obj.model, "view"))
+        return allowed and (obj is None or may(request.user, obj.model, "view"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -314,7 +214,7 @@ class MismatchRecordAdmin(admin.ModelAdmin):
             "mismatch_source_alias": conf.source_alias(),
             "mismatch_target_alias": config.target_alias if config is not None else "",
             "mismatch_can_act": self.has_recheck_permission(request)
-            and _may(request.user, obj.model, "change"),
+            and may(request.user, obj.model, "change"),
             "mismatch_actions": [("recheck", "Re-check"), ("repair", "Repair")]
             + ([("dismiss", "Dismiss")] if obj.dismissed_at is None else []),
             "mismatch_changelist_url": reverse(
@@ -348,7 +248,7 @@ class MismatchRecordAdmin(admin.ModelAdmin):
         """Ask why, then mark the records dismissed with who and when: they stay listed,
         and no longer count against promotion."""
         records = list(queryset)
-        allowed = [r for r in records if _may(request.user, r.model, "change")]
+        allowed = [r for r in records if may(request.user, r.model, "change")]
         for label in sorted({r.model for r in records} - {r.model for r in allowed}):
             self.message_user(
                 request, f"Skipped {label}: you may not change its rows.", messages.ERROR
@@ -408,58 +308,10 @@ class MismatchRecordAdmin(admin.ModelAdmin):
     def _settle(
         self, request: HttpRequest, queryset: QuerySet[MismatchRecord], repair: bool
     ) -> HttpResponse | None:
-        """Compare the records again (after rewriting their rows, for repair); a record
-        whose difference is gone is resolved, the others get what differs now.
-
-        A read record runs its kept query again on both stores (``shadow.records``);
-        other records, and read records that kept no query, compare the rows they name
-        by key.
-        """
+        """Re-check the records (after rewriting their rows, for repair) and say what came
+        of it (``admin.settling``)."""
         records = list(queryset)
-        by_label: dict[str, list[MismatchRecord]] = defaultdict(list)
-        for record in records:
-            by_label[record.model].append(record)
-        skipped: list[str] = []
-        counts = {"repaired": 0, "resolved": 0, "remaining": 0}
-        for label, group in by_label.items():
-            config = conf.config_for_label(label)
-            if not _may(request.user, label, "change"):
-                skipped.append(f"{label}: you may not change its rows")
-                continue
-            if config is None or config.model is None:
-                skipped.append(f"{label}: not a mirrored model")
-                continue
-            if repair and config.target_alias is None:
-                skipped.append(f"{label}: not mirrored to a database target")
-                continue
-            keyed: list[tuple[MismatchRecord, list[Any]]] = []
-            for record in group:
-                if not repair and record.kind == MismatchRecord.Kind.READ:
-                    try:
-                        self._rerun(record, config, counts)
-                        continue
-                    except read_records.CannotRerun as exc:
-                        why = str(exc)
-                    except DatabaseError as exc:
-                        skipped.append(f"{label}: record {record.pk}: {exc}")
-                        continue
-                else:
-                    why = ""
-                pks = self._record_pks(record, config)
-                if not pks:
-                    reason = "names no row"
-                    if record.kind == MismatchRecord.Kind.READ:
-                        reason += (
-                            f" and its query cannot run again ({why or 'repair rewrites rows'})"
-                        )
-                    skipped.append(f"{label}: record {record.pk} {reason}; dismiss it instead")
-                    continue
-                keyed.append((record, pks))
-            if keyed:
-                try:
-                    self._settle_by_key(config, keyed, repair, counts)
-                except DatabaseError as exc:
-                    skipped.append(f"{label}: {exc}")
+        counts, skipped = settling.settle(request.user, records, repair)
         resolved, remaining = counts["resolved"], counts["remaining"]
         done = resolved + remaining
         if repair and done:
@@ -476,96 +328,3 @@ class MismatchRecordAdmin(admin.ModelAdmin):
         for reason in skipped:
             self.message_user(request, f"Skipped {reason}.", messages.ERROR)
         return self._back(request, records)
-
-    @staticmethod
-    def _record_pks(record: MismatchRecord, config: conf.ModelConfig) -> list[Any] | None:
-        if record.kind == MismatchRecord.Kind.READ:
-            return read_records.read_record_pks(record, config)
-        assert config.model is not None
-        try:
-            pk = config.model._meta.pk.to_python(record.pk_value)
-        except ValidationError:
-            return None
-        return None if pk is None or record.pk_value == "" else [pk]
-
-    @staticmethod
-    def _rerun(record: MismatchRecord, config: conf.ModelConfig, counts: dict[str, int]) -> None:
-        """A read record whose query was kept: run it again and compare."""
-        found = read_records.recheck_read(record, config)
-        if found.mismatch is None:
-            record.status = MismatchRecord.Status.RESOLVED
-            record.save(update_fields=["status"])
-            counts["resolved"] += 1
-            return
-        record.status = MismatchRecord.Status.CONFIRMED
-        record.diff = found.diff
-        record.source_value, record.target_value = found.source_value, found.target_value
-        record.pk_value = ",".join(found.mismatch.pks[:10])[:255] or record.pk_value
-        record.save(update_fields=["status", "diff", "source_value", "target_value", "pk_value"])
-        counts["remaining"] += 1
-
-    @staticmethod
-    def _settle_by_key(
-        config: conf.ModelConfig,
-        keyed: list[tuple[MismatchRecord, list[Any]]],
-        repair: bool,
-        counts: dict[str, int],
-    ) -> None:
-        """Compare the rows the records name by key (rewrite them first, for repair)."""
-        differences: dict[str, Difference] = {}
-        for record, pks in keyed:
-            single = isinstance(record.diff, dict) and len(pks) == 1
-            kind = record.diff.get("kind") if single else None
-            for pk in pks:
-                differences.setdefault(
-                    pk_text(pk), Difference(config.label, pk, str(kind or CHANGED))
-                )
-        verifier = Verifier(config, recheck_delay=0)
-        left = verifier.recheck(list(differences.values()))
-        if repair and left:
-            verifier.stats.differences = left
-            counts["repaired"] += verifier.repair()
-            left = verifier.stats.differences
-        now = {pk_text(d.pk): d for d in left}
-        values = verifier.current_values([d.pk for d in left])
-        for record, pks in keyed:
-            still = [now[pk_text(pk)] for pk in pks if pk_text(pk) in now]
-            if not still:
-                record.status = MismatchRecord.Status.RESOLVED
-                record.save(update_fields=["status"])
-                counts["resolved"] += 1
-                continue
-            record.status = MismatchRecord.Status.CONFIRMED
-            if len(pks) == 1:
-                key = pk_text(still[0].pk)
-                diff = still[0].as_dict()
-                record.source_value, record.target_value = values[key]
-            else:
-                diff = {"differences": [d.as_dict() for d in still[:100]], "summary": None}
-                record.source_value = {pk_text(d.pk): values[pk_text(d.pk)][0] for d in still}
-                record.target_value = {pk_text(d.pk): values[pk_text(d.pk)][1] for d in still}
-            if isinstance(record.diff, dict):
-                # What a read record keeps to be re-checked again stays.
-                for name in ("rerun", "keys", "not_determined", "stores"):
-                    if name in record.diff:
-                        diff[name] = record.diff[name]
-            record.diff = diff
-            record.save(update_fields=["status", "diff", "source_value", "target_value"])
-            counts["remaining"] += 1
-
-
-@admin.register(OutboxBatch)
-class OutboxBatchAdmin(admin.ModelAdmin):
-    list_display = ("id", "created_at", "model", "count", "attempts")
-    list_filter = ("model",)
-    exclude = ("payload",)
-    readonly_fields = ("created_at", "model", "count", "attempts")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # deleting a batch would lose its events
