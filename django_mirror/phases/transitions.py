@@ -194,7 +194,7 @@ def preconditions(
             .order_by("-finished_at")
             .first()
         )
-        fresh = last is not None and now - last.finished_at <= within  # type: ignore[operator]
+        fresh = last is not None and now - last.finished_at <= within
         checks.append(
             Precondition(
                 "clean verify",
