@@ -38,7 +38,7 @@ def database_target(alias: str, live: bool = False) -> DatabaseTarget:
 def _backend(spec: str) -> Target:
     options = json.loads(spec)
     backend = import_string(options["BACKEND"])
-    return backend(**options.get("OPTIONS", {}))  # type: ignore[no-any-return]
+    return backend(**options.get("OPTIONS", {}))
 
 
 def get_target(config: conf.ModelConfig) -> Target:
