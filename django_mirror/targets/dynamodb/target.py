@@ -1,8 +1,8 @@
 """``DynamoDBTarget``: one DynamoDB table per model, items keyed by the row's primary key.
 
-Each item carries the row's columns (typed as below), its version ``_v`` and, for a
-delete, ``_deleted`` with a ``_ttl`` that lets DynamoDB expire the tombstone once the
-stream can no longer replay anything older. Reads hide tombstones.
+Each item carries the row's columns (typed as ``items.py`` says), its version ``_v``
+and, for a delete, ``_deleted`` with a ``_ttl`` that lets DynamoDB expire the tombstone
+once the stream can no longer replay anything older. Reads hide tombstones.
 
 Replay reads the versions a batch touches (``BatchGetItem``) and writes only newer
 events (``BatchWriteItem``, 25 items a call, unprocessed items retried). Versions
@@ -10,51 +10,38 @@ arrive in order per row (one row, one shard, one replay consumer); a live apply 
 a replay batch can leave a row at an older version for a moment, and the newer event
 that follows it in the stream puts it right. Copy and live mirroring, which race
 replay across rows, write one item at a time under a condition on ``_v`` instead.
-
-Types: ``None`` is NULL; ``bool`` BOOL; ``int``, ``Decimal`` (exact; read back at the
-field's decimal places) and finite ``float`` are N; durations N (microseconds);
-datetimes ISO-8601 in UTC, dates, times, UUIDs and text S; bytes B; JSON a map or
-list.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import json
-import math
 import re
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.apps import apps
 from django.db import models
-from django.utils import timezone
 
 from django_mirror.core.aws import AwsClient
-from django_mirror.core.events import UPSERT, Event, EventDecodeError, decode_row, pk_text
+from django_mirror.core.events import Event, EventDecodeError, pk_text
 from django_mirror.targets.base import ApplyResult, CopyResult, Target, latest_per_row
+from django_mirror.targets.dynamodb.items import (
+    DELETED,
+    TTL,
+    VERSION,
+    ItemRefused,
+    event_item,
+    partition_key,
+    row_of,
+    with_columns,
+)
 
-#: DynamoDB's limits.
-MAX_ITEM_BYTES = 400 * 1024
+#: DynamoDB's limits on batches.
 MAX_BATCH_WRITE = 25
 MAX_BATCH_GET = 100
-#: Integers of up to 38 digits: N as they are.
-MAX_EXACT_INT = 10**38
-#: Significant digits and exponents (of the leading digit) DynamoDB's N holds.
-MAX_DIGITS, MIN_EXPONENT, MAX_EXPONENT = 38, -130, 125
-#: Levels of maps and lists an attribute may have (one for a flat map or list).
-MAX_DEPTH = 32
-#: Bytes of a partition key's value (UTF-8).
-MAX_KEY_BYTES = 2048
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
-#: Attributes django-mirror keeps beside the columns.
-VERSION, DELETED, TTL = "_v", "_deleted", "_ttl"
 RETRYABLE = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
@@ -65,146 +52,6 @@ RETRYABLE = {
 
 
 T = TypeVar("T")
-
-
-class ItemRefused(ValueError):
-    """An item DynamoDB would refuse (and with it the whole batch): its event goes to the
-    dead-letter table with the reason, not to the table."""
-
-
-class ItemTooLarge(ItemRefused):
-    """An item over DynamoDB's 400 KB."""
-
-
-#: Decimal arithmetic that never rounds the values read back here.
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-
-
-def _number_text(value: Decimal | int | float) -> str | None:
-    """The number's text where DynamoDB's N holds it exactly (38 significant digits, and
-    1E-130 to 1E+126 in magnitude, or zero), else None."""
-    if type(value) is int and -MAX_EXACT_INT < value < MAX_EXACT_INT:
-        return str(value)  # the common case, and always within DynamoDB's range
-    text = repr(value) if isinstance(value, float) else str(value)
-    exact = Decimal(text)
-    if not exact.is_finite():
-        return None
-    if not exact:
-        return text
-    # Counted as written: ``normalize()`` would round to 28 digits first.
-    significant = len(bytes(exact.as_tuple().digits).strip(b"\0"))
-    if significant <= MAX_DIGITS and MIN_EXPONENT <= exact.adjusted() <= MAX_EXPONENT:
-        return text
-    return None
-
-
-def _number(value: Decimal | int | float) -> dict[str, str]:
-    """N where DynamoDB can hold the number exactly, else its text (S), which the field
-    reads back the same."""
-    text = _number_text(value)
-    if text is not None:
-        return {"N": text}
-    return {"S": repr(value) if isinstance(value, float) else str(value)}
-
-
-def to_attribute(value: Any) -> dict[str, Any]:
-    """A Python value of a model field as a DynamoDB attribute value."""
-    if value is None:
-        return {"NULL": True}
-    if isinstance(value, bool):
-        return {"BOOL": value}
-    if isinstance(value, int | Decimal):
-        return _number(value)
-    if isinstance(value, float):
-        return _number(value) if math.isfinite(value) else {"S": repr(value)}
-    if isinstance(value, dt.datetime):
-        if timezone.is_aware(value):
-            value = value.astimezone(dt.UTC)
-        return {"S": value.isoformat()}
-    if isinstance(value, dt.date | dt.time | uuid.UUID):
-        return {"S": value.isoformat() if not isinstance(value, uuid.UUID) else str(value)}
-    if isinstance(value, dt.timedelta):
-        return {"N": str(value // dt.timedelta(microseconds=1))}
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"B": bytes(value)}
-    if isinstance(value, str):
-        return {"S": value}
-    raise TypeError(f"no DynamoDB type for {type(value).__name__}")
-
-
-def json_attribute(value: Any, depth: int = 1) -> dict[str, Any]:
-    """A JSON document as a map or list, all the way down. A number N cannot hold exactly
-    (``1e200``, ``2**130``, NaN) is its JSON text as B, a type JSON never has otherwise;
-    a document nested deeper than DynamoDB allows is refused."""
-    if isinstance(value, dict | list):
-        if depth > MAX_DEPTH:
-            raise ItemRefused(f"JSON nested deeper than DynamoDB's {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            return {"M": {str(k): json_attribute(v, depth + 1) for k, v in value.items()}}
-        return {"L": [json_attribute(v, depth + 1) for v in value]}
-    if type(value) is int or type(value) is float:
-        text = _number_text(value)
-        return {"N": text} if text is not None else {"B": json.dumps(value).encode()}
-    return to_attribute(value)
-
-
-def json_value(attribute: dict[str, Any]) -> Any:
-    ((kind, raw),) = attribute.items()
-    if kind == "M":
-        return {k: json_value(v) for k, v in raw.items()}
-    if kind == "L":
-        return [json_value(v) for v in raw]
-    if kind == "N":
-        return float(raw) if any(c in raw for c in ".eE") else int(raw)
-    if kind == "B":
-        return json.loads(bytes(raw))
-    if kind == "NULL":
-        return None
-    return raw
-
-
-def from_attribute(field: models.Field, attribute: dict[str, Any]) -> Any:
-    """The attribute back as the field's Python value."""
-    if isinstance(field, models.JSONField):
-        return json_value(attribute)
-    ((kind, raw),) = attribute.items()
-    if kind == "NULL":
-        return None
-    if kind in ("BOOL", "B"):
-        return bytes(raw) if kind == "B" else raw
-    if isinstance(field, models.DecimalField):
-        places = Decimal(10) ** -(field.decimal_places or 0)
-        return Decimal(raw).quantize(places, context=_EXACT)
-    if isinstance(field, models.FloatField):
-        return float(raw)
-    if isinstance(field, models.DurationField):
-        return dt.timedelta(microseconds=int(raw))
-    if isinstance(field, models.DateTimeField):
-        return dt.datetime.fromisoformat(raw)
-    if isinstance(field, models.DateField):
-        return dt.date.fromisoformat(raw)
-    if isinstance(field, models.TimeField):
-        return dt.time.fromisoformat(raw)
-    if kind == "N":
-        return int(raw)
-    return field.to_python(raw)
-
-
-def _key(text: str) -> dict[str, str]:
-    """The partition key's attribute; DynamoDB refuses an empty one or one over 2 KB."""
-    if not text or len(text) * 4 > MAX_KEY_BYTES and len(text.encode()) > MAX_KEY_BYTES:
-        raise ItemRefused(f"key of {len(text.encode())} bytes: DynamoDB takes 1 to 2048")
-    return {"S": text}
-
-
-#: One encoder for every item: ``json.dumps`` with ``default`` builds a new one a call.
-_SIZE_ENCODER = json.JSONEncoder(default=lambda b: "x" * len(b))
-
-
-def item_size(item: dict[str, Any]) -> int:
-    """DynamoDB's measure of an item: attribute names plus values, near enough. The
-    JSON is ASCII (``ensure_ascii``), so its length in characters is its length in bytes."""
-    return len(_SIZE_ENCODER.encode(item))
 
 
 class DynamoDBTarget(Target):
@@ -277,44 +124,6 @@ class DynamoDBTarget(Target):
             )
             created.append(name)
         return created
-
-    # --- items ------------------------------------------------------------------------------
-
-    def _item(self, model: type[models.Model], event: Event) -> dict[str, Any]:
-        if not -MAX_EXACT_INT < event.version < MAX_EXACT_INT:
-            raise ItemRefused(f"version {event.version} has more than {MAX_DIGITS} digits")
-        item: dict[str, Any] = {self.key: _key(event.key[1]), VERSION: {"N": str(event.version)}}
-        if event.op != UPSERT:
-            expires = int(time.time() + self.tombstone_ttl)
-            item.update({DELETED: {"BOOL": True}, TTL: {"N": str(expires)}})
-            return item
-        values = decode_row(model, event.row or {})
-        return self._with_columns(model, item, values)
-
-    def _with_columns(
-        self, model: type[models.Model], item: dict[str, Any], values: dict[str, Any]
-    ) -> dict[str, Any]:
-        for field in model._meta.concrete_fields:
-            if field.attname in values:
-                value = values[field.attname]
-                item[field.column] = (
-                    json_attribute(value)
-                    if isinstance(field, models.JSONField)
-                    else to_attribute(value)
-                )
-        size = item_size(item)
-        if size > MAX_ITEM_BYTES:
-            raise ItemTooLarge(f"item of about {size} bytes exceeds DynamoDB's 400 KB item limit")
-        return item
-
-    def _row(self, model: type[models.Model], item: dict[str, Any]) -> dict[str, Any] | None:
-        if DELETED in item:
-            return None
-        return {
-            f.attname: from_attribute(f, item[f.column])
-            for f in model._meta.concrete_fields
-            if f.column in item
-        }
 
     # --- calls with retries ---------------------------------------------------------------
 
@@ -444,7 +253,7 @@ class DynamoDBTarget(Target):
         keyed = []
         for event in events:  # a key DynamoDB refuses would fail the version read of all
             try:
-                _key(event.key[1])
+                partition_key(event.key[1])
             except ItemRefused as exc:
                 failed.append((event, f"{type(exc).__name__}: {exc}"))
             else:
@@ -461,7 +270,7 @@ class DynamoDBTarget(Target):
                 stale += 1
                 continue
             try:
-                items.append(self._item(model, event))
+                items.append(event_item(model, event, self.key, self.tombstone_ttl))
             except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
                 failed.append((event, f"{type(exc).__name__}: {exc}"))
         self._batch_write(table, items)
@@ -474,7 +283,7 @@ class DynamoDBTarget(Target):
         for event in latest:
             model = apps.get_model(event.model)
             try:
-                item = self._item(model, event)
+                item = event_item(model, event, self.key, self.tombstone_ttl)
             except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
                 result.failed.append((event, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -494,8 +303,8 @@ class DynamoDBTarget(Target):
         def put(row: dict[str, Any]) -> bool | str:
             """Whether the row was put, or why DynamoDB would refuse it."""
             try:
-                item = {self.key: _key(pk_text(row[pk.attname])), VERSION: {"N": "0"}}
-                item = self._with_columns(model, item, row)
+                item = {self.key: partition_key(pk_text(row[pk.attname])), VERSION: {"N": "0"}}
+                item = with_columns(model, item, row)
             except (ItemRefused, TypeError, ValueError) as exc:
                 return f"{type(exc).__name__}: {exc}"
             return self._put_if(table, item, newer=False)
@@ -512,7 +321,7 @@ class DynamoDBTarget(Target):
 
     def fetch(self, model: type[models.Model], pks: Sequence[Any]) -> dict[str, dict[str, Any]]:
         items = self._batch_get(self.table(model), [pk_text(pk) for pk in pks], projection=False)
-        rows = {item[self.key]["S"]: self._row(model, item) for item in items}
+        rows = {item[self.key]["S"]: row_of(model, item) for item in items}
         return {key: row for key, row in rows.items() if row is not None}
 
     def scan(
@@ -528,7 +337,7 @@ class DynamoDBTarget(Target):
         while True:
             page = self._call("scan", **request)
             for item in page.get("Items", []):
-                row = self._row(model, item)
+                row = row_of(model, item)
                 if row is not None:
                     yield row
             if "LastEvaluatedKey" not in page:
