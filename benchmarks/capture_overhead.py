@@ -39,7 +39,7 @@ def run(db: str, quick: bool) -> Outcome:
     from django_mirror.pipeline import relay
     from django_mirror.streams import get_stream
 
-    assert conf.get_settings().relay["ON_COMMIT"] == "off"
+    assert conf.get_settings().relay.on_commit == "off"
     assert conf.model_config(Follow) is not None and conf.model_config(PlainFollow) is None
 
     # Many short alternating samples: a median over dozens of rounds shrugs off the
@@ -100,7 +100,7 @@ def run(db: str, quick: bool) -> Outcome:
         mirror = {key: value for key, value in settings.DJANGO_MIRROR.items() if key != "RELAY"}
         mirror["STREAM"] = {**mirror["STREAM"], "OPTIONS": options}
         with override_settings(DJANGO_MIRROR=mirror):  # the default relay: its thread
-            assert conf.get_settings().relay["ON_COMMIT"] == "thread"
+            assert conf.get_settings().relay.on_commit == "thread"
             get_stream().create()
             save_on, bulk_on = measure(shipping=True)
             relay.drain()

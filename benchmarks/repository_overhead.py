@@ -114,7 +114,7 @@ def save_overhead(db: str, quick: bool) -> tuple[list[Row], str]:
     from django_mirror.repositories import get
     from django_mirror.repositories.registry import config_for
 
-    assert conf.get_settings().relay["ON_COMMIT"] == "off"
+    assert conf.get_settings().relay.on_commit == "off"
     assert conf.model_config(Follow) is not None and conf.model_config(PlainFollow) is None
 
     rounds = 8 if quick else 80

@@ -239,7 +239,7 @@ def test_every_app_write_succeeds_while_the_stream_hangs_then_fails(
     sqlite = connections["default"].vendor == "sqlite"
     if options == "django-default" and not sqlite:
         pytest.skip("the defaults of PostgreSQL and MariaDB are what the tests run with")
-    assert conf.get_settings().relay["ON_COMMIT"] == "thread"  # the default
+    assert conf.get_settings().relay.on_commit == "thread"  # the default
     writes = OURS if options == "django-default" else OURS + READING_FIRST
     Tag.objects.bulk_create([Tag(name=f"t{i}") for i in range(5)])
     hang, refuse = Hang(), FailCalls("PutRecords", "ServiceUnavailable")

@@ -124,8 +124,8 @@ class DashboardAdmin(admin.ModelAdmin):
             else None
         )
         options = conf.get_settings().phases
-        max_lag = float(options["MAX_REPLAY_LAG"])
-        within = float(options["VERIFY_WITHIN"])
+        max_lag = options.max_replay_lag
+        within = options.verify_within
         lag = board.replay_lag_seconds
         context = {
             **self.admin_site.each_context(request),

@@ -163,7 +163,7 @@ class MirrorStateAdmin(admin.ModelAdmin):
                         request,
                         f"{', '.join(moving)} moved from {config.phase} to {phase}; every "
                         f"process follows within "
-                        f"{conf.get_settings().phases['REFRESH']:.0f} s.",
+                        f"{conf.get_settings().phases.refresh:.0f} s.",
                     )
                     return HttpResponseRedirect(
                         reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")

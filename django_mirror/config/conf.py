@@ -8,9 +8,9 @@ and the hot capture path down to one dict lookup.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.conf import settings
@@ -34,48 +34,94 @@ SETTINGS_KEYS = (
     "REPOSITORIES",
 )
 
-DEFAULT_STREAM: dict[str, Any] = {
-    "BACKEND": "django_mirror.streams.KinesisStream",
-    "OPTIONS": {"stream_name": "mirror-ops", "region_name": "us-east-1", "endpoint_url": None},
+#: The stream's constructor arguments unless ``STREAM["OPTIONS"]`` says otherwise.
+_STREAM_OPTIONS: dict[str, Any] = {
+    "stream_name": "mirror-ops",
+    "region_name": "us-east-1",
+    "endpoint_url": None,
 }
-DEFAULT_SHADOW: dict[str, Any] = {
-    "RECHECK_DELAY": 5.0,
-    "TIMEOUT": 2.0,
-    "POOL_SIZE": 4,
-    "QUEUE_SIZE": 1000,
-    # Share of sampled reads compared source against source instead, for the noise floor.
-    "CONTROL_RATE": 0.0,
-    # Seconds between writes of the dashboard's per-minute figures to the database.
-    "STATS_INTERVAL": 10.0,
-}
-DEFAULT_RELAY: dict[str, Any] = {
-    # "thread": ship from a background thread right after commit; "sync": ship in
-    # the committing thread; "off": leave it all to ``mirror_relay``.
-    "ON_COMMIT": "thread",
-    "BATCH_SIZE": 500,
-    # Seconds a relay holds the batches it claimed before another relay may take them.
-    "LEASE_SECONDS": 60.0,
-}
-DEFAULT_REPLAY: dict[str, Any] = {
-    "BATCH_SIZE": 1000,
-    "LEASE_SECONDS": 30.0,
-    "IDLE_SLEEP": 1.0,
-    # Seconds between looks for failed live writes that replay has since applied.
-    "HEAL_INTERVAL": 10.0,
-}
-DEFAULT_PHASES: dict[str, Any] = {
-    # Seconds between reads of the MirrorState overrides in each process.
-    "REFRESH": 2.0,
-    # Moving to "mirror" asks for replay lag under this many seconds ...
-    "MAX_REPLAY_LAG": 10.0,
-    # ... and a clean mirror_verify of the model finished within this many seconds.
-    "VERIFY_WITHIN": 24 * 3600.0,
-    # Moving to "promoted" asks for no confirmed mismatch for this many seconds.
-    "CLEAN_FOR": 3600.0,
-    # Generated keys on the new primary store start this far past the highest key held
-    # anywhere: room for the old store's inserts while processes learn of the switch.
-    "KEY_GAP": 100_000,
-}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """``DJANGO_MIRROR["STREAM"]``: where captured events travel between source and replay."""
+
+    #: Dotted path of the ``Stream`` class, as written (check E008 reports one that
+    #: does not import).
+    backend: str = "django_mirror.streams.KinesisStream"
+    #: Keyword arguments of the backend's constructor, the user's over these defaults.
+    options: dict[str, Any] = field(default_factory=lambda: dict(_STREAM_OPTIONS))
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    """``DJANGO_MIRROR["SHADOW"]``: shadow reads, and the dashboard's figures."""
+
+    #: Seconds to wait before a read whose answers differed is compared again.
+    recheck_delay: float = 5.0
+    #: Seconds a comparison may wait in the pool's queue, and its target query may take.
+    timeout: float = 2.0
+    #: Worker threads per process that run shadow reads on the other store.
+    pool_size: int = 4
+    #: Comparisons that may wait for a worker; a sampled read past it is not compared.
+    queue_size: int = 1000
+    #: Share (0.0-1.0) of sampled reads compared source against source instead, for the
+    #: noise floor.
+    control_rate: float = 0.0
+    #: Seconds between writes of the dashboard's per-minute figures to the database.
+    stats_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """``DJANGO_MIRROR["RELAY"]``: how captured events leave the outbox."""
+
+    #: What follows a commit that captured events: "thread" ships them from a background
+    #: thread, "sync" in the committing thread, "off" leaves it all to ``mirror_relay``
+    #: (as written: check E015 reports any other value).
+    on_commit: str = "thread"
+    #: Outbox rows one relay round claims and ships.
+    batch_size: int = 500
+    #: Seconds a relay holds the rows it claimed before another relay may take them.
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """``DJANGO_MIRROR["REPLAY"]``: how ``mirror_replay`` reads the stream."""
+
+    #: Records read from a shard at once and applied in one target transaction.
+    batch_size: int = 1000
+    #: Seconds a replay process holds a shard's lease without renewing it.
+    lease_seconds: float = 30.0
+    #: Seconds of pause between rounds that read no records.
+    idle_sleep: float = 1.0
+    #: Seconds between looks for failed live writes that replay has since applied.
+    heal_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class PhasesSettings:
+    """``DJANGO_MIRROR["PHASES"]``: run-time phase changes and what they ask for."""
+
+    #: Seconds between reads of the ``MirrorState`` overrides in each process.
+    refresh: float = 2.0
+    #: Moving to "mirror" asks for replay lag under this many seconds ...
+    max_replay_lag: float = 10.0
+    #: ... and a clean ``mirror_verify`` of the model finished within this many seconds.
+    verify_within: float = 24 * 3600.0
+    #: Moving to "promoted" asks for no confirmed mismatch for this many seconds.
+    clean_for: float = 3600.0
+    #: Keys generated on the new primary store start this many past the highest key held
+    #: anywhere: room for the old store's inserts while processes learn of the switch.
+    key_gap: int = 100_000
+
+
+def section_keys(section: type[Any]) -> tuple[str, ...]:
+    """The keys a section of the setting may have: its dataclass's fields, upper-cased."""
+    return tuple(f.name.upper() for f in fields(section))
+
+
 DEFAULT_MODEL: dict[str, Any] = {
     "target": None,
     "phase": "capture",
@@ -143,12 +189,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MirrorSettings:
-    source: str
-    stream: dict[str, Any]
-    shadow: dict[str, Any]
-    relay: dict[str, Any]
-    replay: dict[str, Any]
-    phases: dict[str, Any]
+    """The whole ``DJANGO_MIRROR`` setting, each section merged over its defaults."""
+
+    #: The ``DATABASES`` alias that holds the truth today.
+    source: str = "default"
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
+    phases: PhasesSettings = field(default_factory=PhasesSettings)
+    #: Model label -> its options as written (a dict, or what E001 reports).
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Interface path -> {"source", "targets", "phase", "shadow_read_rate"} (raw).
     repositories: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +210,31 @@ def _merged(default: dict[str, Any], override: Any) -> dict[str, Any]:
     return {**default, **(override if isinstance(override, dict) else {})}
 
 
+_Section = TypeVar("_Section", ShadowSettings, RelaySettings, ReplaySettings, PhasesSettings)
+
+
+def _section(section: type[_Section], given: Any) -> _Section:
+    """``given``, one section as written, over ``section``'s defaults. A number is
+    converted to its field's type as its callers always did (``float()``, ``int()``);
+    one that cannot be keeps the default, so reading never raises (checks E016 and
+    E017 report the bad ``SHADOW`` and ``PHASES`` values); text is kept as written."""
+    given = given if isinstance(given, dict) else {}  # else E001
+    values: dict[str, Any] = {}
+    for option in fields(section):
+        key = option.name.upper()
+        if key not in given:
+            continue
+        kind = type(option.default)
+        if kind not in (int, float):
+            values[option.name] = given[key]
+            continue
+        try:
+            values[option.name] = kind(given[key])
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return section(**values)
+
+
 @cache
 def get_settings() -> MirrorSettings:
     """The whole setting merged over defaults (raw per-model dicts, unvalidated)."""
@@ -167,15 +242,17 @@ def get_settings() -> MirrorSettings:
     if not isinstance(raw, dict):  # check E001 reports it; do not crash before checks run
         raw = {}
     raw_models = raw.get("MODELS") if isinstance(raw.get("MODELS"), dict) else {}
-    stream = _merged(DEFAULT_STREAM, raw.get("STREAM"))
-    stream["OPTIONS"] = _merged(DEFAULT_STREAM["OPTIONS"], stream["OPTIONS"])
+    stream: dict[str, Any] = raw["STREAM"] if isinstance(raw.get("STREAM"), dict) else {}  # E001
     return MirrorSettings(
-        source=raw.get("SOURCE", "default"),
-        stream=stream,
-        shadow=_merged(DEFAULT_SHADOW, raw.get("SHADOW")),
-        relay=_merged(DEFAULT_RELAY, raw.get("RELAY")),
-        replay=_merged(DEFAULT_REPLAY, raw.get("REPLAY")),
-        phases=_merged(DEFAULT_PHASES, raw.get("PHASES")),
+        source=raw.get("SOURCE", MirrorSettings.source),
+        stream=StreamSettings(
+            backend=stream.get("BACKEND", StreamSettings.backend),
+            options=_merged(_STREAM_OPTIONS, stream.get("OPTIONS")),
+        ),
+        shadow=_section(ShadowSettings, raw.get("SHADOW")),
+        relay=_section(RelaySettings, raw.get("RELAY")),
+        replay=_section(ReplaySettings, raw.get("REPLAY")),
+        phases=_section(PhasesSettings, raw.get("PHASES")),
         repositories=dict(raw.get("REPOSITORIES") or {})
         if isinstance(raw.get("REPOSITORIES") or {}, dict)
         else {},

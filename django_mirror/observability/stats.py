@@ -97,7 +97,7 @@ class _Recorder(ServiceThread):
 
     def _run(self) -> None:
         while not self.stopping:
-            self.wake.wait(float(conf.get_settings().shadow["STATS_INTERVAL"]))
+            self.wake.wait(conf.get_settings().shadow.stats_interval)
             self.wake.clear()
             try:
                 # An in-memory test database is left to explicit flush() calls.

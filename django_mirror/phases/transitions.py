@@ -114,7 +114,7 @@ class Watcher(ServiceThread):
                 connections.close_all()
             except Exception:  # the thread outlives any one failure
                 _reading.failed()
-            self.wake.wait(float(conf.get_settings().phases["REFRESH"]))
+            self.wake.wait(conf.get_settings().phases.refresh)
             self.wake.clear()
 
 
@@ -177,7 +177,7 @@ def preconditions(
     checks = _group_check(config, phase, moving if moving is not None else [config.label])
     if phase == "mirror" and ORDER[config.phase] < ORDER["mirror"]:
         lag = replay_lag_seconds()
-        limit = float(options["MAX_REPLAY_LAG"])
+        limit = options.max_replay_lag
         checks.append(
             Precondition(
                 "replay caught up",
@@ -187,7 +187,7 @@ def preconditions(
                 else f"replay lag {lag:.1f} s (at most {limit:.0f} s)",
             )
         )
-        within = dt.timedelta(seconds=float(options["VERIFY_WITHIN"]))
+        within = dt.timedelta(seconds=options.verify_within)
         last = (
             VerifyRun.objects.using(conf.source_alias())
             .filter(model=config.label, finished_at__isnull=False)
@@ -221,7 +221,7 @@ def preconditions(
                 else "add django_mirror.router.MirrorRouter to DATABASE_ROUTERS",
             )
         )
-        since = now - dt.timedelta(seconds=float(options["CLEAN_FOR"]))
+        since = now - dt.timedelta(seconds=options.clean_for)
         confirmed = (
             MismatchRecord.objects.using(conf.source_alias())
             .filter(
@@ -266,7 +266,7 @@ def advance_keys(config: conf.ModelConfig, to: str, previous: str) -> None:
     not notice; and processes that have not yet seen the switch keep inserting on the
     old store for a few seconds, which the gap leaves room for.
     """
-    gap = int(conf.get_settings().phases["KEY_GAP"])
+    gap = conf.get_settings().phases.key_gap
     for table, column in _key_tables(config):
         highest = 0
         for alias in (to, previous):

@@ -82,7 +82,7 @@ def _claim(using: str, limit: int) -> list[OutboxBatch]:
     """Lease the oldest batches no live claim holds, in one short transaction, and load
     them after it."""
     now = timezone.now()
-    lease = dt.timedelta(seconds=float(conf.get_settings().relay["LEASE_SECONDS"]))
+    lease = dt.timedelta(seconds=conf.get_settings().relay.lease_seconds)
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     with transaction.atomic(using=using):
         write_lock_first(using, OutboxBatch._meta.db_table)
@@ -114,7 +114,7 @@ def _settle(using: str, shipped: list[int], failed: set[int], dead: list[DeadLet
 def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult:
     """Claim up to ``limit`` outbox batches, put their events, delete what was accepted."""
     using = using or conf.source_alias()
-    limit = limit or conf.get_settings().relay["BATCH_SIZE"]
+    limit = limit or conf.get_settings().relay.batch_size
     stream = get_stream()
     result = RelayResult()
     batches = _claim(using, limit)
@@ -298,7 +298,7 @@ def _ship_quietly(using: str) -> None:
 
 def after_commit(using: str) -> None:
     """Start shipping the just-committed events, as ``RELAY["ON_COMMIT"]`` says."""
-    mode = conf.get_settings().relay["ON_COMMIT"]
+    mode = conf.get_settings().relay.on_commit
     if mode == "thread" and shared_in_memory(using):
         # Shipping in the app's thread instead would add statements to its connection,
         # and no other process can read such a database: its outbox is shipped by

@@ -179,10 +179,10 @@ class Replayer:
             if c.owner is not None and c.owner.lower() in self.labels
         }
         self.consumer = consumer_name(self.labels)
-        self.batch_size = batch_size or conf.get_settings().replay["BATCH_SIZE"]
-        self.lease = dt.timedelta(seconds=conf.get_settings().replay["LEASE_SECONDS"])
-        self.idle_sleep = conf.get_settings().replay["IDLE_SLEEP"]
-        self.heal_interval = float(conf.get_settings().replay["HEAL_INTERVAL"])
+        self.batch_size = batch_size or conf.get_settings().replay.batch_size
+        self.lease = dt.timedelta(seconds=conf.get_settings().replay.lease_seconds)
+        self.idle_sleep = conf.get_settings().replay.idle_sleep
+        self.heal_interval = conf.get_settings().replay.heal_interval
         self._heal_due = 0.0
         self.stream = stream or get_stream()
         self.progress = progress

@@ -84,7 +84,7 @@ class Judging:
             return run()
 
     def _timeout(self) -> float:
-        return float(conf.get_settings().shadow["TIMEOUT"])
+        return conf.get_settings().shadow.timeout
 
     def judge(self, source_raw: Any, target_raw: Any) -> Judgement:
         """Compare two answers to this read as far as the data fixes them.

@@ -185,7 +185,7 @@ def get_pool() -> ShadowPool:
         with _pool_lock:
             if _pool is None:
                 shadow = conf.get_settings().shadow
-                _pool = ShadowPool(int(shadow["POOL_SIZE"]), int(shadow["QUEUE_SIZE"]))
+                _pool = ShadowPool(shadow.pool_size, shadow.queue_size)
     return _pool
 
 

@@ -163,7 +163,7 @@ class ShadowRead(Judging, Confirming):
             )
 
     def _recheck_later(self) -> None:
-        get_pool().later(float(conf.get_settings().shadow["RECHECK_DELAY"]), self.recheck)
+        get_pool().later(conf.get_settings().shadow.recheck_delay, self.recheck)
 
     def recheck(self) -> None:
         """Both stores again: a difference that went away was a race with a write.
@@ -295,7 +295,7 @@ def pk_lookup(queryset: models.QuerySet) -> list[Any] | None:
 
 
 def current_control_rate() -> float:
-    return float(conf.get_settings().shadow["CONTROL_RATE"])
+    return conf.get_settings().shadow.control_rate
 
 
 class _ShapeLog:

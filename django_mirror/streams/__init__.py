@@ -42,8 +42,8 @@ __all__ = [
 def get_stream() -> Stream:
     """The stream ``DJANGO_MIRROR["STREAM"]`` configures."""
     stream = conf.get_settings().stream
-    backend = import_string(stream["BACKEND"])
-    return backend(**stream["OPTIONS"])
+    backend = import_string(stream.backend)
+    return backend(**stream.options)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: object) -> None:

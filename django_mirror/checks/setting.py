@@ -1,0 +1,120 @@
+"""The ``DJANGO_MIRROR`` setting as a whole: its shape and keys, ``SOURCE``, ``RELAY``,
+``REPLAY``, ``SHADOW`` and ``PHASES``, then each stream, model and repository entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from django_mirror.checks.models import model_errors
+from django_mirror.checks.options import unknown_keys
+from django_mirror.checks.repositories import repository_errors
+from django_mirror.checks.stream import stream_errors
+from django_mirror.config import conf
+
+#: The values ``RELAY["ON_COMMIT"]`` may take.
+RELAY_MODES = ("thread", "sync", "off")
+
+
+#: SHADOW option -> (type, smallest allowed value, largest allowed value).
+SHADOW_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "RECHECK_DELAY": (float, 0.0, float("inf")),
+    "TIMEOUT": (float, 0.001, float("inf")),
+    "POOL_SIZE": (int, 1, 256),
+    "QUEUE_SIZE": (int, 1, float("inf")),
+    "CONTROL_RATE": (float, 0.0, 1.0),
+    "STATS_INTERVAL": (float, 0.1, float("inf")),
+}
+
+
+#: PHASES option -> (type, smallest allowed value, largest allowed value).
+PHASES_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "REFRESH": (float, 0.1, 5.0),
+    "MAX_REPLAY_LAG": (float, 0.0, float("inf")),
+    "VERIFY_WITHIN": (float, 0.0, float("inf")),
+    "CLEAN_FOR": (float, 0.0, float("inf")),
+    "KEY_GAP": (int, 0, 2**31),
+}
+
+
+def _check_options(
+    name: str, given: Any, known: dict[str, tuple[type, float, float]], check_id: str
+) -> list[Any]:
+    """A dict of numeric options as written: every key known, every value a number in range."""
+    errors = unknown_keys(f"DJANGO_MIRROR[{name!r}]", given, known, check_id)
+    if not isinstance(given, dict):
+        return errors
+    for key, value in given.items():
+        if key not in known:
+            continue
+        kind, low, high = known[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            errors.append(
+                Error(
+                    f"DJANGO_MIRROR[{name!r}][{key!r}] is {value!r}.",
+                    hint=f"Use {'an integer' if kind is int else 'a number'} from {low} to {high}.",
+                    id=check_id,
+                )
+            )
+    return errors
+
+
+@register(Tags.models, "django_mirror")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Every part of ``DJANGO_MIRROR`` as written; the other checks take it as valid."""
+    raw = getattr(settings, "DJANGO_MIRROR", None)
+    if raw is None:
+        return [
+            Warning(
+                "DJANGO_MIRROR is not set; nothing is mirrored.",
+                id="django_mirror.W002",
+            )
+        ]
+    if not isinstance(raw, dict) or not isinstance(raw.get("MODELS", {}), dict):
+        return [Error("DJANGO_MIRROR and its 'MODELS' must be dicts.", id="django_mirror.E001")]
+    mirror = conf.get_settings()
+    errors = unknown_keys("DJANGO_MIRROR", raw, conf.SETTINGS_KEYS, "django_mirror.E023")
+    if mirror.source not in settings.DATABASES:
+        errors.append(
+            Error(
+                f"DJANGO_MIRROR['SOURCE'] {mirror.source!r} is not a DATABASES alias.",
+                id="django_mirror.E003",
+            )
+        )
+    errors += stream_errors(raw.get("STREAM"), mirror.stream)
+    errors += unknown_keys(
+        "DJANGO_MIRROR['RELAY']",
+        raw.get("RELAY"),
+        conf.section_keys(conf.RelaySettings),
+        "django_mirror.E015",
+    )
+    errors += unknown_keys(
+        "DJANGO_MIRROR['REPLAY']",
+        raw.get("REPLAY"),
+        conf.section_keys(conf.ReplaySettings),
+        "django_mirror.E025",
+    )
+    if mirror.relay.on_commit not in RELAY_MODES:
+        errors.append(
+            Error(
+                f"DJANGO_MIRROR['RELAY']['ON_COMMIT'] is {mirror.relay.on_commit!r}.",
+                hint=f"Use one of {', '.join(RELAY_MODES)}.",
+                id="django_mirror.E015",
+            )
+        )
+    errors += _check_options("SHADOW", raw.get("SHADOW"), SHADOW_OPTIONS, "django_mirror.E016")
+    errors += _check_options("PHASES", raw.get("PHASES"), PHASES_OPTIONS, "django_mirror.E017")
+    for label, opts in mirror.models.items():
+        errors += model_errors(label, opts, mirror.source)
+    raw_repositories = raw.get("REPOSITORIES") or {}
+    if not isinstance(raw_repositories, dict):
+        errors.append(
+            Error("DJANGO_MIRROR['REPOSITORIES'] must be a dict.", id="django_mirror.E020")
+        )
+    else:
+        for path, opts in raw_repositories.items():
+            errors += repository_errors(path, opts)
+    return errors
