@@ -212,6 +212,16 @@ def test_a_full_configuration_passes():
         (config(lambda c: c["STREAM"].__setitem__("OPTION", {})), ["django_mirror.E024"]),
         # E025: an unknown REPLAY option
         (config(lambda c: c.__setitem__("REPLAY", {"BATCH": 10})), ["django_mirror.E025"]),
+        # E015 / E025: a RELAY or REPLAY value that is no number in range (reading it
+        # would silently keep the default)
+        (config(lambda c: c.__setitem__("RELAY", {"BATCH_SIZE": "abc"})), ["django_mirror.E015"]),
+        (config(lambda c: c.__setitem__("RELAY", {"LEASE_SECONDS": 0})), ["django_mirror.E015"]),
+        (config(lambda c: c.__setitem__("REPLAY", {"BATCH_SIZE": 20_000})), ["django_mirror.E025"]),
+        (config(lambda c: c.__setitem__("REPLAY", {"IDLE_SLEEP": -1})), ["django_mirror.E025"]),
+        (
+            config(lambda c: c.__setitem__("REPLAY", {"HEAL_INTERVAL": "10"})),
+            ["django_mirror.E025"],
+        ),
         # E026: stream OPTIONS the backend's constructor does not take, or lacks
         (
             config(lambda c: c["STREAM"]["OPTIONS"].__setitem__("stream_nmae", "x")),

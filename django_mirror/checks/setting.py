@@ -29,6 +29,21 @@ SHADOW_OPTIONS: dict[str, tuple[type, float, float]] = {
 }
 
 
+#: RELAY's numeric options -> (type, smallest allowed value, largest allowed value).
+RELAY_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "BATCH_SIZE": (int, 1, float("inf")),
+    "LEASE_SECONDS": (float, 0.001, float("inf")),
+}
+
+#: REPLAY option -> (type, smallest allowed value, largest allowed value).
+REPLAY_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "BATCH_SIZE": (int, 1, 10_000),  # Kinesis returns at most 10,000 records a read
+    "LEASE_SECONDS": (float, 0.001, float("inf")),
+    "IDLE_SLEEP": (float, 0.0, float("inf")),
+    "HEAL_INTERVAL": (float, 0.0, float("inf")),
+}
+
+
 #: PHASES option -> (type, smallest allowed value, largest allowed value).
 PHASES_OPTIONS: dict[str, tuple[type, float, float]] = {
     "REFRESH": (float, 0.1, 5.0),
@@ -44,6 +59,15 @@ def _check_options(
 ) -> list[Any]:
     """A dict of numeric options as written: every key known, every value a number in range."""
     errors = unknown_keys(f"DJANGO_MIRROR[{name!r}]", given, known, check_id)
+    return errors + _check_numbers(name, given, known, check_id)
+
+
+def _check_numbers(
+    name: str, given: Any, known: dict[str, tuple[type, float, float]], check_id: str
+) -> list[Any]:
+    """The numeric options of a dict as written: each a number in its range (reading the
+    setting keeps the default for one that is not, so only this check tells)."""
+    errors: list[Any] = []
     if not isinstance(given, dict):
         return errors
     for key, value in given.items():
@@ -91,12 +115,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         conf.section_keys(conf.RelaySettings),
         "django_mirror.E015",
     )
-    errors += unknown_keys(
-        "DJANGO_MIRROR['REPLAY']",
-        raw.get("REPLAY"),
-        conf.section_keys(conf.ReplaySettings),
-        "django_mirror.E025",
-    )
+    errors += _check_numbers("RELAY", raw.get("RELAY"), RELAY_OPTIONS, "django_mirror.E015")
+    errors += _check_options("REPLAY", raw.get("REPLAY"), REPLAY_OPTIONS, "django_mirror.E025")
     if mirror.relay.on_commit not in RELAY_MODES:
         errors.append(
             Error(
