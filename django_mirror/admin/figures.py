@@ -198,10 +198,7 @@ def _windows(
 
 def _verifies() -> dict[str, tuple[dt.datetime, int]]:
     """The last finished ``mirror_verify`` per model: when, and how many differences."""
-    return {
-        label: (run.finished_at, run.differences)  # type: ignore[misc]
-        for label, run in last_runs().items()
-    }
+    return {label: (run.finished_at, run.differences) for label, run in last_runs().items()}
 
 
 def compute(now: dt.datetime | None = None) -> Dashboard:

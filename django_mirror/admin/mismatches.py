@@ -172,7 +172,8 @@ class MismatchRecordAdmin(admin.ModelAdmin):
         hidden = set(config.redact_fields) if config is not None else set()
         source, target = _redact(obj.source_value, hidden), _redact(obj.target_value, hidden)
         diff = _redact(obj.diff, hidden) if isinstance(obj.diff, dict) else {}
-        pairs = diff.get("fields") if isinstance(diff.get("fields"), dict) else {}
+        fields = diff.get("fields")
+        pairs = fields if isinstance(fields, dict) else {}
         rows: list[dict[str, Any]] = []
         if all(isinstance(side, dict | None) for side in (source, target)):
             names = list(source or {})

@@ -241,7 +241,8 @@ def get_settings() -> MirrorSettings:
     raw: dict[str, Any] = getattr(settings, "DJANGO_MIRROR", None) or {}
     if not isinstance(raw, dict):  # check E001 reports it; do not crash before checks run
         raw = {}
-    raw_models = raw.get("MODELS") if isinstance(raw.get("MODELS"), dict) else {}
+    models_setting = raw.get("MODELS")
+    raw_models = models_setting if isinstance(models_setting, dict) else {}  # E001
     stream: dict[str, Any] = raw["STREAM"] if isinstance(raw.get("STREAM"), dict) else {}  # E001
     return MirrorSettings(
         source=raw.get("SOURCE", MirrorSettings.source),
@@ -295,7 +296,7 @@ def mirrored_models() -> dict[type[models.Model], ModelConfig]:
         config = _config(model._meta.label, model, opts)
         result[model] = config
         for m2m in model._meta.local_many_to_many:
-            through = m2m.remote_field.through
+            through: type[models.Model] | str = m2m.remote_field.through  # str: not resolved
             if isinstance(through, type) and through._meta.auto_created and through not in result:
                 result[through] = ModelConfig(
                     label=through._meta.label,

@@ -191,7 +191,11 @@ def referrers(
 ) -> dict[type[models.Model], set[type[models.Model]]]:
     """For each of ``models_``, the others among them that hold a foreign key to it."""
     return {
-        parent: {child for child in models_ if child is not parent and _refers_to(child, parent)}
+        parent: {
+            child
+            for child in models_
+            if child is not parent and _refers_to(child, parent)  # type: ignore[arg-type]  # mypy#20409: type[Any] is hashable
+        }
         for parent in models_
     }
 

@@ -175,7 +175,7 @@ def _drop_excluded(config: conf.ModelConfig, item: Any) -> Any:
 
 @cache
 def _compare_callable(path: str) -> Callable[[Any, Any], Any]:
-    return import_string(path)  # type: ignore[no-any-return]
+    return import_string(path)
 
 
 def compare(config: conf.ModelConfig, source: Result, target: Result) -> Mismatch | None:

@@ -118,7 +118,7 @@ class Confirming:
         if self.kind == AGGREGATE or self.queryset.query.annotations:
             return True
         fields = getattr(self.queryset, "_fields", None) or ()
-        if not fields and self.queryset._iterable_class not in (  # type: ignore[attr-defined]
+        if not fields and self.queryset._iterable_class not in (
             models.query.ModelIterable,
             models.query.ValuesIterable,
         ):

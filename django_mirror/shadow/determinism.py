@@ -52,7 +52,7 @@ def of(queryset: models.QuerySet, kind: str, returned: int | None = None) -> Det
     if kind in (COUNT, EXISTS):
         # How many rows a slice or a DISTINCT ON keeps does not depend on which ones.
         return Determinism(nested is None, nested is None, nested or "")
-    plain_rows = kind == ROWS and queryset._iterable_class is models.query.ModelIterable  # type: ignore[attr-defined]
+    plain_rows = kind == ROWS and queryset._iterable_class is models.query.ModelIterable
     total, random = total_ordering(query, rows_are_instances=plain_rows)
     reason = nested
     if reason is None and query.combinator:
@@ -192,9 +192,10 @@ def _column(term: Any, query: Query, opts: Any) -> str | None:
             if local is not None and local._meta.concrete_model is opts.concrete_model:
                 return field.attname
             return None
-        name = getattr(expression, "name", None)
-        if not isinstance(name, str):
+        named = getattr(expression, "name", None)
+        if not isinstance(named, str):
             return None
+        name = named
     if name in query.annotations:
         return None
     if name == "pk":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from django.db import models
@@ -181,9 +182,7 @@ class Judging:
         return determinism.of(self.queryset, self.kind, returned)
 
     def _instances(self) -> bool:
-        return self.kind == ROWS and (
-            self.queryset._iterable_class is models.query.ModelIterable  # type: ignore[attr-defined]
-        )
+        return self.kind == ROWS and self.queryset._iterable_class is models.query.ModelIterable
 
     def _keys_of(
         self, source_raw: Any, target_raw: Any, source: compare.Result, target: compare.Result
@@ -218,7 +217,7 @@ class Judging:
         """The query's ``values()`` rows of ``pks`` on ``alias``: the whole query, not its
         slice, nor the choice of one row per group of ``distinct(*fields)``, in no
         particular order."""
-        qs = self.queryset.using(alias)._chain()  # type: ignore[attr-defined]
+        qs = self.queryset.using(alias)._chain()
         query = qs.query
         query.clear_limits()
         query.clear_ordering(force=True)
@@ -250,15 +249,15 @@ def _value_key(queryset: models.QuerySet) -> Callable[[Any], Any] | None:
     the query selects it; else None."""
     opts = queryset.model._meta
     names = {"pk", opts.pk.name, opts.pk.attname}
-    iterable = queryset._iterable_class  # type: ignore[attr-defined]
-    fields = tuple(queryset._fields or ())  # type: ignore[attr-defined]
+    iterable = queryset._iterable_class
+    fields = tuple(queryset._fields or ())
     query = queryset.query
     if iterable is models.query.ValuesIterable:
         if not fields:
             return lambda item: item[opts.pk.attname]
         for name in fields:
             if name in names:
-                return lambda item, name=name: item[name]
+                return itemgetter(name)
         return None
     if not fields:
         if query.extra_select or query.annotation_select:
@@ -272,7 +271,7 @@ def _value_key(queryset: models.QuerySet) -> Callable[[Any], Any] | None:
         index = matching[0]
     if iterable is models.query.FlatValuesListIterable:
         return lambda item: item
-    return lambda item, index=index: item[index]
+    return itemgetter(index)
 
 
 def _keyed_rerun_possible(queryset: models.QuerySet) -> bool:

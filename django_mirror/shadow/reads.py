@@ -21,6 +21,7 @@ from django_mirror.config import conf
 from django_mirror.live import lag
 from django_mirror.observability import reporting
 from django_mirror.shadow import compare, determinism, scope
+from django_mirror.shadow.compare import Mismatch
 from django_mirror.shadow.confirming import Confirming
 from django_mirror.shadow.judging import Judging
 from django_mirror.shadow.pool import get_pool
@@ -192,10 +193,11 @@ class ShadowRead(Judging, Confirming):
             self.keys, self.reason = judged.keys, judged.reason or self.reason
             mismatch, source, target = judged.mismatch, judged.source, judged.target
             if not self.control:
-                mismatch = self._without_lagging_rows(mismatch)
-                if mismatch is None:
+                kept = self._without_lagging_rows(mismatch)
+                if kept is None:
                     reporting.incr(self.metric("lagging"), 1, self.label)
                     return
+                mismatch = kept
             seen = mismatch.signature()
             if seen != self.last_seen:
                 self.last_seen = seen
@@ -209,7 +211,7 @@ class ShadowRead(Judging, Confirming):
             if not self.control:
                 self.confirm(mismatch, source, target)
 
-    def _without_lagging_rows(self, mismatch: compare.Mismatch) -> compare.Mismatch | None:
+    def _without_lagging_rows(self, mismatch: Mismatch) -> Mismatch | None:
         """Rows whose source version is newer than the target's do not count; a result
         not made of rows (a count, an aggregate) does not count while any row lags."""
         config = self.config
@@ -247,7 +249,7 @@ def begin(queryset: models.QuerySet, kind: str) -> ShadowRead | None:
         control = current.draw < current_control_rate() * (
             config.shadow_read_rate if current.rate is None else current.rate
         )
-        clone = queryset._chain()  # type: ignore[attr-defined]
+        clone = queryset._chain()
         clone._prefetch_related_lookups = ()
         # Re-run in autocommit on the pool: a row lock there would be refused, and is
         # not what the comparison needs.
@@ -275,7 +277,7 @@ def pk_lookup(queryset: models.QuerySet) -> list[Any] | None:
         or query.distinct
         or query.group_by
         or query.low_mark
-        or queryset._iterable_class is not models.query.ModelIterable  # type: ignore[attr-defined]
+        or queryset._iterable_class is not models.query.ModelIterable
     ):
         return None
     where = query.where

@@ -37,8 +37,8 @@ def dumps(
             "v": VERSION,
             "kind": kind,
             "query": queryset.query,
-            "iterable": queryset._iterable_class,  # type: ignore[attr-defined]
-            "fields": queryset._fields,  # type: ignore[attr-defined]
+            "iterable": queryset._iterable_class,
+            "fields": queryset._fields,
             "aggregate": aggregate,
         }
         data = zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
@@ -65,8 +65,8 @@ def loads(signed: Any) -> tuple[models.QuerySet, str, tuple[tuple[Any, ...], dic
         query = payload["query"]
         # A plain QuerySet: running it again is never itself shadowed.
         queryset = models.QuerySet(model=query.model, query=query)
-        queryset._iterable_class = payload["iterable"]  # type: ignore[attr-defined]
-        queryset._fields = payload["fields"]  # type: ignore[attr-defined]
+        queryset._iterable_class = payload["iterable"]
+        queryset._fields = payload["fields"]
     except CannotRerun:
         raise
     except Exception as exc:  # a model or field since removed, another Django
