@@ -47,7 +47,7 @@ help:
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
 	@echo "make bench          run the benchmarks"
-	@echo "make lint           ruff check + ruff format --check + the layer contract (lint-imports)"
+	@echo "make lint           ruff check + ruff format --check + the layer contract (lint-imports) + mypy"
 	@echo "make tox            run tox (exposes pyenv's 3.12/3.13 if present)"
 	@echo "make clean          remove the venv, sqlite files and caches"
 
@@ -97,11 +97,13 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory test-django
 
 # Lint, format (Python files and the Python blocks of the docs), the layer contract of
-# docs/architecture.md (pyproject.toml's [tool.importlinter]) and "no missing migrations".
+# docs/architecture.md (pyproject.toml's [tool.importlinter]), the type check of
+# django_mirror/ (mypy, configured by pyproject.toml's [tool.mypy]) and "no missing migrations".
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 	$(SQLITE_ENV) $(PY) -m django makemigrations --check --dry-run
 
 test-sqlite: $(STAMP)
@@ -207,6 +209,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 # tox needs python3.12/python3.13 on PATH. pyenv's shims only resolve the global
 # version (and tox drops PYENV_VERSION), so append each installed 3.11-3.13 bin dir.
