@@ -39,7 +39,7 @@ port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), ti
 
 help:
 	@echo "make venv           create $(VENV) and install '.[dev]' (+ '.[mysql]' if it builds)"
-	@echo "make test           ruff, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps"
+	@echo "make test           ruff, layer contract, mypy, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps, Django's suite"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
 	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
 	@echo "make test-django    Django's own tests, stock and mirrored in phases capture and mirror (SQLite, PostgreSQL)"
@@ -85,16 +85,16 @@ mysql-extra:
 
 # --- tests ---------------------------------------------------------------------
 
-# Stops at the first failing step. The four pytest passes run side by side (their own
-# database names and files; many of their tests wait on threads, moto and subprocesses
-# rather than the CPU), so make test stays under 30 minutes on two cores; each pass's
+# Stops at the first failing step. The four pytest passes and Django's suite run side by
+# side (each has its own database names and files; many of their tests wait on threads,
+# moto, subprocesses and the database servers rather than the CPU, and one run's idle
+# moments are another's), so make test stays under 30 minutes on two cores; each run's
 # output is printed whole when it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory browser
-	@$(MAKE) --no-print-directory -j4 --output-sync=target \
-	  test-sqlite test-postgres test-mariadb test-oldest
-	@$(MAKE) --no-print-directory test-django
+	@$(MAKE) --no-print-directory -j5 --output-sync=target \
+	  test-sqlite test-postgres test-mariadb test-oldest test-django
 
 # Lint, format (Python files and the Python blocks of the docs), the layer contract of
 # docs/architecture.md (pyproject.toml's [tool.importlinter]), the type check of
