@@ -42,7 +42,7 @@ help:
 	@echo "make test           ruff, layer contract, mypy, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps, Django's suite"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
 	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
-	@echo "make test-django    Django's own tests, stock and mirrored in phases capture and mirror (SQLite, PostgreSQL)"
+	@echo "make test-django    Django's own tests mirrored in phases capture and mirror, failures re-run stock (SQLite, PostgreSQL)"
 	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
