@@ -13,12 +13,12 @@ class DjangoMirrorConfig(AppConfig):
 
     def ready(self) -> None:
         from django_mirror import checks, runtime  # noqa: F401
-        from django_mirror.capture import outbox, record
+        from django_mirror.capture import outbox, record, signals
         from django_mirror.live import apply
         from django_mirror.pipeline import relay, replay
         from django_mirror.repositories import calls
 
-        record.connect_signals()
+        signals.connect_signals()
         # Lower layers announce, higher ones listen: a committed capture starts the
         # relay, a batch of a model mirrored live joins its transaction's live apply,
         # and replay hands a repository call event to the repositories.

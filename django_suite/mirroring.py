@@ -48,7 +48,7 @@ def prepare() -> dict[str, list[str]]:
     Returns ``{label: [check ids]}`` of the models left out.
     """
     from django_mirror import checks
-    from django_mirror.capture import record
+    from django_mirror.capture import signals
     from django_mirror.config import conf
 
     source = conf.source_alias()
@@ -67,7 +67,7 @@ def prepare() -> dict[str, list[str]]:
     for label in refused:
         models.pop(label, None)
     conf.clear_cache()
-    record.connect_signals()
+    signals.connect_signals()
     _count_events()
     return {label: sorted(ids) for label, ids in refused.items()}
 

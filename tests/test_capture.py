@@ -685,7 +685,7 @@ def test_the_save_table_wrapper_passes_a_parameter_django_adds_through(outbox):
     """A later Django may give ``Model._save_table`` one more parameter, anywhere in its
     list: the wrapper finds ``raw``, ``cls``, ``using`` and ``update_fields`` by name and
     hands the call over as it came."""
-    from django_mirror.capture.record import _captured_save_table
+    from django_mirror.capture.signals import _captured_save_table
 
     received: list[tuple[Any, Any]] = []
 
@@ -721,7 +721,8 @@ def test_the_save_table_wrapper_passes_a_parameter_django_adds_through(outbox):
 def test_a_save_table_without_a_needed_parameter_is_refused_at_once():
     """Capture cannot tell which alias a save writes to: refused when wrapped, at start-up,
     never a save that goes uncaptured."""
-    from django_mirror.capture.record import CaptureError, _captured_save_table
+    from django_mirror.capture.record import CaptureError
+    from django_mirror.capture.signals import _captured_save_table
 
     def _save_table(self, raw=False, cls=None, force_insert=False, update_fields=None):
         raise AssertionError("never called")

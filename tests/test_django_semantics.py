@@ -8,7 +8,7 @@ import re
 import pytest
 from django.db import connections, transaction
 
-from django_mirror.capture import record
+from django_mirror.capture import signals
 from django_mirror.pipeline import relay
 from tests.testapp.models import Author, Book
 
@@ -42,7 +42,7 @@ def test_m2m_remove_in_a_doomed_transaction_raises_djangos_error(monkeypatch):
         with connections[using].cursor() as cursor:  # as SQLite's DEFERRED mode does
             cursor.execute("SELECT 1")
 
-    monkeypatch.setattr(record, "write_lock_first", lock_with_a_statement)
+    monkeypatch.setattr(signals, "write_lock_first", lock_with_a_statement)
     author = Author.objects.create(name="a")
     book = Book.objects.create(author=author, title="t")
     with transaction.atomic():

@@ -63,7 +63,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected records", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        from django_mirror.pipeline.replay import retry_dead_letter
+        from django_mirror.pipeline.dead_letters import retry_dead_letter
 
         done = failed = 0
         for letter in queryset.filter(resolved_at__isnull=True):

@@ -1,6 +1,7 @@
-"""The write side in the app's process: each ORM write's rows become events in the
-source database's outbox, in the writing transaction (``record``), from the instance
-where it can (``core.images``), stored by ``outbox``."""
+"""The write side in the app's process: each ORM write (heard of by ``signals`` and
+``queryset``) has its rows become events in the source database's outbox, in the
+writing transaction (``record``), from the instance where it can (``core.images``),
+stored by ``outbox``."""
 
 from __future__ import annotations
 

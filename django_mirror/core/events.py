@@ -3,6 +3,9 @@
 Values that JSON cannot carry exactly are tagged (``{"$dec": "1.50"}``), so every
 consumer — this app's replay, a DynamoDB loader, a data engineer's notebook —
 decodes them without knowing the Django model. See ``docs/events.md``.
+
+One module over 400 lines on purpose: the one format is written and read here, each tag's
+encoding beside its decoding, so the round trip stays exact.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from django_mirror.config import conf
 from django_mirror.core.events import UPSERT, Event, encode_column, pk_text
 from django_mirror.core.locking import retrying
 from django_mirror.models import CopyProgress
-from django_mirror.pipeline.replay import dead_letter
+from django_mirror.pipeline.dead_letters import dead_letter
 from django_mirror.targets import Target, get_target
 from django_mirror.targets.base import CopyResult
 

@@ -6,12 +6,8 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
-from django_mirror.pipeline.replay import (
-    QUIET_PROGRESS_SECONDS,
-    Replayer,
-    ReplayRefused,
-    ReplayStats,
-)
+from django_mirror.pipeline.checkpoints import ReplayRefused
+from django_mirror.pipeline.replay import QUIET_PROGRESS_SECONDS, Replayer, ReplayStats
 from django_mirror.streams import StreamError
 
 

@@ -17,7 +17,7 @@ from django_mirror.models import (
     ShardCheckpoint,
 )
 from django_mirror.pipeline import relay
-from django_mirror.pipeline.replay import owner_process
+from django_mirror.pipeline.checkpoints import owner_process
 from django_mirror.pipeline.verify import last_runs
 
 
