@@ -15,9 +15,11 @@ from django.db import models
 
 
 def _rebase(cls: type, plain: type, mirrored: type) -> None:
-    """Wherever ``plain`` is a direct base in ``cls``'s hierarchy, put ``mirrored``."""
+    """Wherever ``plain`` is a direct base in ``cls``'s hierarchy, put ``mirrored``; the
+    classes ``mirrored`` is made of (``MirroredQuerySet``'s capture and shadow halves
+    both derive from ``QuerySet``) are left as they are."""
     for klass in cls.__mro__:
-        if klass is mirrored or klass is plain or plain not in klass.__bases__:
+        if klass in mirrored.__mro__ or plain not in klass.__bases__:
             continue
         klass.__bases__ = tuple(mirrored if b is plain else b for b in klass.__bases__)
 

@@ -49,13 +49,14 @@ def prepare() -> dict[str, list[str]]:
     """
     from django_mirror import checks
     from django_mirror.capture import signals
+    from django_mirror.checks.models import model_errors
     from django_mirror.config import conf
 
     source = conf.source_alias()
     models = settings.DJANGO_MIRROR["MODELS"]
     refused: dict[str, set[str]] = {}
     for label, opts in models.items():
-        for error in checks._check_model(label, opts, source):
+        for error in model_errors(label, opts, source):
             if error.level >= ERROR:
                 refused.setdefault(label, set()).add(error.id)
     conf.clear_cache()
