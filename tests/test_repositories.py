@@ -262,6 +262,27 @@ def test_a_repository_obtained_while_off_records_once_the_phase_changes():
         assert len(recorded()) == 1
 
 
+def test_a_wrapper_off_calls_the_source_methods_set_on_it():
+    """The bypass is the source's bound method on the instance, and no class of the
+    wrapper has an attribute of that name: one would make every bypassed call take
+    CPython's unspecialised attribute lookup (1.45x the source's call on a no-op)."""
+    names = {"follow", "unfollow", "follow_many", "followers", "backend"}
+    with repositories("off"):
+        repo = get(FollowStore)
+        assert repo.followers(10) == []
+        source = impl()
+        assert all(getattr(repo, name) == getattr(source, name) for name in names)
+        assert not any(names & vars(cls).keys() for cls in type(repo).__mro__)
+    # DJANGO_MIRROR changed: the wrapper's own methods again, as the class describes them
+    mirrored = FollowStore.Mirrored  # type: ignore[attr-defined]
+    assert type(repo) is mirrored and repo.follow != source.follow
+    assert repo.follow.__func__ is mirrored.follow
+    assert inspect.signature(mirrored.follow) == inspect.signature(FollowStore.follow)
+    assert names <= set(dir(repo)) and names <= set(dir(mirrored))
+    with pytest.raises(AttributeError, match="has no attribute 'missing'"):
+        repo.missing  # noqa: B018
+
+
 @contextmanager
 def outbox_gone() -> Iterator[None]:
     """The outbox table renamed away, so recording anything fails."""

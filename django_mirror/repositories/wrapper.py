@@ -13,7 +13,8 @@ interface method, built from the signatures (no code written per method).
 Whatever a target does, the caller gets the source's result or error. While an
 interface is ``off`` (or not configured), a wrapper's first call sets the source's own
 bound methods on the instance, so later calls cost what calling the source costs; a
-change to ``DJANGO_MIRROR`` takes them off again.
+change to ``DJANGO_MIRROR`` takes them off again. For that, the generated class keeps
+its methods out of its namespace (see ``_MirroredClass``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 import inspect
 import threading
 import time
+import types
 import weakref
 from typing import Any
 
@@ -215,23 +217,65 @@ def _method(spec: InterfaceSpec, method: MethodSpec) -> Any:
     return call
 
 
+class _MirroredClass(type):
+    """The generated classes' type: a wrapper's methods are served by ``__getattr__``,
+    never stored in the class, and this gives them back as class attributes
+    (``Interface.Mirrored.follow``) for introspection.
+
+    Why: CPython (3.11+) specialises an attribute lookup only when no class attribute
+    has the name. A bypass is an instance attribute; with the wrapper's method also in
+    the class, every bypassed call took the generic lookup, about 15 ns more than the
+    source's own call (1.45x on a no-op method). With the class free of the name, it is
+    one specialised instance-attribute lookup.
+    """
+
+    _mirror_methods: dict[str, Any]
+
+    def __getattr__(cls, name: str) -> Any:
+        try:
+            return cls._mirror_methods[name]
+        except KeyError:
+            raise AttributeError(
+                f"type object {cls.__name__!r} has no attribute {name!r}"
+            ) from None
+
+    def __dir__(cls) -> list[str]:
+        return sorted({*super().__dir__(), *cls._mirror_methods})
+
+
 def wrapper_class(interface: type, spec: InterfaceSpec) -> type:
     """The generated class: ``Interface.Mirrored(source_implementation)``."""
+    methods = {
+        method.name: functools.wraps(getattr(interface, method.name))(_method(spec, method))
+        for method in spec.methods.values()
+    }
 
     def __init__(self: Any, source: Any, name: str | None = None) -> None:
         self._mirror_source = source
         self._mirror_name = name or spec.name
 
+    def __getattr__(self: Any, name: str) -> Any:
+        """The wrapper's own method, bound, while no bypass is set on the instance."""
+        try:
+            function = methods[name]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            ) from None
+        return types.MethodType(function, self)
+
+    def __dir__(self: Any) -> list[str]:
+        return sorted({*object.__dir__(self), *methods})
+
     namespace: dict[str, Any] = {
         "__init__": __init__,
+        "__getattr__": __getattr__,
+        "__dir__": __dir__,
         "__doc__": f"Mirrored {spec.name}.",
         "_mirror_spec": spec,
+        "_mirror_methods": methods,
     }
-    for method in spec.methods.values():
-        function = _method(spec, method)
-        original = getattr(interface, method.name)
-        namespace[method.name] = functools.wraps(original)(function)
-    return type(f"Mirrored{interface.__name__}", (), namespace)
+    return _MirroredClass(f"Mirrored{interface.__name__}", (), namespace)
 
 
 def repository(cls: C | None = None, *, name: str | None = None) -> Any:
