@@ -24,6 +24,7 @@ from django.conf import settings
 from django.test import override_settings
 
 from django_mirror.streams import KinesisStream, get_stream
+from django_mirror.streams.aggregation import deaggregate, is_aggregated
 
 Handler = Callable[..., Any]
 _ids = itertools.count()
@@ -55,8 +56,10 @@ def configured_stream(relay: dict[str, Any] | None = None, **options: Any) -> It
         yield stream
 
 
-def stream_records(stream: KinesisStream) -> dict[str, list[tuple[str, bytes]]]:
-    """Every record the stream holds, per shard, in sequence order."""
+def stream_records(stream: KinesisStream, raw: bool = False) -> dict[str, list[tuple[str, bytes]]]:
+    """Every event the stream holds, per shard, in sequence order: an aggregated record's
+    events each with the record's sequence number. With ``raw``, the Kinesis records as
+    they are, an aggregated one as one."""
     client = stream.client
     result: dict[str, list[tuple[str, bytes]]] = {}
     for shard in client.list_shards(StreamName=stream.name)["Shards"]:
@@ -67,7 +70,12 @@ def stream_records(stream: KinesisStream) -> dict[str, list[tuple[str, bytes]]]:
         records: list[tuple[str, bytes]] = []
         while iterator:
             response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            records.extend((r["SequenceNumber"], r["Data"]) for r in response["Records"])
+            for record in response["Records"]:
+                sequence, data = record["SequenceNumber"], record["Data"]
+                if raw or not is_aggregated(data):
+                    records.append((sequence, data))
+                else:
+                    records.extend((sequence, event.data) for event in deaggregate(data))
             if not response["Records"]:
                 break
             iterator = response.get("NextShardIterator")

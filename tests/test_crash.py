@@ -20,6 +20,7 @@ from django_mirror.models import OutboxBatch, RowVersion, ShardCheckpoint
 from django_mirror.pipeline import relay
 from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
+from django_mirror.streams.kinesis import MIN_AGGREGATE_BYTES
 from tests.conftest import assert_mirrored, both_databases
 from tests.faults import configured_stream, stream_records, unique_stream_name
 from tests.testapp.models import Counter
@@ -30,8 +31,14 @@ ROWS = 2000
 
 @pytest.fixture
 def http_stream(moto_server: str) -> Iterator[KinesisStream]:
-    """A stream of this test's own on the shared moto server, configured for this process."""
-    with configured_stream(endpoint_url=moto_server, stream_name=unique_stream_name()) as stream:
+    """A stream of this test's own on the shared moto server, configured for this process.
+    Small aggregates: many records, so a replay is stopped between two of them, and a
+    checkpoint between aggregated records is what is checked."""
+    with configured_stream(
+        endpoint_url=moto_server,
+        stream_name=unique_stream_name(),
+        aggregate_max_bytes=MIN_AGGREGATE_BYTES,
+    ) as stream:
         yield stream
 
 

@@ -76,7 +76,9 @@ def test_throttled_requests_are_retried_until_accepted(kinesis: KinesisStream) -
 
 @both_databases
 def test_partial_failure_resends_only_the_failed_records(kinesis: KinesisStream) -> None:
-    """Kinesis refuses a third of the records of one request: exactly those are sent again."""
+    """Kinesis refuses a third of the records of one request: exactly those are sent again.
+    Plain records, one per event (a refused aggregate: tests/test_aggregation.py)."""
+    kinesis.aggregate = False
     make_writes()
     events = relay.backlog()
     rejected_keys = {f"testapp.counter:{c.pk}" for c in Counter.objects.all()[::3]}
@@ -119,7 +121,9 @@ def test_failure_after_all_attempts_keeps_the_outbox(kinesis: KinesisStream) -> 
 
 @both_databases
 def test_one_refused_batch_does_not_hold_back_the_others(kinesis: KinesisStream) -> None:
-    """Records of one author are refused on every attempt: only their batch is kept."""
+    """Records of one author are refused on every attempt: only their batch is kept. Plain
+    records, so the author's events are records of their own."""
+    kinesis.aggregate = False
     make_writes()
     ada = Author.objects.get(name="Ada")
     ada_batches = set(

@@ -17,6 +17,7 @@ from django_mirror.models import DeadLetter, RowVersion, ShardCheckpoint
 from django_mirror.pipeline import relay
 from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
+from django_mirror.streams.kinesis import MIN_AGGREGATE_BYTES
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay, rows
 from tests.faults import (
     DuplicateAndShuffle,
@@ -135,7 +136,9 @@ def test_merge_mid_stream_replays_both_parents_before_the_child(aws: None) -> No
 
 @both_databases
 def test_expired_iterator_is_renewed_from_the_checkpoint(kinesis: KinesisStream) -> None:
-    """The iterator held between batches expires: replay asks for a new one and misses nothing."""
+    """The iterator held between batches expires: replay asks for a new one and misses nothing.
+    Small aggregates, so the stream holds many records to read batch after batch."""
+    kinesis.aggregate_max_bytes = MIN_AGGREGATE_BYTES
     churn(random.Random(6), 150)
     relay.drain()
     expire = FailReadsAt({3})
@@ -148,10 +151,19 @@ def test_expired_iterator_is_renewed_from_the_checkpoint(kinesis: KinesisStream)
     assert_mirrored(Counter)
 
 
+@pytest.mark.parametrize("aggregate, duplicates", [(False, 100), (True, 40)])
 @both_databases
-def test_duplicated_and_shuffled_records_converge(aws: None) -> None:
-    """Every response carries duplicates, re-deliveries of older records, in random order."""
-    with configured_stream(stream_name=unique_stream_name(), shard_count=3) as stream:
+def test_duplicated_and_shuffled_records_converge(
+    aws: None, aggregate: bool, duplicates: int
+) -> None:
+    """Every response carries duplicates, re-deliveries of older records, in random order;
+    plain records, or small aggregates (fewer records, so fewer duplicates)."""
+    with configured_stream(
+        stream_name=unique_stream_name(),
+        shard_count=3,
+        aggregate=aggregate,
+        aggregate_max_bytes=MIN_AGGREGATE_BYTES,
+    ) as stream:
         ada = Author.objects.create(name="Ada")
         books = Book.objects.bulk_create(
             [Book(author=ada, title=f"b{i}", pages=i, isbn=f"isbn-{i}") for i in range(30)]
@@ -164,7 +176,7 @@ def test_duplicated_and_shuffled_records_converge(aws: None) -> None:
         shuffle = DuplicateAndShuffle(seed=8, rate=0.4)
         with hooked(stream.client, *ShardReads(shuffle).hooks()):
             Replayer(batch_size=20).run(until_caught_up=True)
-        assert shuffle.added > 100
+        assert shuffle.added > duplicates
     assert_mirrored(Author, Book, Counter)
 
 

@@ -18,7 +18,9 @@ BIG = 900_000  # bytes of one large record: six of them already overflow one req
 
 
 def test_put_splits_by_count_and_size(kinesis: KinesisStream) -> None:
-    """1,203 small and 12 large records: each request within both limits, all delivered once."""
+    """1,203 small and 12 large records: each request within both limits, all delivered once.
+    Plain records, one per event (aggregated requests: tests/test_aggregation.py)."""
+    kinesis.aggregate = False
     small = [Record(f"small:{i}", f"event {i}".encode()) for i in range(1203)]
     large = [Record(f"large:{i}", bytes([65 + i]) * BIG) for i in range(12)]
     records = small[:600] + large + small[600:]
@@ -38,7 +40,9 @@ def test_put_splits_by_count_and_size(kinesis: KinesisStream) -> None:
 @both_databases
 def test_relay_ships_thousands_of_events_and_large_rows(kinesis: KinesisStream) -> None:
     """Over a thousand small events and rows near the record limit reach the target intact,
-    each put once, whether the relay thread or the final drain shipped it."""
+    each put once, whether the relay thread or the final drain shipped it. Plain records,
+    so each request's records are its events."""
+    kinesis.aggregate = False
     log = PutLog()
     with hooked(kinesis.client, *log.hooks()):
         for start in range(0, 1203, 401):

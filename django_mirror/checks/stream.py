@@ -1,5 +1,6 @@
 """``DJANGO_MIRROR['STREAM']``: its keys, a backend that imports, and ``OPTIONS`` its
-constructor takes (E008, E009, E024, E026)."""
+constructor takes, ``KinesisStream``'s of the right type and range (E008, E009, E024,
+E026)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,43 @@ def _check_stream_options(backend: Any, options: dict[str, Any]) -> list[Any]:
     return errors
 
 
+def _kinesis_values(options: dict[str, Any]) -> list[Any]:
+    """Values of ``KinesisStream``'s own options that its constructor would take but
+    cannot use: ``"no"`` for ``aggregate`` would turn aggregation on, a size above the
+    record limit would have every full aggregate refused."""
+    from django_mirror.streams.kinesis import MAX_AGGREGATE_BYTES, MIN_AGGREGATE_BYTES
+
+    where = "DJANGO_MIRROR['STREAM']['OPTIONS']"
+    errors = []
+    if "aggregate" in options and not isinstance(options["aggregate"], bool):
+        errors.append(
+            Error(
+                f"{where}['aggregate'] is {options['aggregate']!r}.",
+                hint="Give True (events packed into KPL-aggregated records) or False.",
+                id="django_mirror.E026",
+            )
+        )
+    size = options.get("aggregate_max_bytes")
+    if "aggregate_max_bytes" in options and (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not MIN_AGGREGATE_BYTES <= size <= MAX_AGGREGATE_BYTES
+    ):
+        errors.append(
+            Error(
+                f"{where}['aggregate_max_bytes'] is {size!r}.",
+                hint=f"Give an integer from {MIN_AGGREGATE_BYTES} to {MAX_AGGREGATE_BYTES} "
+                "(a Kinesis record holds at most 1 MiB with its partition key).",
+                id="django_mirror.E026",
+            )
+        )
+    return errors
+
+
 def stream_errors(raw: Any, stream: conf.StreamSettings) -> list[Any]:
     """The stream as written (``raw``) and as merged over the defaults (``stream``)."""
+    from django_mirror.streams import KinesisStream
+
     errors = unknown_keys(
         "DJANGO_MIRROR['STREAM']", raw, conf.section_keys(conf.StreamSettings), "django_mirror.E024"
     )
@@ -73,7 +109,10 @@ def stream_errors(raw: Any, stream: conf.StreamSettings) -> list[Any]:
             )
         )
     else:
-        errors += _check_stream_options(import_string(stream.backend), stream.options)
+        backend = import_string(stream.backend)
+        errors += _check_stream_options(backend, stream.options)
+        if isinstance(backend, type) and issubclass(backend, KinesisStream):
+            errors += _kinesis_values(stream.options)
     if stream.backend == conf.StreamSettings.backend:
         for option in ("stream_name", "region_name"):
             if not stream.options.get(option):

@@ -184,7 +184,8 @@ class Replayer:
         )
 
     def _step(self, cp: ShardCheckpoint) -> int:
-        """Read and apply one batch of one shard; returns how many records it held."""
+        """Read and apply one batch of one shard; returns how many records it held (any
+        stream record read counts, also one that held nothing to apply)."""
         progress = self.stats.shards[cp.shard_id]
         position = self.leases.positions.get(cp.shard_id)
         if position is None:
@@ -194,22 +195,27 @@ class Replayer:
         except PositionExpired:
             self.leases.verify_stream()
             batch = self.stream.read(cp.shard_id, self.leases.position(cp), self.batch_size)
+        self.reject_records(batch.rejected, cp.shard_id)
         self.apply_records(batch.records, cp.shard_id)
-        last_sequence = (
-            max((sequence for sequence, _ in batch.records), key=int)
-            if batch.records
-            else cp.sequence_number
-        )
+        last_sequence = batch.last_sequence or cp.sequence_number
         finished = batch.next_position is None
         if not self.leases.advance(
             cp, last_sequence, finished, batch.millis_behind, batch.next_position
         ):
-            return len(batch.records)
+            return len(batch.records) or len(batch.sequences)
         progress.millis_behind = batch.millis_behind
         reporting.gauge("replay.lag_ms", batch.millis_behind, cp.shard_id)
         progress.finished = finished
-        progress.caught_up = not batch.records and batch.millis_behind == 0
-        return len(batch.records)
+        progress.caught_up = not (batch.sequences or batch.records) and not batch.millis_behind
+        return len(batch.records) or len(batch.sequences)
+
+    def reject_records(self, rejected: list[tuple[str, bytes, str]], shard_id: str) -> None:
+        """Stream records the stream could not read (a corrupt aggregate): dead letters."""
+        for sequence, data, reason in rejected:
+            self.stats.read += 1
+            where = {"stream": self.stream.name, "shard_id": shard_id, "sequence_number": sequence}
+            dead_letter(reason, data, **where)
+            self.stats.dead_letters += 1
 
     def apply_records(self, records: list[tuple[str, bytes]], shard_id: str = "") -> None:
         """Decode, filter and apply one batch; what cannot be applied is dead-lettered."""

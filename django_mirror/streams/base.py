@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class StreamError(RuntimeError):
@@ -37,15 +37,34 @@ class Shard:
     shard_id: str
     parents: tuple[str, ...] = ()
     closed: bool = False
+    #: First and last hash key the shard takes (None when the backend has no such thing).
+    hash_range: tuple[int, int] | None = None
 
 
 @dataclass
 class Batch:
-    """What one read of a shard returned."""
+    """What one read of a shard returned.
+
+    ``records`` are the events, each with the sequence number of the stream record that
+    carried it: the events of one aggregated record share it. A read returns whole
+    stream records, so a checkpoint at ``last_sequence``, taken once the batch is
+    applied, never passes over an event that was not; a process that stops mid-batch
+    applies the batch's records again, which versions make harmless.
+    """
 
     records: list[tuple[str, bytes]]  # (sequence number, data)
     next_position: str | None  # None once a closed shard has been read to its end
     millis_behind: int
+    #: Every stream record read, in order, also those that held no event to apply.
+    sequences: list[str] = field(default_factory=list)
+    #: Stream records that cannot be read at all: (sequence number, data, reason).
+    rejected: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+    @property
+    def last_sequence(self) -> str | None:
+        """The sequence number a checkpoint after this batch names (None: read nothing)."""
+        sequences = self.sequences or [sequence for sequence, _ in self.records]
+        return max(sequences, key=int) if sequences else None
 
 
 class Stream:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from django_mirror.core.aws import AwsClient
+from django_mirror.streams.aggregation import CorruptAggregate, deaggregate, is_aggregated
 from django_mirror.streams.base import (
     Batch,
     PositionExpired,
@@ -19,12 +21,20 @@ from django_mirror.streams.base import (
     StreamError,
     StreamNotFound,
 )
+from django_mirror.streams.routing import Entry, ShardMap, pack, plain
 
 logger = logging.getLogger("django_mirror.streams")
 
 #: PutRecords limits: records and bytes (data plus partition keys) per request.
 MAX_PUT_RECORDS = 500
 MAX_PUT_BYTES = 5 * 1024 * 1024
+#: The most an aggregated record's data may hold: a record (data and partition key, of
+#: up to 256 characters) is at most 1 MiB.
+MAX_AGGREGATE_BYTES = 1024 * 1024 - 1024
+#: The default: under the limit, with room to spare.
+AGGREGATE_BYTES = 1_000_000
+#: The least ``aggregate_max_bytes`` the check accepts: room for a few events at least.
+MIN_AGGREGATE_BYTES = 1024
 RETRYABLE_CODES = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
@@ -43,7 +53,10 @@ EMPTY_READS = 10
 
 
 class KinesisStream(Stream):
-    """A Kinesis stream; ``put`` retries throttling and partial failures with jittered backoff."""
+    """A Kinesis stream; ``put`` retries throttling and partial failures with jittered
+    backoff. With ``aggregate``, ``put`` packs the records bound for one shard into
+    KPL-aggregated records (``aggregation``) and ``read`` unpacks them; records that are
+    not aggregated are read as they are, whichever the setting."""
 
     def __init__(
         self,
@@ -51,6 +64,8 @@ class KinesisStream(Stream):
         region_name: str = "us-east-1",
         endpoint_url: str | None = None,
         shard_count: int = 1,
+        aggregate: bool = True,
+        aggregate_max_bytes: int = AGGREGATE_BYTES,
         **client_options: Any,
     ) -> None:
         """``client_options``: retries, backoff and timeouts, as ``AwsClient`` takes them."""
@@ -58,8 +73,14 @@ class KinesisStream(Stream):
         self.region_name = region_name
         self.endpoint_url = endpoint_url
         self.shard_count = shard_count
+        self.aggregate = aggregate
+        self.aggregate_max_bytes = min(aggregate_max_bytes, MAX_AGGREGATE_BYTES)
         self.aws = AwsClient("kinesis", region_name, endpoint_url, **client_options)
         self.max_attempts = self.aws.max_attempts
+        self._shard_map: ShardMap | None = None
+        #: Per shard, events per stream record in its last read: a read's ``limit``
+        #: counts events, ``GetRecords``'s counts stream records.
+        self._events_per_record: dict[str, float] = {}
 
     @property
     def client(self) -> Any:
@@ -85,38 +106,52 @@ class KinesisStream(Stream):
         return True
 
     @staticmethod
-    def _requests(records: list[Record], indexes: list[int]) -> list[list[int]]:
-        """Split record indexes into PutRecords calls within the count and size limits."""
-        calls: list[list[int]] = []
-        current: list[int] = []
+    def _requests(entries: list[Entry]) -> list[list[Entry]]:
+        """Split entries into PutRecords calls within the count and size limits."""
+        calls: list[list[Entry]] = []
+        current: list[Entry] = []
         size = 0
-        for index in indexes:
-            record = records[index]
-            record_size = len(record.data) + len(record.partition_key.encode())
-            if current and (len(current) == MAX_PUT_RECORDS or size + record_size > MAX_PUT_BYTES):
+        for entry in entries:
+            if current and (len(current) == MAX_PUT_RECORDS or size + entry.size > MAX_PUT_BYTES):
                 calls.append(current)
                 current, size = [], 0
-            current.append(index)
-            size += record_size
+            current.append(entry)
+            size += entry.size
         if current:
             calls.append(current)
         return calls
+
+    def shard_map(self, refresh: bool = False) -> ShardMap:
+        """The shards' hash ranges, listed again when ``refresh``, or when old."""
+        if refresh or self._shard_map is None or self._shard_map.stale:
+            self._shard_map = ShardMap(self.shards())
+        return self._shard_map
+
+    def _entries(self, records: list[Record], indexes: list[int]) -> list[Entry]:
+        if not self.aggregate:
+            return plain(records, indexes)
+        return pack(records, indexes, self.shard_map(), self.aggregate_max_bytes)
 
     def put(self, records: list[Record]) -> list[int]:
         """Throttled records and requests are retried; what is still refused after the
         last attempt is returned. A request that can never succeed (a missing stream, a
         refused call), or a stream still unreachable at the last attempt, raises
-        ``StreamError`` instead, naming why."""
+        ``StreamError`` instead, naming why. Records an aggregate took to a shard that
+        is not theirs (the stream was resharded since the map was read) are put again
+        at once, on their own shard; replay skips their first copy."""
         pending = list(range(len(records)))
         for attempt in range(self.max_attempts):
             failed: list[int] = []
+            throttled = False
             unreachable: BotoCoreError | None = None
-            for call in self._requests(records, pending):
+            for call in self._requests(self._entries(records, pending)):
                 try:
-                    failed.extend(self._put_once(records, call))
+                    refused, misplaced = self._put_once(call)
                 except BotoCoreError as exc:
-                    failed.extend(call)
+                    refused, misplaced = [i for entry in call for i in entry.members], []
                     unreachable = exc
+                throttled = throttled or bool(refused)
+                failed.extend(refused + misplaced)
             if not failed:
                 return []
             if unreachable is not None and attempt + 1 == self.max_attempts:
@@ -124,20 +159,17 @@ class KinesisStream(Stream):
             logger.info(
                 "kinesis: %d of %d records not accepted, retrying", len(failed), len(pending)
             )
-            pending = failed
-            if attempt + 1 < self.max_attempts:
+            pending = sorted(failed)  # a row's events keep their order
+            if throttled and attempt + 1 < self.max_attempts:
                 self._sleep(attempt)
         return pending
 
-    def _put_once(self, records: list[Record], call: list[int]) -> list[int]:
-        """One PutRecords request; the indexes it did not deliver (throttled)."""
+    def _put_once(self, call: list[Entry]) -> tuple[list[int], list[int]]:
+        """One PutRecords request; the record indexes it did not deliver (throttled), and
+        those an aggregate delivered to a shard not theirs."""
         try:
             response = self.client.put_records(
-                StreamName=self.name,
-                Records=[
-                    {"Data": records[i].data, "PartitionKey": records[i].partition_key}
-                    for i in call
-                ],
+                StreamName=self.name, Records=[entry.request() for entry in call]
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -145,13 +177,29 @@ class KinesisStream(Stream):
                 raise StreamNotFound(self.name) from exc
             if code not in RETRYABLE_CODES:
                 raise StreamError(f"kinesis put_records: {exc}") from exc
-            return call
-        if not response.get("FailedRecordCount"):
-            return []
+            return [i for entry in call for i in entry.members], []
+        refused: list[int] = []
+        misplaced: list[int] = []
+        for entry, result in zip(call, response["Records"], strict=True):
+            if result.get("ErrorCode"):
+                refused.extend(entry.members)
+            elif entry.shard_id is not None and result.get("ShardId", entry.shard_id) != (
+                entry.shard_id
+            ):
+                misplaced.extend(self._misplaced(entry, result["ShardId"]))
+        return refused, misplaced
+
+    def _misplaced(self, entry: Entry, landed: str) -> list[int]:
+        """The records of an aggregate that landed on ``landed``, not on the shard the map
+        gave, whose hash keys are not that shard's. The map is read again once: after
+        that, it gives ``landed`` for the aggregate's hash key."""
+        shards = self.shard_map()
+        if shards.shard_for(entry.hashes[0]) != landed:
+            shards = self.shard_map(refresh=True)
         return [
             i
-            for i, result in zip(call, response["Records"], strict=True)
-            if result.get("ErrorCode")
+            for i, hashed in zip(entry.members, entry.hashes, strict=True)
+            if not shards.covers(landed, hashed)
         ]
 
     def _call(self, method: str, **kwargs: Any) -> Any:
@@ -185,7 +233,13 @@ class KinesisStream(Stream):
                     p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
                 )
                 closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
-                shards.append(Shard(shard["ShardId"], parents, closed))
+                span = shard.get("HashKeyRange", {})
+                hash_range = (
+                    (int(span["StartingHashKey"]), int(span["EndingHashKey"]))
+                    if "StartingHashKey" in span and "EndingHashKey" in span
+                    else None
+                )
+                shards.append(Shard(shard["ShardId"], parents, closed, hash_range))
             token = response.get("NextToken")
             if not token:
                 return shards
@@ -202,12 +256,45 @@ class KinesisStream(Stream):
         return self._call("get_shard_iterator", **kwargs)["ShardIterator"]
 
     def read(self, shard_id: str, position: str, limit: int) -> Batch:
-        response = self._call("get_records", ShardIterator=position, Limit=min(limit, 10_000))
-        return Batch(
-            records=[(r["SequenceNumber"], r["Data"]) for r in response["Records"]],
+        """About ``limit`` events, in whole stream records: aggregated ones unpacked, and
+        those that do not hold what their MD5 or protobuf says rejected."""
+        per_record = self._events_per_record.get(shard_id, 1.0)
+        asked = max(1, min(math.ceil(limit / per_record), 10_000))
+        response = self._call("get_records", ShardIterator=position, Limit=asked)
+        batch = Batch(
+            records=[],
             next_position=response.get("NextShardIterator"),
             millis_behind=int(response.get("MillisBehindLatest") or 0),
         )
+        span: tuple[int, int] | None = None
+        for record in response["Records"]:
+            sequence, data = record["SequenceNumber"], record["Data"]
+            batch.sequences.append(sequence)
+            if not is_aggregated(data):
+                batch.records.append((sequence, data))
+                continue
+            try:
+                events = deaggregate(data)
+            except CorruptAggregate as exc:
+                batch.rejected.append((sequence, data, f"corrupt aggregated record: {exc}"))
+                continue
+            low, high = span = span or self._hash_range(shard_id)
+            batch.records.extend(
+                (sequence, event.data) for event in events if low <= event.hash_key <= high
+            )
+        if batch.sequences:
+            self._events_per_record[shard_id] = max(1.0, len(batch.records) / len(batch.sequences))
+        return batch
+
+    def _hash_range(self, shard_id: str) -> tuple[int, int]:
+        """The hash keys whose aggregated events are read from the shard. An event outside
+        them was put there by an aggregate sent with a stale shard map, and put again on
+        its own shard (``put``): that copy is the one read, in its row's order. All hash
+        keys when the shard's range cannot be known."""
+        shards = self.shard_map()
+        if shard_id not in shards.ranges:
+            shards = self.shard_map(refresh=True)
+        return shards.ranges.get(shard_id) or (0, 2**128 - 1)
 
     def identity(self) -> str:
         """The ARN and creation time: a stream created again under the same name keeps
@@ -235,8 +322,8 @@ class KinesisStream(Stream):
             if position is None:
                 break
             batch = self.read(shard_id, position, 1)
-            if batch.records:  # at-least-once delivery: look among all, not the first only
-                return any(record[0] == sequence for record in batch.records)
+            if batch.sequences:  # at-least-once delivery: look among all, not the first only
+                return sequence in batch.sequences
             if batch.millis_behind == 0:
                 break
             position = batch.next_position
