@@ -92,6 +92,37 @@ def test_versions_order_writes_and_deletes_leave_hidden_tombstones(dynamo: Dynam
     assert int(item["_ttl"]["N"]) > dt.datetime.now().timestamp() + 7 * 24 * 3600
 
 
+def test_apply_reads_100_versions_and_writes_25_items_a_call(dynamo: DynamoDBTarget):
+    """Requests per batch, by operation: one version read per 100 rows, one write per 25
+    newer items (packed across reads), nothing per item; what is held at an equal or
+    newer version stays."""
+    dynamo.apply([upsert(Counter(pk=i, name=f"held {i}"), 5) for i in range(1, 251)])
+    calls: list[str] = []  # appended to from the workers: a list's append is atomic
+
+    def count(**kwargs: Any) -> None:
+        calls.append(kwargs["model"].name)
+
+    events = [upsert(Counter(pk=i, name=f"new {i}"), 5 if i % 10 else 6) for i in range(1, 301)]
+    with hooked(dynamo.client, ("before-call.dynamodb.*", count)):
+        result = dynamo.apply(events)
+    stale = [i for i in range(1, 251) if i % 10]
+    assert (result.applied, result.stale, result.failed) == (300 - len(stale), len(stale), [])
+    assert sorted(calls) == ["BatchGetItem"] * 3 + ["BatchWriteItem"] * 3  # 75 newer items
+    names = {int(k): row["name"] for k, row in dynamo.fetch(Counter, range(1, 301)).items()}
+    assert names == {i: f"held {i}" if i in stale else f"new {i}" for i in range(1, 301)}
+
+
+def test_a_stale_event_is_stale_even_where_its_item_would_be_refused(dynamo: DynamoDBTarget):
+    """Items are built while the versions are read: one found stale is dropped, so an
+    event superseded on the target is not dead-lettered for what it would have written."""
+    held = AllTypes(pk=uuid.UUID(int=1), text="held")
+    assert dynamo.apply([upsert(held, 5)]).applied == 1
+    late = AllTypes(pk=held.pk, text="x" * (MAX_ITEM_BYTES + 1))
+    result = dynamo.apply([upsert(late, 4)])
+    assert (result.applied, result.stale, result.failed) == (0, 1, [])
+    assert dynamo.fetch(AllTypes, [held.pk])[str(held.pk)]["text"] == "held"
+
+
 def test_copy_inserts_only_where_nothing_is_held(dynamo: DynamoDBTarget):
     dynamo.apply([upsert(Author(pk=1, name="replayed"), 4), delete(Author(pk=2), 5)])
     rows = [{"id": pk, "name": f"copied {pk}"} for pk in (1, 2, 3)]

@@ -14,11 +14,10 @@ replay across rows, write one item at a time under a condition on ``_v`` instead
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.apps import apps
@@ -49,9 +48,6 @@ RETRYABLE = {
     "InternalServerError",
     "ServiceUnavailable",
 }
-
-
-T = TypeVar("T")
 
 
 class DynamoDBTarget(Target):
@@ -202,79 +198,91 @@ class DynamoDBTarget(Target):
     # --- Target -----------------------------------------------------------------------------
 
     def versions(self, model_label: str, pks: Sequence[Any]) -> dict[str, tuple[int, bool]]:
-        table = self.table(model_label)
+        return self._versions(self.table(model_label), [pk_text(pk) for pk in pks])
+
+    def _versions(self, table: str, keys: Sequence[str]) -> dict[str, tuple[int, bool]]:
+        """``{key: (version, deleted)}`` of the items held under ``keys``."""
         return {
             item[self.key]["S"]: (int(item[VERSION]["N"]), DELETED in item)
-            for item in self._batch_get(table, [pk_text(pk) for pk in pks], projection=True)
+            for item in self._batch_get(table, keys, projection=True)
             if VERSION in item
         }
 
     def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Newest event per row; per model, chunks of 100 rows (one ``BatchGetItem``
-        each) are read, filtered and written by up to ``threads`` workers at once, so
-        one chunk's version read overlaps another's writes."""
+        """Newest event per row, written only where it is newer than the item held.
+
+        The versions held are read 100 keys a ``BatchGetItem`` by ``threads`` workers
+        while this thread builds the items; the newer items go out 25 a
+        ``BatchWriteItem`` on the same workers as soon as 25 are known, so the store
+        always has requests to work on. A key occurs once in a batch, so its writes
+        may go in any order; ``apply`` returns only when all are in, so the next
+        batch's writes of a key come after this one's.
+        """
         latest = latest_per_row(events)
         result = ApplyResult(stale=len(events) - len(latest))
         by_model: dict[str, list[Event]] = {}
         for event in latest:
             by_model.setdefault(event.model, []).append(event)
-        for label, model_events in by_model.items():
-            try:
-                model = apps.get_model(label)
-                table = self.table(model)
-            except (LookupError, ValueError) as exc:
-                result.failed += [(e, str(exc)) for e in model_events]
-                continue
-            chunks = [
-                model_events[start : start + MAX_BATCH_GET]
-                for start in range(0, len(model_events), MAX_BATCH_GET)
-            ]
-            for written, stale, failed in self._map(
-                functools.partial(self._apply_chunk, model, table), chunks
-            ):
-                result.count(model._meta.label, written)
-                result.stale += stale
-                result.failed += failed
+        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
+            reads: list[tuple[type[models.Model], str, list[Event], list[Future]]] = []
+            for label, model_events in by_model.items():
+                try:
+                    model = apps.get_model(label)
+                    table = self.table(model)
+                except (LookupError, ValueError) as exc:
+                    result.failed += [(e, str(exc)) for e in model_events]
+                    continue
+                keyed = self._keyed(model_events, result.failed)
+                chunks = [keyed[i : i + MAX_BATCH_GET] for i in range(0, len(keyed), MAX_BATCH_GET)]
+                futures = [
+                    pool.submit(self._versions, table, [e.key[1] for e in c]) for c in chunks
+                ]
+                reads.append((model, table, keyed, futures))
+            # Built while the reads are out; an event found stale wastes its item.
+            built = [[self._event_item(model, e) for e in keyed] for model, _, keyed, _ in reads]
+            writes: list[tuple[str, int, Future]] = []
+            for (model, table, keyed, futures), items in zip(reads, built, strict=True):
+                newer: list[dict[str, Any]] = []
+                for start, read in zip(range(0, len(keyed), MAX_BATCH_GET), futures, strict=True):
+                    held = read.result()
+                    end = start + MAX_BATCH_GET
+                    for event, item in zip(keyed[start:end], items[start:end], strict=True):
+                        if held.get(event.key[1], (-1, False))[0] >= event.version:
+                            result.stale += 1
+                        elif isinstance(item, str):
+                            result.failed.append((event, item))
+                        else:
+                            newer.append(item)
+                    last = end >= len(keyed)
+                    while len(newer) >= MAX_BATCH_WRITE or (last and newer):
+                        part, newer = newer[:MAX_BATCH_WRITE], newer[MAX_BATCH_WRITE:]
+                        write = pool.submit(self._batch_write, table, part)
+                        writes.append((model._meta.label, len(part), write))
+            for label, written, write in writes:
+                write.result()
+                result.count(label, written)
         return result
 
-    def _map(self, function: Callable[[list[Event]], T], chunks: list[list[Event]]) -> list[T]:
-        """``function`` over ``chunks``, in a pool of ``threads`` when there are several."""
-        if len(chunks) < 2 or self.threads < 2:
-            return [function(chunk) for chunk in chunks]
-        with ThreadPoolExecutor(max_workers=min(self.threads, len(chunks))) as pool:
-            return list(pool.map(function, chunks))
-
-    def _apply_chunk(
-        self, model: type[models.Model], table: str, events: list[Event]
-    ) -> tuple[int, int, list[tuple[Event, str]]]:
-        """Read the versions of up to 100 rows, write the newer events: (written, stale,
-        failed)."""
-        failed: list[tuple[Event, str]] = []
+    @staticmethod
+    def _keyed(events: list[Event], failed: list[tuple[Event, str]]) -> list[Event]:
+        """The events whose key DynamoDB takes; the others join ``failed``, since one such
+        key would fail the version read of its whole chunk."""
         keyed = []
-        for event in events:  # a key DynamoDB refuses would fail the version read of all
+        for event in events:
             try:
                 partition_key(event.key[1])
             except ItemRefused as exc:
                 failed.append((event, f"{type(exc).__name__}: {exc}"))
             else:
                 keyed.append(event)
-        events = keyed
+        return keyed
+
+    def _event_item(self, model: type[models.Model], event: Event) -> dict[str, Any] | str:
+        """The item ``event`` writes, or why DynamoDB would refuse it."""
         try:
-            held = self.versions(model._meta.label, [e.pk for e in events])
-        except (LookupError, ValueError) as exc:
-            return 0, 0, failed + [(e, str(exc)) for e in events]
-        items = []
-        stale = 0
-        for event in events:
-            if held.get(event.key[1], (-1, False))[0] >= event.version:
-                stale += 1
-                continue
-            try:
-                items.append(event_item(model, event, self.key, self.tombstone_ttl))
-            except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
-                failed.append((event, f"{type(exc).__name__}: {exc}"))
-        self._batch_write(table, items)
-        return len(items), stale, failed
+            return event_item(model, event, self.key, self.tombstone_ttl)
+        except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     def apply_live(self, events: Sequence[Event]) -> ApplyResult:
         """Each event in its own conditional put: for writers racing replay (live)."""
@@ -282,10 +290,9 @@ class DynamoDBTarget(Target):
         result = ApplyResult(stale=len(events) - len(latest))
         for event in latest:
             model = apps.get_model(event.model)
-            try:
-                item = event_item(model, event, self.key, self.tombstone_ttl)
-            except (ItemRefused, EventDecodeError, TypeError, ValueError) as exc:
-                result.failed.append((event, f"{type(exc).__name__}: {exc}"))
+            item = self._event_item(model, event)
+            if isinstance(item, str):
+                result.failed.append((event, item))
                 continue
             if self._put_if(self.table(model), item, newer=True):
                 result.count(model._meta.label, 1)
