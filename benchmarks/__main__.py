@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "shadow-throughput": ("benchmarks.shadow_throughput", ("sqlite", "postgres")),
     "dynamodb": ("benchmarks.dynamodb_replay", ("sqlite",)),
     "repository": ("benchmarks.repository_overhead", ("sqlite", "postgres")),
+    "relay": ("benchmarks.relay_throughput", ("sqlite", "postgres")),
 }
 
 
