@@ -16,7 +16,7 @@ from django.db import connections
 from django.test import override_settings
 
 from django_mirror import paused
-from django_mirror.streams import Record, StreamNotFound, get_stream
+from django_mirror.streams import KinesisStream, Record, StreamNotFound, get_stream
 from tests.conftest import assert_mirrored, both_databases
 from tests.faults import mirror_settings, unique_stream_name
 from tests.testapp.models import Author
@@ -69,16 +69,21 @@ def test_an_unknown_database_alias_is_a_command_error(flag: str) -> None:
     assert message == "unknown database 'nope' (DATABASES has: default, new, replica)"
 
 
-def test_a_put_to_a_missing_stream_fails_at_once() -> None:
-    """Not found is not retried: no point, and a WARNING per attempt would bury it."""
+@pytest.mark.parametrize("aggregate, call", [(True, "ListShards"), (False, "PutRecords")])
+def test_a_put_to_a_missing_stream_fails_at_once(aggregate: bool, call: str) -> None:
+    """Not found is not retried: no point, and a WARNING per attempt would bury it. The one
+    call is ListShards with aggregation on (a put lists the shards first), else PutRecords."""
     stream = get_stream()
+    assert isinstance(stream, KinesisStream)
+    stream.aggregate = aggregate
     calls: list[str] = []
     stream.client.meta.events.register(
-        "before-call.kinesis.PutRecords", lambda **kwargs: calls.append("put")
+        "before-call.kinesis.*", lambda model, **kwargs: calls.append(model.name)
     )
     with pytest.raises(StreamNotFound, match="run `manage.py mirror_setup`"):
         stream.put([Record("key", b"data")])
-    assert calls == ["put"]
+    assert calls == [call]
+    get_stream.cache_clear()
 
 
 def run_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
