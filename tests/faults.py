@@ -23,6 +23,7 @@ from botocore.awsrequest import AWSResponse
 from django.conf import settings
 from django.test import override_settings
 
+from django_mirror.core.events import Event
 from django_mirror.streams import KinesisStream, get_stream
 from django_mirror.streams.aggregation import deaggregate, is_aggregated
 
@@ -366,3 +367,19 @@ class FailReadsAt:
 
     def hooks(self) -> list[tuple[str, Handler]]:
         return [("before-call.kinesis.GetRecords", self)]
+
+
+def shard_events(stream: KinesisStream) -> dict[str, list[Event]]:
+    """Every event replay would read, per shard, in stream order."""
+    result: dict[str, list[Event]] = {}
+    for shard in stream.shards():
+        position: str | None = stream.position(shard.shard_id, None)
+        events: list[Event] = []
+        while position:
+            batch = stream.read(shard.shard_id, position, 10_000)
+            events.extend(Event.from_json(data) for _, data in batch.records)
+            if not batch.sequences:
+                break
+            position = batch.next_position
+        result[shard.shard_id] = events
+    return result

@@ -37,6 +37,7 @@ from tests.faults import (
     configured_stream,
     hooked,
     mirror_settings,
+    shard_events,
     stream_records,
     unique_stream_name,
 )
@@ -51,22 +52,6 @@ REFERENCE = bytes.fromhex(
     "120234321a0b08001a077b2261223a317d1a0d080110001a077b2262223a327d1a0b08001a077b226322"
     "3a337d2a9e840202ebbfc60d77405b3a013a88"
 )
-
-
-def shard_events(stream: KinesisStream) -> dict[str, list[Event]]:
-    """Every event replay would read, per shard, in stream order."""
-    result: dict[str, list[Event]] = {}
-    for shard in stream.shards():
-        position: str | None = stream.position(shard.shard_id, None)
-        events: list[Event] = []
-        while position:
-            batch = stream.read(shard.shard_id, position, 10_000)
-            events.extend(Event.from_json(data) for _, data in batch.records)
-            if not batch.sequences:
-                break
-            position = batch.next_position
-        result[shard.shard_id] = events
-    return result
 
 
 def assert_rows_in_order_on_their_shard(stream: KinesisStream) -> int:

@@ -33,6 +33,7 @@ from django_mirror.models import OutboxBatch
 from django_mirror.pipeline import relay
 from django_mirror.streams import KinesisStream
 from tests.conftest import BOTH, assert_mirrored, both_databases, drain_and_replay, rows
+from tests.faults import shard_events
 from tests.testapp.models import AllTypes, Author, BigKey, Secret
 
 #: These tests read the events in the outbox before shipping them themselves.
@@ -60,16 +61,7 @@ def outbox_events() -> list[dict[str, Any]]:
 
 def stream_events(stream: KinesisStream) -> list[Event]:
     """Every record on the stream, decoded the way replay decodes it."""
-    events = []
-    for shard in stream.shards():
-        position = stream.position(shard.shard_id, None)
-        while position:
-            batch = stream.read(shard.shard_id, position, 1000)
-            events.extend(Event.from_json(data) for _, data in batch.records)
-            if not batch.records:
-                break
-            position = batch.next_position
-    return events
+    return [event for events in shard_events(stream).values() for event in events]
 
 
 def db_row(model: type, pk: Any, alias: str = "default") -> dict[str, Any]:
