@@ -18,62 +18,58 @@ from django_mirror.config import conf
 RELAY_MODES = ("thread", "sync", "off")
 
 
-#: SHADOW option -> (type, smallest allowed value, largest allowed value).
-SHADOW_OPTIONS: dict[str, tuple[type, float, float]] = {
-    "RECHECK_DELAY": (float, 0.0, float("inf")),
-    "TIMEOUT": (float, 0.001, float("inf")),
-    "POOL_SIZE": (int, 1, 256),
-    "QUEUE_SIZE": (int, 1, float("inf")),
-    "CONTROL_RATE": (float, 0.0, 1.0),
-    "STATS_INTERVAL": (float, 0.1, float("inf")),
+#: Each section's numeric options and their allowed range (smallest, largest); an
+#: option's type is its field's in ``config.conf``.
+RANGES: dict[type, dict[str, tuple[float, float]]] = {
+    conf.RelaySettings: {
+        "BATCH_SIZE": (1, float("inf")),
+        "LEASE_SECONDS": (0.001, float("inf")),
+    },
+    conf.ReplaySettings: {
+        "BATCH_SIZE": (1, 10_000),  # Kinesis returns at most 10,000 records a read
+        "LEASE_SECONDS": (0.001, float("inf")),
+        "IDLE_SLEEP": (0.0, float("inf")),
+        "HEAL_INTERVAL": (0.0, float("inf")),
+    },
+    conf.ShadowSettings: {
+        "RECHECK_DELAY": (0.0, float("inf")),
+        "TIMEOUT": (0.001, float("inf")),
+        "POOL_SIZE": (1, 256),
+        "QUEUE_SIZE": (1, float("inf")),
+        "CONTROL_RATE": (0.0, 1.0),
+        "STATS_INTERVAL": (0.1, float("inf")),
+    },
+    conf.PhasesSettings: {
+        "REFRESH": (0.1, 5.0),
+        "MAX_REPLAY_LAG": (0.0, float("inf")),
+        "VERIFY_WITHIN": (0.0, float("inf")),
+        "CLEAN_FOR": (0.0, float("inf")),
+        "KEY_GAP": (0, 2**31),
+    },
+}
+
+#: Section of ``DJANGO_MIRROR`` -> (its settings class, the id of its check).
+SECTIONS = {
+    "RELAY": (conf.RelaySettings, "django_mirror.E015"),
+    "REPLAY": (conf.ReplaySettings, "django_mirror.E025"),
+    "SHADOW": (conf.ShadowSettings, "django_mirror.E016"),
+    "PHASES": (conf.PhasesSettings, "django_mirror.E017"),
 }
 
 
-#: RELAY's numeric options -> (type, smallest allowed value, largest allowed value).
-RELAY_OPTIONS: dict[str, tuple[type, float, float]] = {
-    "BATCH_SIZE": (int, 1, float("inf")),
-    "LEASE_SECONDS": (float, 0.001, float("inf")),
-}
-
-#: REPLAY option -> (type, smallest allowed value, largest allowed value).
-REPLAY_OPTIONS: dict[str, tuple[type, float, float]] = {
-    "BATCH_SIZE": (int, 1, 10_000),  # Kinesis returns at most 10,000 records a read
-    "LEASE_SECONDS": (float, 0.001, float("inf")),
-    "IDLE_SLEEP": (float, 0.0, float("inf")),
-    "HEAL_INTERVAL": (float, 0.0, float("inf")),
-}
-
-
-#: PHASES option -> (type, smallest allowed value, largest allowed value).
-PHASES_OPTIONS: dict[str, tuple[type, float, float]] = {
-    "REFRESH": (float, 0.1, 5.0),
-    "MAX_REPLAY_LAG": (float, 0.0, float("inf")),
-    "VERIFY_WITHIN": (float, 0.0, float("inf")),
-    "CLEAN_FOR": (float, 0.0, float("inf")),
-    "KEY_GAP": (int, 0, 2**31),
-}
-
-
-def _check_options(
-    name: str, given: Any, known: dict[str, tuple[type, float, float]], check_id: str
-) -> list[Any]:
-    """A dict of numeric options as written: every key known, every value a number in range."""
-    errors = unknown_keys(f"DJANGO_MIRROR[{name!r}]", given, known, check_id)
-    return errors + _check_numbers(name, given, known, check_id)
-
-
-def _check_numbers(
-    name: str, given: Any, known: dict[str, tuple[type, float, float]], check_id: str
-) -> list[Any]:
-    """The numeric options of a dict as written: each a number in its range (reading the
-    setting keeps the default for one that is not, so only this check tells)."""
-    errors: list[Any] = []
+def section_errors(name: str, given: Any) -> list[Any]:
+    """One section as written: every key known, every numeric option a number in its
+    range (reading the setting keeps the default for one that is not, so only this
+    check tells)."""
+    section, check_id = SECTIONS[name]
+    errors = unknown_keys(f"DJANGO_MIRROR[{name!r}]", given, conf.section_keys(section), check_id)
     if not isinstance(given, dict):
         return errors
     for key, value in given.items():
-        if key not in known:
+        if key not in RANGES[section]:
             continue
-        kind, low, high = known[key]
+        low, high = RANGES[section][key]
+        kind = type(getattr(section, key.lower()))
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
             errors.append(
@@ -109,14 +105,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     errors += stream_errors(raw.get("STREAM"), mirror.stream)
-    errors += unknown_keys(
-        "DJANGO_MIRROR['RELAY']",
-        raw.get("RELAY"),
-        conf.section_keys(conf.RelaySettings),
-        "django_mirror.E015",
-    )
-    errors += _check_numbers("RELAY", raw.get("RELAY"), RELAY_OPTIONS, "django_mirror.E015")
-    errors += _check_options("REPLAY", raw.get("REPLAY"), REPLAY_OPTIONS, "django_mirror.E025")
+    for name in SECTIONS:
+        errors += section_errors(name, raw.get(name))
     if mirror.relay.on_commit not in RELAY_MODES:
         errors.append(
             Error(
@@ -125,8 +115,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="django_mirror.E015",
             )
         )
-    errors += _check_options("SHADOW", raw.get("SHADOW"), SHADOW_OPTIONS, "django_mirror.E016")
-    errors += _check_options("PHASES", raw.get("PHASES"), PHASES_OPTIONS, "django_mirror.E017")
     for label, opts in mirror.models.items():
         errors += model_errors(label, opts, mirror.source)
     raw_repositories = raw.get("REPOSITORIES") or {}

@@ -216,8 +216,8 @@ _Section = TypeVar("_Section", ShadowSettings, RelaySettings, ReplaySettings, Ph
 def _section(section: type[_Section], given: Any) -> _Section:
     """``given``, one section as written, over ``section``'s defaults. A number is
     converted to its field's type as its callers always did (``float()``, ``int()``);
-    one that cannot be keeps the default, so reading never raises (checks E016 and
-    E017 report the bad ``SHADOW`` and ``PHASES`` values); text is kept as written."""
+    one that cannot be keeps the default, so reading never raises (checks E015, E016,
+    E017 and E025 report the bad value); text is kept as written."""
     given = given if isinstance(given, dict) else {}  # else E001
     values: dict[str, Any] = {}
     for option in fields(section):
