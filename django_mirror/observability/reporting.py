@@ -1,6 +1,10 @@
 """Metrics to statsd (configured by the statsd package's own Django settings), the
 dashboard's per-minute figures, and mismatch events to Sentry.
 
+statsd and sentry-sdk are optional (the ``[statsd]`` and ``[sentry]`` extras): without
+them metrics and events are simply not sent, and the dashboard's figures are kept as
+ever.
+
 Every call is guarded: a metric that cannot be sent is counted and dropped, never
 raised into the write, relay, replay or read that reported it. Names are listed in
 ``docs/metrics.md``.
@@ -36,8 +40,16 @@ _broken_until = 0.0
 
 @cache
 def _statsd() -> Any:
-    from statsd import StatsClient
-
+    """The statsd client, or None when the statsd package is not installed."""
+    try:
+        from statsd import StatsClient
+    except ImportError:
+        if getattr(settings, "STATSD_HOST", None):  # metrics were asked for: say why none come
+            logger.warning(
+                "django-mirror: STATSD_HOST is set but the statsd package is not installed "
+                "(the [statsd] extra); metrics are not sent"
+            )
+        return None
     return StatsClient(
         host=getattr(settings, "STATSD_HOST", "localhost"),
         port=int(getattr(settings, "STATSD_PORT", 8125)),
@@ -48,8 +60,9 @@ def _statsd() -> Any:
 
 
 def _client() -> Any:
-    """The statsd client; a host that does not resolve is not looked up again on every
-    metric, only once a minute (the client resolves it when made)."""
+    """The statsd client (None without the statsd package); a host that does not
+    resolve is not looked up again on every metric, only once a minute (the client
+    resolves it when made)."""
     global _broken_until
     if time.monotonic() < _broken_until:
         raise ConnectionError("statsd host unresolved; retrying later")
@@ -116,7 +129,10 @@ class Sender:
 
     def count(self, name: str, count: int) -> None:
         try:  # not guarded(): a context manager costs more than the rest of this
-            key = (_client(), name)
+            client = _client()
+            if client is None:
+                return
+            key = (client, name)
             with self.lock:
                 counts = self.counts
                 counts[key] = counts.get(key, 0) + count
@@ -126,6 +142,8 @@ class Sender:
     def observe(self, name: str, milliseconds: float) -> None:
         try:
             client = _client()
+            if client is None:
+                return
             with self.lock:
                 if len(self.timings) >= MAX_TIMINGS:
                     failures.count += 1
@@ -151,7 +169,9 @@ class Sender:
         self.flush()
         if _statsd.cache_info().currsize:
             with contextlib.suppress(Exception):
-                _statsd().close()
+                client = _statsd()
+                if client is not None:
+                    client.close()
             _statsd.cache_clear()
 
     def after_fork(self) -> None:
@@ -173,9 +193,10 @@ class Sender:
             except Exception:
                 self.sending.failed()
             else:
-                for task, count in internal.items():
-                    key = (client, metric_name(f"internal_errors.{task}"))
-                    counts[key] = counts.get(key, 0) + count
+                if client is not None:
+                    for task, count in internal.items():
+                        key = (client, metric_name(f"internal_errors.{task}"))
+                        counts[key] = counts.get(key, 0) + count
         clients: dict[Any, list[tuple[str, str, float]]] = {}
         for (client, name), count in counts.items():
             clients.setdefault(client, []).append(("incr", name, count))
@@ -209,7 +230,9 @@ def incr(name: str, count: int = 1, model: str | None = None) -> None:
 
 def gauge(name: str, value: float, model: str | None = None) -> None:
     try:
-        _client().gauge(metric_name(name, model), value)
+        client = _client()
+        if client is not None:
+            client.gauge(metric_name(name, model), value)
     except Exception:
         sender.sending.failed()
 
