@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, models
 
-from django_mirror.config import conf
+from django_mirror.config import conf, labels
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 from django_mirror.pipeline.copy import Copier, CopyRefused, CopyStats, check_capturing
 
@@ -47,7 +47,10 @@ class Command(MirrorCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        configs = self.resolve_models(options["models"], with_m2m=True)
+        try:
+            configs = labels.tables(options["models"])
+        except labels.UnknownLabels as exc:
+            raise CommandError(str(exc)) from exc
         if options["chunk_size"] is not None and options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
         if options["throttle"] is not None and options["throttle"] <= 0:

@@ -7,7 +7,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from django_mirror.config import conf
+from django_mirror.config import conf, labels
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.models import VerifyRun
 from django_mirror.pipeline.verify import Verifier, VerifyStats
@@ -36,7 +36,10 @@ class Command(MirrorCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["chunk_size"] < 1:
             raise CommandError("--chunk-size must be at least 1")
-        configs = self.resolve_models(options["models"], with_m2m=True)
+        try:
+            configs = labels.tables(options["models"])
+        except labels.UnknownLabels as exc:
+            raise CommandError(str(exc)) from exc
         verbosity = options["verbosity"]
         reports: list[dict[str, Any]] = []
         remaining = 0
