@@ -5,6 +5,7 @@ needs; the rest are extras, and the version is written in one place."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -90,3 +91,11 @@ def test_the_version_is_written_once() -> None:
     attr = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"]
     assert attr == "django_mirror.__version__"
     assert Version(django_mirror.__version__) >= Version("0.1.0")
+
+
+def test_the_changelog_opens_with_the_version_being_made() -> None:
+    """Keep a Changelog form: bumping ``__version__`` asks for its section."""
+    headings = re.findall(r"^## .*$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    sections = [re.fullmatch(r"## \[(.+)\] - (\d{4}-\d\d-\d\d|Unreleased)", h) for h in headings]
+    assert all(sections), headings
+    assert sections[0].group(1) == django_mirror.__version__  # type: ignore[union-attr]
