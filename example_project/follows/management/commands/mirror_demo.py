@@ -29,7 +29,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, models, transaction
 from django.test.utils import override_settings
 
-from django_mirror import paused
+from django_mirror import paused, runtime
 from django_mirror.config import conf
 from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord, OutboxBatch
 from django_mirror.observability import stats
@@ -102,6 +102,11 @@ class Command(BaseCommand):
             {c.target_alias for c in conf.mirrored_models().values() if c.target_alias}
         )
         with self.step("reset", f"migrate and flush {', '.join([source, *targets])}"):
+            # The background threads (relay, phases, figures) may hold connections to
+            # an earlier run's files: stopped first, they cannot read it after the
+            # unlink (the old outbox shipped into this run's stream).
+            runtime.stop()
+            connections.close_all()
             for alias in [source, *targets]:
                 connection = connections[alias]
                 if connection.vendor == "sqlite":
@@ -111,6 +116,7 @@ class Command(BaseCommand):
                     Path(connection.settings_dict["NAME"]).unlink(missing_ok=True)
                 call_command("migrate", database=alias, verbosity=0, interactive=False)
                 call_command("flush", database=alias, verbosity=0, interactive=False)
+            runtime.start()
 
         with self.kinesis() as mirror, self.repository_table(mirror) as table:
             with override_settings(DJANGO_MIRROR=mirror, FOLLOW_REPOSITORY_DYNAMODB=table):
