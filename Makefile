@@ -31,18 +31,28 @@ DJANGO_ENV := PYTHONPATH=. DJANGO_SETTINGS_MODULE=tests.settings
 # Same, with any database URLs from the caller's environment removed (=> SQLite).
 SQLITE_ENV := env -u DATABASE_URL -u TARGET_DATABASE_URL $(DJANGO_ENV)
 
+# System packages: `make venv` / `make test` install Debian's libmariadb-dev and pkg-config
+# (headers to build mysqlclient, for the MariaDB pass) and `make browser` chromium and
+# chromium-driver (for the dashboard's browser test) with apt-get, as root only, saying
+# so first. APT=no installs nothing: those passes are then skipped with the reason.
+APT ?= yes
+
 # $(call port_open,HOST,PORT): shell condition, true if a TCP connect succeeds within 1 s.
 port_open = $(PY) -c "import socket; socket.create_connection(('$(1)', $(2)), timeout=1).close()" 2>/dev/null
 
 .PHONY: help venv mysql-extra test check test-sqlite test-postgres test-mariadb test-oldest test-django \
-        demo bench lint tox clean browser screenshot
+        test-package docs dist demo bench lint tox clean browser screenshot
 
 help:
 	@echo "make venv           create $(VENV) and install '.[dev]' (+ '.[mysql]' if it builds)"
-	@echo "make test           ruff, layer contract, mypy, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps, Django's suite"
+	@echo "make test           ruff, layer contract, mypy, migrations check, pytest on SQLite, PostgreSQL, MariaDB, oldest deps, Django's suite,"
+	@echo "                    the docs site and the wheel (APT=no: install no system package, skip what needs one)"
 	@echo "make test-sqlite | test-postgres | test-mariadb   one pytest pass"
 	@echo "make test-oldest    pytest on SQLite with the lowest supported dependencies (tox -e oldest)"
 	@echo "make test-django    Django's own tests mirrored in phases capture and mirror, failures re-run stock (SQLite, PostgreSQL)"
+	@echo "make test-package   make docs + make dist"
+	@echo "make docs           build the docs site strictly (mkdocs.yml) into .cache/site"
+	@echo "make dist           build the wheel and sdist into dist/, twine check them, run the example project from the wheel"
 	@echo "make browser        install chromium + chromedriver (apt-get, as root) for the browser test"
 	@echo "make screenshot     run the dashboard's browser test and save docs/img/dashboard.png"
 	@echo "make demo           run the example project's mirror_demo command"
@@ -68,12 +78,15 @@ $(STAMP): pyproject.toml
 # Best effort: mysqlclient needs the MariaDB client headers. Never fails the build.
 mysql-extra:
 	@if ! { command -v mysql_config || command -v mariadb_config || pkg-config --exists mariadb; } >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing libmariadb-dev pkg-config (headers for mysqlclient)"; \
+	  if [ "$(APT)" != no ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "NOTICE: installing the system packages libmariadb-dev pkg-config with apt-get (as root):"; \
+	    echo "NOTICE: mysqlclient, the driver of the MariaDB test pass, builds against them. APT=no skips this."; \
 	    export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y libmariadb-dev pkg-config \
 	      || { apt-get update && apt-get install -y libmariadb-dev pkg-config; } \
 	      || true; \
+	  else \
+	    echo "NOTICE: no MariaDB client headers, and $(if $(filter no,$(APT)),APT=no,no root apt-get) to install libmariadb-dev pkg-config."; \
 	  fi; \
 	fi; \
 	if ! $(PY) -m pip install -e '.[mysql]'; then \
@@ -85,16 +98,16 @@ mysql-extra:
 
 # --- tests ---------------------------------------------------------------------
 
-# Stops at the first failing step. The four pytest passes and Django's suite run side by
-# side (each has its own database names and files; many of their tests wait on threads,
-# moto, subprocesses and the database servers rather than the CPU, and one run's idle
-# moments are another's), so make test stays under 30 minutes on two cores; each run's
-# output is printed whole when it ends.
+# Stops at the first failing step. The four pytest passes, Django's suite and the docs
+# site and wheel run side by side (each has its own database names and files; many of
+# their tests wait on threads, moto, subprocesses, pip and the database servers rather
+# than the CPU, and one run's idle moments are another's), so make test stays under 30
+# minutes on two cores; each run's output is printed whole when it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory check
 	@$(MAKE) --no-print-directory browser
-	@$(MAKE) --no-print-directory -j5 --output-sync=target \
-	  test-sqlite test-postgres test-mariadb test-oldest test-django
+	@$(MAKE) --no-print-directory -j6 --output-sync=target \
+	  test-sqlite test-postgres test-mariadb test-oldest test-django test-package
 
 # Lint, format (Python files and the Python blocks of the docs), the layer contract of
 # docs/architecture.md (pyproject.toml's [tool.importlinter]), the type check of
@@ -153,6 +166,32 @@ test-django: $(STAMP)
 	@echo "== Django's test suite, stock and mirrored"
 	$(PY) -m django_suite --parallel 2 --phase both $(DJANGO_SUITE_ARGS)
 
+# What a release uploads, checked: the docs site built strictly (a broken link, anchor or
+# API reference fails it) and the wheel and sdist built, passed by twine and the wheel
+# run from a fresh venv (tests/test_wheel.py).
+test-package: $(STAMP)
+	@echo "== the docs site and the distribution"
+	@$(MAKE) --no-print-directory docs dist
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs site built in .cache/site"
+
+# Built from a copy of the files git knows (tracked or new, not ignored): nothing left in
+# the work tree gets in, and setuptools' egg-info is not written beside a tox build
+# running in parallel.
+dist: $(STAMP)
+	rm -rf dist
+	@src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+	  git ls-files -z --cached --others --exclude-standard \
+	    | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$$src" && \
+	  echo "$(PY) -m build --outdir dist <copy of the checkout>" && \
+	  $(PY) -m build --outdir "$(CURDIR)/dist" "$$src" >"$$src.log" 2>&1 \
+	  || { cat "$$src.log"; rm -f "$$src.log"; exit 1; }; \
+	rm -f "$$src.log"; ls dist
+	$(VENV)/bin/twine check --strict dist/*
+	MIRROR_WHEEL_DIR=dist $(SQLITE_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_wheel.py
+
 # --- other tasks -----------------------------------------------------------------
 
 # Best effort: Debian's chromium and chromedriver for tests/test_dashboard_browser.py
@@ -160,14 +199,15 @@ test-django: $(STAMP)
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
 	  :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing chromium chromium-driver (for the dashboard's browser test)"; \
+	elif [ "$(APT)" != no ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "NOTICE: installing the system packages chromium chromium-driver with apt-get (as root):"; \
+	  echo "NOTICE: tests/test_dashboard_browser.py drives the admin dashboard in a real browser. APT=no skips this."; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y chromium chromium-driver \
 	    || { apt-get update && apt-get install -y chromium chromium-driver; } \
 	    || echo "NOTICE: could not install chromium; the browser test will be skipped."; \
 	else \
-	  echo "NOTICE: no /usr/bin/chromium + /usr/bin/chromedriver, and no root apt-get to install them;"; \
+	  echo "NOTICE: no /usr/bin/chromium + /usr/bin/chromedriver, and $(if $(filter no,$(APT)),APT=no,no root apt-get) to install them;"; \
 	  echo "NOTICE: the dashboard's browser test will be skipped."; \
 	fi
 
@@ -221,6 +261,6 @@ tox: $(STAMP)
 	PATH="$$PATH$(PYENV_PATHS)" $(VENV)/bin/tox $(TOX_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .tox build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .tox build dist *.egg-info .cache/site
 	find tests example_project -name '*.sqlite3*' -type f -delete 2>/dev/null || true
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
