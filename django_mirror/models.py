@@ -7,7 +7,6 @@ lives in every database target (it is what makes replay idempotent and order-fre
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.db import models
@@ -47,9 +46,9 @@ class OutboxBatch(models.Model):
         Versions and ids derive from the batch id and position, so shipping a batch
         twice yields the same events twice, which replay recognises.
         """
-        from django_mirror.core.events import event_dicts
+        from django_mirror.core.events import event_dicts, load_json
 
-        return event_dicts(self.id, self.model, json.loads(self.payload))
+        return event_dicts(self.id, self.model, load_json(self.payload)[0])
 
 
 class RowVersion(models.Model):

@@ -13,21 +13,27 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import models, transaction
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from django_mirror.core.batching import unique
 from django_mirror.core.events import (
     DELETE,
+    EVENT_ID_NAMESPACE,
     UPSERT,
+    VERSION_STRIDE,
     Event,
     EventDecodeError,
     decode_column,
     decode_row,
     decode_value,
+    dump_json,
     encode_column,
     encode_json,
     encode_value,
+    event_dicts,
+    load_json,
+    wire_events,
 )
 from django_mirror.models import OutboxBatch
 from django_mirror.pipeline import relay
@@ -378,6 +384,44 @@ json_documents = st.recursive(
 def test_event_json_is_what_json_dumps_writes(value: Any) -> None:
     """The reused C encoder writes exactly the standard library's compact JSON."""
     assert encode_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@given(json_documents)
+@example({"$json": [2**64, -(2**63) - 1, 10**30, 18446744073709551615]})
+@example({"$json": {"nan": float("nan"), "inf": float("-inf")}})
+@example({"$td": 86_399_999_999_999_999_999})
+def test_fast_json_reads_and_writes_back_exactly_what_the_stdlib_does(value: Any) -> None:
+    """msgspec refuses NaN and infinities (its encoder would write them as null): such
+    documents take the stdlib's way, so every value comes back as it went."""
+    text = encode_json(value)
+    for raw in (text, text.encode()):
+        parsed, exact = load_json(raw)
+        assert encode_json(parsed) == text
+        assert encode_json(json.loads(dump_json(parsed, exact))) == text
+
+
+def test_wire_events_are_the_batch_events_as_json_and_their_partition_keys() -> None:
+    payload = {
+        "source": "default",
+        "tx": "t-1",
+        "ts": "2024-05-01T12:00:00+00:00",
+        "columns": ["id", "name", "data"],
+        "ops": [
+            ["u", 7, [7, "Ada", {"$json": {"big": 2**70}}]],
+            ["u", {"$uuid": "12345678-1234-5678-1234-567812345678"}, [8, "é", None]],
+            ["d", "text-key", None],
+        ],
+    }
+    raw = encode_json(payload)
+    wire = wire_events(41, "testapp.Author", raw)
+    expected = event_dicts(41, "testapp.Author", json.loads(raw))
+    assert [key for key, _ in wire] == [
+        "testapp.author:7",
+        "testapp.author:12345678-1234-5678-1234-567812345678",
+        "testapp.author:text-key",
+    ]
+    assert [json.loads(data) for _, data in wire] == expected
+    assert expected[0]["id"] == str(uuid.uuid5(EVENT_ID_NAMESPACE, f"t-1/{41 * VERSION_STRIDE}"))
 
 
 def test_event_json_refuses_what_json_cannot_carry() -> None:

@@ -66,7 +66,7 @@ def test_the_oldest_pass_pins_exactly_the_lower_bounds() -> None:
 
 def test_a_plain_install_pulls_only_what_every_install_needs() -> None:
     plain = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
-    assert plain == {"django", "boto3", "orjson"}
+    assert plain == {"django", "boto3", "msgspec"}
     extras = PROJECT["optional-dependencies"]
     assert {"postgres", "mysql", "sentry", "statsd", "dev"} <= set(extras)
     for extra, package in [("postgres", "psycopg"), ("sentry", "sentry-sdk"), ("statsd", "statsd")]:

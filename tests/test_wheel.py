@@ -79,7 +79,7 @@ def test_the_wheel_metadata_names_this_project_and_its_extras(wheel: Path) -> No
     assert metadata["Description-Content-Type"] == "text/markdown"
     requirements = [Requirement(r) for r in metadata.get_all("Requires-Dist")]
     plain = {r.name.lower() for r in requirements if r.marker is None}
-    assert plain == {"django", "boto3", "orjson"}
+    assert plain == {"django", "boto3", "msgspec"}
     assert {"postgres", "mysql", "sentry", "statsd", "dev"} <= set(
         metadata.get_all("Provides-Extra")
     )

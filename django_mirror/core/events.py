@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import math
 import reprlib
@@ -22,6 +23,7 @@ from decimal import Decimal
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, overload
 
+import msgspec
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -62,6 +64,25 @@ def _json_encoder() -> Callable[[Any], str]:
 
 #: Compact JSON, as events and outbox payloads are written.
 encode_json = _json_encoder()
+
+_fast_decode = msgspec.json.Decoder().decode
+_fast_encode = msgspec.json.Encoder().encode
+
+
+def load_json(raw: bytes | str) -> tuple[Any, bool]:
+    """The parsed JSON, and whether msgspec read it: it refuses NaN, infinities and lone
+    surrogates, so what it read its encoder writes back exactly (integers of any size
+    too). Anything else, and every error, is the stdlib's, as before."""
+    try:
+        return _fast_decode(raw), True
+    except msgspec.DecodeError:
+        return json.loads(raw), False
+
+
+def dump_json(value: Any, exact: bool) -> bytes:
+    """Compact JSON of a value ``load_json`` read: by msgspec when it read it (``exact``),
+    else by the stdlib encoder, which also writes NaN and infinities."""
+    return _fast_encode(value) if exact else encode_json(value).encode()
 
 
 class EventDecodeError(ValueError):
@@ -350,7 +371,7 @@ class Event:
     @classmethod
     def from_json(cls, raw: bytes | str) -> Event:
         try:
-            data = json.loads(raw)
+            data, _ = load_json(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventDecodeError(f"not JSON: {exc}") from None
         except RecursionError:
@@ -374,6 +395,19 @@ def partition_key(model_label: str, pk: Any) -> str:
 
 #: Event ids are UUIDv5s of (transaction, version): stable when a batch is shipped twice.
 EVENT_ID_NAMESPACE = uuid.UUID("5d0b9f0e-6c1a-4d7e-9a43-2f6f3f0b8e21")
+_ID_HASH = hashlib.sha1(EVENT_ID_NAMESPACE.bytes, usedforsecurity=False)
+
+
+def event_id(tx: str, version: int) -> str:
+    """``str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{tx}/{version}"))``, a fifth of the cost:
+    the namespace is hashed once, and no ``UUID`` object is made per event."""
+    digest = _ID_HASH.copy()
+    digest.update(f"{tx}/{version}".encode())
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -392,7 +426,7 @@ def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> lis
         version = base_version + position
         event = {
             **base,
-            "id": str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{payload['tx']}/{version}")),
+            "id": event_id(payload["tx"], version),
             "op": _OP_CODES[op[0]],
             "pk": op[1],
             "version": version,
@@ -400,6 +434,22 @@ def event_dicts(batch_id: int, model_label: str, payload: dict[str, Any]) -> lis
         }
         events.append(event)
     return events
+
+
+def wire_events(
+    batch_id: int, model_label: str, raw_payload: bytes | str
+) -> list[tuple[str, bytes]]:
+    """Each event of one stored outbox payload as (partition key, JSON), as the relay
+    ships them: the payload is parsed once, and each event written without a pass
+    through ``encode_value`` (its values are already the event's)."""
+    payload, exact = load_json(raw_payload)
+    prefix = f"{model_label.lower()}:"
+    wire = []
+    for event in event_dicts(batch_id, model_label, payload):
+        pk = event["pk"]
+        text = str(pk) if type(pk) is int or type(pk) is str else pk_text(decode_value(pk))
+        wire.append((prefix + text, dump_json(event, exact)))
+    return wire
 
 
 def decode_row(model: type[models.Model], row: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django_mirror.config import conf
 from django_mirror.core import failures
 from django_mirror.core.background import ServiceThread
-from django_mirror.core.events import decode_value, encode_json, partition_key, pk_text
+from django_mirror.core.events import wire_events
 from django_mirror.core.locking import shared_in_memory, write_lock_first
 from django_mirror.models import DeadLetter, OutboxBatch
 from django_mirror.observability import reporting
@@ -50,26 +50,22 @@ class RelayResult:
         self.held_elsewhere += other.held_elsewhere
 
 
-def _records(
-    batch: OutboxBatch, stream: Stream, using: str
-) -> tuple[list[Record], list[DeadLetter]]:
+def _records(batch: OutboxBatch, stream: Stream) -> tuple[list[Record], list[DeadLetter]]:
     """The batch's events as stream records, versioned, and dead letters (unsaved) for
     the events too large for any record."""
     records = []
     dead = []
-    for event in batch.events():
-        data = encode_json(event).encode()
-        pk = decode_value(event["pk"])
-        key = partition_key(event["model"], pk)
-        if len(data) + len(key.encode()) > stream.max_record_bytes:
+    limit = stream.max_record_bytes
+    for key, data in wire_events(batch.id, batch.model, batch.payload):
+        if len(data) + len(key.encode()) > limit:
             dead.append(
                 DeadLetter(
                     stage="relay",
-                    model=event["model"],
-                    pk_value=pk_text(pk),
+                    model=batch.model,
+                    pk_value=key.partition(":")[2],
                     stream=stream.name,
                     reason=f"event of {len(data)} bytes exceeds the stream's record limit "
-                    f"of {stream.max_record_bytes} bytes",
+                    f"of {limit} bytes",
                     payload=data,
                 )
             )
@@ -125,7 +121,7 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     owners: list[int] = []
     dead: dict[int, list[DeadLetter]] = {}
     for batch in batches:
-        batch_records, dead[batch.id] = _records(batch, stream, using)
+        batch_records, dead[batch.id] = _records(batch, stream)
         records.extend(batch_records)
         owners.extend([batch.id] * len(batch_records))
     try:
