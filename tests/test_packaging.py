@@ -6,6 +6,7 @@ needs; the rest are extras, and the version is written in one place."""
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -99,3 +100,21 @@ def test_the_changelog_opens_with_the_version_being_made() -> None:
     sections = [re.fullmatch(r"## \[(.+)\] - (\d{4}-\d\d-\d\d|Unreleased)", h) for h in headings]
     assert all(sections), headings
     assert sections[0].group(1) == django_mirror.__version__  # type: ignore[union-attr]
+
+
+def test_the_docs_install_this_project() -> None:
+    """Every ``pip install`` the README and the docs show installs this distribution
+    (by name, with known extras) or a checkout of it, never the other ``django-mirror``."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    commands = re.findall(r"pip install\s+([^`#\n]+)", text)  # the name may follow a line break
+    assert len(commands) >= 4
+    extras = set(PROJECT["optional-dependencies"])
+    for command in commands:
+        for argument in shlex.split(command):
+            if argument.startswith("-"):
+                continue
+            requirement = Requirement(re.sub(r"^(/path/to/checkout|\.)(?=\[)", "x", argument))
+            assert requirement.extras <= extras, command
+            if not argument.startswith(("/", ".")):
+                assert canonicalize_name(requirement.name) == PROJECT["name"], command
