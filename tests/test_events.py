@@ -409,7 +409,7 @@ def test_wire_events_are_the_batch_events_as_json_and_their_partition_keys() -> 
         "ops": [
             ["u", 7, [7, "Ada", {"$json": {"big": 2**70}}]],
             ["u", {"$uuid": "12345678-1234-5678-1234-567812345678"}, [8, "é", None]],
-            ["d", "text-key", None],
+            ["d", "text-key"],
         ],
     }
     raw = encode_json(payload)
