@@ -93,8 +93,6 @@ class ShardLeases:
         self.alias = conf.source_alias()
         #: The stream incarnation checkpoints are written for ("" when it cannot tell).
         self.identity = ""
-        #: Where the next read of each held shard starts (None: from its checkpoint).
-        self.positions: dict[str, str | None] = {}
         #: Per shard another process holds: the last checkpoint time seen, and how many
         #: different ones were seen since this process started watching it.
         self._watched: dict[str, tuple[dt.datetime | None, int]] = {}
@@ -136,17 +134,18 @@ class ShardLeases:
                 f"replayed yet are lost to replay. {self._recovery()}"
             )
 
-    def position(self, cp: ShardCheckpoint) -> str:
-        """A read position just after the checkpoint, once the shard is known to still
-        hold the checkpoint's record (else records after it may be gone unread)."""
-        if cp.sequence_number and not self.stream.holds(cp.shard_id, cp.sequence_number):
+    def position(self, shard_id: str, sequence_number: str) -> str:
+        """A read position just after a checkpoint at ``sequence_number``, once the shard
+        is known to still hold that record (else records after it may be gone unread).
+        Stream calls only, no database: replay's read-ahead threads call it."""
+        if sequence_number and not self.stream.holds(shard_id, sequence_number):
             raise ReplayRefused(
-                f"shard {cp.shard_id} of stream {self.stream.name!r} no longer holds record "
-                f"{cp.sequence_number}, where consumer {self.consumer!r} checkpointed: the "
+                f"shard {shard_id} of stream {self.stream.name!r} no longer holds record "
+                f"{sequence_number}, where consumer {self.consumer!r} checkpointed: the "
                 "stream's retention dropped it, and maybe records after it that were never "
                 f"replayed (or the stream was created again). {self._recovery()}"
             )
-        return self.stream.position(cp.shard_id, cp.sequence_number or None)
+        return self.stream.position(shard_id, sequence_number or None)
 
     def _held_elsewhere(self, cp: ShardCheckpoint, now: dt.datetime) -> bool:
         """Another process that is alive holds the shard's lease."""
@@ -172,14 +171,17 @@ class ShardLeases:
         shards among the processes holding leases. With ``share``, a process below its
         share also takes leases over from one above it, so processes started together
         split the shards evenly. ``progress`` (per shard) is kept up to date."""
-        for shard in shards:
+        checkpoints = {cp.shard_id: cp for cp in self.checkpoints()}
+        missing = [shard for shard in shards if shard.shard_id not in checkpoints]
+        for shard in missing:  # a query per new shard only, not per shard and claim
             ShardCheckpoint.objects.using(self.alias).get_or_create(
                 consumer=self.consumer,
                 stream=self.stream.name,
                 shard_id=shard.shard_id,
                 defaults={"stream_identity": self.identity},
             )
-        checkpoints = {cp.shard_id: cp for cp in self.checkpoints()}
+        if missing:
+            checkpoints = {cp.shard_id: cp for cp in self.checkpoints()}
         listed = {shard.shard_id for shard in shards}
         now = timezone.now()
         readable = []
@@ -222,8 +224,6 @@ class ShardLeases:
         for cp in readable:
             if cp.shard_id not in mine:
                 self._watch(cp, progress[cp.shard_id], now)
-        for shard_id in set(self.positions) - mine:
-            del self.positions[shard_id]  # another process may move its checkpoint now
         for cp in held:
             self._watched.pop(cp.shard_id, None)
             progress[cp.shard_id].holder = ""
@@ -243,18 +243,13 @@ class ShardLeases:
         progress.caught_up = elsewhere and changes >= 2 and cp.millis_behind == 0
 
     def advance(
-        self,
-        cp: ShardCheckpoint,
-        sequence_number: str,
-        finished: bool,
-        millis_behind: int,
-        next_position: str | None,
+        self, cp: ShardCheckpoint, sequence_number: str, finished: bool, millis_behind: int
     ) -> bool:
-        """Move the shard's checkpoint past a batch the target committed, renewing the
-        lease, and read on from ``next_position``; False when the lease was lost."""
+        """Move the shard's checkpoint past a batch the target committed; the same UPDATE
+        renews the lease, so a batch costs one query here. False when the lease was lost."""
         now = timezone.now()
         kept = (
-            self.checkpoints()
+            ShardCheckpoint.objects.using(self.alias)
             .filter(pk=cp.pk, lease_owner=self.owner)
             .update(
                 sequence_number=sequence_number,
@@ -266,10 +261,9 @@ class ShardLeases:
         )
         if not kept:
             logger.info("replay: %s was handed over to another process", cp.shard_id)
-            self.positions.pop(cp.shard_id, None)
             return False
         cp.sequence_number = sequence_number
-        self.positions[cp.shard_id] = next_position
+        cp.finished = finished
         return True
 
     def release(self) -> None:

@@ -5,12 +5,19 @@ dead-lettered) and committed on the target, so a crash at any point replays a li
 again — harmless, since targets skip versions they already hold. Checkpoints carry a
 lease so several replay processes can share the shards of one stream
 (``checkpoints``); what cannot be applied becomes a dead letter (``dead_letters``).
+
+Each held shard has a reader thread (``ShardReader``) that reads its next batch while
+this one is decoded and applied, so a shard is replayed at the pace of the slower of
+the two, not of their sum, and the reads of all held shards proceed at once. Readers
+only talk to the stream; every database query (apply, dead letters, checkpoints,
+leases) stays in the thread that runs ``Replayer.run``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -26,7 +33,7 @@ from django_mirror.models import ShardCheckpoint
 from django_mirror.observability import reporting
 from django_mirror.pipeline.checkpoints import ShardLeases, ShardProgress, consumer_name
 from django_mirror.pipeline.dead_letters import dead_letter
-from django_mirror.streams import PositionExpired, Shard, Stream, get_stream
+from django_mirror.streams import Batch, PositionExpired, Shard, Stream, StreamError, get_stream
 from django_mirror.targets import Target, target_for
 
 #: Replays a repository call event on its targets, ``(event, include_live)``: ``apps.py``
@@ -39,6 +46,93 @@ APPLY_ATTEMPTS = 5
 
 #: Without a terminal, a replay whose progress line says nothing new prints it this often.
 QUIET_PROGRESS_SECONDS = 60.0
+
+#: While batches flow, the shard list and the leases are looked at this often (and at
+#: most every third of the lease); the checkpoint UPDATE of each batch renews its lease.
+CLAIM_SECONDS = 1.0
+
+#: Seconds a stopped reader thread is waited for (it may be inside a GetRecords call).
+READER_JOIN_SECONDS = 10.0
+
+
+class ShardReader:
+    """Reads one shard one batch ahead of replay, in a thread of its own.
+
+    The next batch is read as soon as the last one was taken, while it is applied; after
+    a read that found the shard's end of data (no records, no lag) the next read waits
+    until it is asked for, so an idle shard is read as often as before, not in a loop.
+    What the thread raises is handed over in order and raised by ``take``. No database
+    work happens here (Django's connections are per thread).
+    """
+
+    def __init__(self, stream: Stream, shard_id: str, start: Callable[[], str], limit: int) -> None:
+        """``start`` gives the first read position (stream calls only, in the thread)."""
+        self.stream = stream
+        self.shard_id = shard_id
+        self.limit = limit
+        self._start = start
+        self._cond = threading.Condition()
+        self._item: Batch | BaseException | None = None
+        self._wanted = True
+        self._stopped = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"django-mirror-replay-{shard_id}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            position = self._start()
+            while True:
+                with self._cond:
+                    while not self._stopped and (self._item is not None or not self._wanted):
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    self._wanted = False
+                batch = self.stream.read(self.shard_id, position, self.limit)
+                # Records, or lag (Kinesis skips empty stretches a read at a time): more
+                # is there to read at once.
+                self._hand_over(batch, bool(batch.sequences) or batch.millis_behind > 0)
+                if batch.next_position is None:
+                    return  # a closed shard read to its end
+                position = batch.next_position
+        except BaseException as exc:  # raised again in the applying thread, in order
+            self._hand_over(exc, False)
+
+    def _hand_over(self, item: Batch | BaseException, read_on: bool) -> None:
+        with self._cond:
+            self._item = item
+            self._wanted = read_on
+            self._cond.notify_all()
+
+    def take(self, stopping: Callable[[], bool]) -> Batch | None:
+        """The next batch, waiting for its read; None once ``stopping()`` says so."""
+        with self._cond:
+            if self._item is None:
+                self._wanted = True
+                self._cond.notify_all()
+            while self._item is None:
+                if stopping():
+                    return None
+                if not self.thread.is_alive():
+                    raise StreamError(f"the reader of shard {self.shard_id} ended unexpectedly")
+                self._cond.wait(0.1)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """Read no more; a batch read but not taken is dropped, never applied."""
+        with self._cond:
+            self._stopped = True
+            self._item = None
+            self._cond.notify_all()
+
+    def join(self, timeout: float = READER_JOIN_SECONDS) -> None:
+        self.thread.join(timeout)
 
 
 @dataclass
@@ -112,6 +206,9 @@ class Replayer:
         self.include_live_calls = False
         self.stats = ReplayStats()
         self._targets: dict[str, Target] = {}
+        #: The reader thread of each shard this process holds.
+        self._readers: dict[str, ShardReader] = {}
+        self._stopped_readers: list[ShardReader] = []
         self._reported_at: float | None = None
         self._reported_state: tuple[object, ...] = ()
 
@@ -124,31 +221,83 @@ class Replayer:
     def run(self, until_caught_up: bool = False) -> ReplayStats:
         """Replay until stopped, or with ``until_caught_up`` until every shard is caught up
         (by this process, or by the one holding its lease)."""
+        lease = self.leases.lease.total_seconds()
+        claim_every = min(CLAIM_SECONDS, lease / 3)
+        shards: list[Shard] = []
+        held: list[ShardCheckpoint] = []
+        claim_due = 0.0
         try:
             self.leases.verify_stream()
             verified = True
             while not self.stop:
-                shards = self.stream.shards()
-                held = self.leases.claim(shards, self.stats.shards, share=not until_caught_up)
-                if not verified and any(cp.shard_id not in self.leases.positions for cp in held):
-                    self.leases.verify_stream()  # read positions come from checkpoints again
-                verified = False
+                claimed = time.monotonic() >= claim_due
+                if claimed:
+                    claim_due = time.monotonic() + claim_every
+                    shards = self.stream.shards()
+                    held = self.leases.claim(shards, self.stats.shards, share=not until_caught_up)
+                    mine = {cp.shard_id for cp in held}
+                    for shard_id in set(self._readers) - mine:
+                        self._drop_reader(shard_id)  # another process may move it on now
+                    fresh = [cp for cp in held if cp.shard_id not in self._readers]
+                    if fresh and not verified:
+                        self.leases.verify_stream()  # read positions come from checkpoints again
+                    verified = False
+                    for cp in fresh:
+                        self._start_reader(cp)
                 records_seen = 0
-                for cp in held:
+                for cp in list(held):
                     if self.stop:
                         break
-                    records_seen += self._step(cp)
+                    seen, keep = self._step(cp)
+                    records_seen += seen
+                    if not keep:  # lost, or read to its end: children may be readable
+                        held.remove(cp)
+                        claim_due = 0.0
                 self._report()
                 if until_caught_up and self.caught_up(shards):
-                    self._heal(now=True)
-                    break
+                    if claimed:
+                        self._heal(now=True)
+                        break
+                    claim_due = 0.0  # confirmed on a fresh listing of the shards
+                    continue
                 self._heal()
                 if not records_seen and not self.stop:
+                    claim_due = 0.0
                     time.sleep(self.idle_sleep)
         finally:
+            for shard_id in list(self._readers):
+                self._drop_reader(shard_id, wait=False)
+            self._join_readers()
             self.leases.release()
         self._report(final=True)
         return self.stats
+
+    def _start_reader(self, cp: ShardCheckpoint) -> ShardReader:
+        """A reader of ``cp``'s shard from just after its checkpoint."""
+        shard_id, sequence = cp.shard_id, cp.sequence_number
+
+        def start() -> str:
+            return self.leases.position(shard_id, sequence)
+
+        reader = ShardReader(self.stream, shard_id, start, self.batch_size)
+        self._readers[shard_id] = reader
+        return reader
+
+    def _drop_reader(self, shard_id: str, wait: bool = False) -> None:
+        reader = self._readers.pop(shard_id, None)
+        if reader is None:
+            return
+        reader.stop()
+        self._stopped_readers.append(reader)
+        if wait:
+            reader.join()
+
+    def _join_readers(self) -> None:
+        """Wait for the stopped readers' last reads, so none outlives ``run``."""
+        deadline = time.monotonic() + READER_JOIN_SECONDS
+        for reader in self._stopped_readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        self._stopped_readers = [r for r in self._stopped_readers if r.thread.is_alive()]
 
     def _heal(self, now: bool = False) -> None:
         """Every ``REPLAY["HEAL_INTERVAL"]`` seconds (and once caught up), resolve the
@@ -183,31 +332,42 @@ class Replayer:
             for s in shards
         )
 
-    def _step(self, cp: ShardCheckpoint) -> int:
-        """Read and apply one batch of one shard; returns how many records it held (any
-        stream record read counts, also one that held nothing to apply)."""
+    def _step(self, cp: ShardCheckpoint) -> tuple[int, bool]:
+        """Apply the batch the shard's reader read (its next one is read meanwhile); how
+        many records it held (any stream record read counts, also one that held nothing
+        to apply), and whether this process reads the shard on."""
         progress = self.stats.shards[cp.shard_id]
-        position = self.leases.positions.get(cp.shard_id)
-        if position is None:
-            position = self.leases.position(cp)
+        reader = self._readers.get(cp.shard_id) or self._start_reader(cp)
+        stopping = self._stopping
         try:
-            batch = self.stream.read(cp.shard_id, position, self.batch_size)
+            batch = reader.take(stopping)
         except PositionExpired:
+            # Every batch read before the expired one was applied and checkpointed: read
+            # again from the checkpoint.
+            self._drop_reader(cp.shard_id)
             self.leases.verify_stream()
-            batch = self.stream.read(cp.shard_id, self.leases.position(cp), self.batch_size)
+            batch = self._start_reader(cp).take(stopping)
+        if batch is None:
+            return 0, True
         self.reject_records(batch.rejected, cp.shard_id)
         self.apply_records(batch.records, cp.shard_id)
         last_sequence = batch.last_sequence or cp.sequence_number
         finished = batch.next_position is None
-        if not self.leases.advance(
-            cp, last_sequence, finished, batch.millis_behind, batch.next_position
-        ):
-            return len(batch.records) or len(batch.sequences)
+        seen = len(batch.records) or len(batch.sequences)
+        if not self.leases.advance(cp, last_sequence, finished, batch.millis_behind):
+            self._drop_reader(cp.shard_id)  # what it read ahead is not applied
+            return seen, False
         progress.millis_behind = batch.millis_behind
         reporting.gauge("replay.lag_ms", batch.millis_behind, cp.shard_id)
         progress.finished = finished
         progress.caught_up = not (batch.sequences or batch.records) and not batch.millis_behind
-        return len(batch.records) or len(batch.sequences)
+        if finished:
+            self._drop_reader(cp.shard_id)
+            return seen, False
+        return seen, True
+
+    def _stopping(self) -> bool:
+        return self.stop
 
     def reject_records(self, rejected: list[tuple[str, bytes, str]], shard_id: str) -> None:
         """Stream records the stream could not read (a corrupt aggregate): dead letters."""
