@@ -410,7 +410,7 @@ def test_an_unknown_key_is_an_error_that_names_the_key_meant(change, check_id, m
 def test_an_unknown_key_nothing_resembles_lists_the_known_ones():
     ((check_id, hint),) = _hints(config(lambda c: c.__setitem__("RELAY", {"XYZZY": 1})))
     assert check_id == "django_mirror.E015"
-    assert hint == "Known options: ON_COMMIT, BATCH_SIZE, LEASE_SECONDS."
+    assert hint == "Known options: ON_COMMIT, BATCH_SIZE, LEASE_SECONDS, LINGER."
 
 
 def test_a_missing_stream_option_names_it():

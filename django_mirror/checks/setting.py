@@ -24,6 +24,7 @@ RANGES: dict[type, dict[str, tuple[float, float]]] = {
     conf.RelaySettings: {
         "BATCH_SIZE": (1, float("inf")),
         "LEASE_SECONDS": (0.001, float("inf")),
+        "LINGER": (0.0, 10.0),
     },
     conf.ReplaySettings: {
         "BATCH_SIZE": (1, 10_000),  # Kinesis returns at most 10,000 records a read

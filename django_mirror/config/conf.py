@@ -84,6 +84,9 @@ class RelaySettings:
     batch_size: int = 500
     #: Seconds a relay holds the rows it claimed before another relay may take them.
     lease_seconds: float = 60.0
+    #: Seconds the after-commit thread waits after a commit before it ships, so the
+    #: commits of that time go in one round (one claim, one put, one delete).
+    linger: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,8 @@ class Shipper(ServiceThread):
         self.aliases: set[str] = set()
         self.idle = threading.Event()
         self.idle.set()
+        #: Set by whoever waits for the shipping, which then lingers no longer.
+        self.hurry = threading.Event()
 
     def kick(self, using: str) -> None:
         with self.lock:
@@ -246,7 +248,14 @@ class Shipper(ServiceThread):
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every commit kicked so far has been shipped (or given up on), so
         whatever comes next (a test's teardown, a graceful shutdown) sees it done."""
+        if self.idle.is_set():
+            return True
+        self.hurry.set()
         return self.idle.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        self.hurry.set()
+        super().stop(timeout)
 
     def after_fork(self) -> None:
         """Commits of the parent are the parent's to ship."""
@@ -258,6 +267,10 @@ class Shipper(ServiceThread):
             self.wake.clear()
             if self.stopping:
                 break
+            # The commits of the next moment join this round: under a steady stream of
+            # small commits, one claim, put and delete serve many, at that much latency.
+            if self.hurry.wait(conf.get_settings().relay.linger):
+                self.hurry.clear()
             with self.lock:
                 aliases, self.aliases = self.aliases, set()
             for using in aliases:
