@@ -23,8 +23,8 @@ from benchmarks.common import Outcome, Row, interleaved, log, median_ratio, spre
 SAVE_TARGET = 1.5
 BULK_TARGET = 1.2
 #: With the relay thread shipping every commit beside the writer (the default mode).
-SAVE_SHIPPING_TARGET = 2.0
-BULK_SHIPPING_TARGET = 1.5
+SAVE_SHIPPING_TARGET = 1.3
+BULK_SHIPPING_TARGET = 1.2
 
 
 def run(db: str, quick: bool) -> Outcome:
