@@ -17,6 +17,7 @@ from django_mirror.models import OutboxBatch
 from django_mirror.pipeline import relay
 from django_mirror.pipeline.replay import Replayer
 from django_mirror.streams import KinesisStream
+from django_mirror.streams.base import StreamError
 from tests.conftest import assert_mirrored, both_databases, drain_and_replay
 from tests.faults import (
     FailCalls,
@@ -138,6 +139,46 @@ def test_one_refused_batch_does_not_hold_back_the_others(kinesis: KinesisStream)
     assert kept and kept <= ada_batches
     assert set(OutboxBatch.objects.values_list("id", flat=True)) == kept
     assert result.batches > 0
+    drain_and_replay()
+    assert_mirrored(*MODELS)
+
+
+@both_databases
+def test_a_round_of_several_parts_puts_them_in_order(
+    kinesis: KinesisStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round is put a part at a time, the next encoded meanwhile: every part goes
+    out, one after another, and each row's events stay in commit order on its shard."""
+    monkeypatch.setattr(relay, "PART_EVENTS", 4)
+    batches = make_writes()
+    log = PutLog()
+    with hooked(kinesis.client, *log.hooks()):
+        result = relay.ship_once()
+    assert result.batches == batches and not OutboxBatch.objects.exists()
+    assert len(log.calls) > 1
+    for shard in stream_records(kinesis).values():
+        per_row: dict[tuple[str, str], list[int]] = {}
+        for _, data in shard:
+            event = json.loads(data)
+            per_row.setdefault((event["model"], str(event["pk"])), []).append(event["version"])
+        assert all(versions == sorted(versions) for versions in per_row.values()), per_row
+    Replayer().run(until_caught_up=True)
+    assert_mirrored(*MODELS)
+
+
+@both_databases
+def test_a_part_that_cannot_be_put_keeps_every_batch_of_its_round(
+    kinesis: KinesisStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "PART_EVENTS", 4)
+    make_writes()
+    ids = sorted(OutboxBatch.objects.values_list("id", flat=True))
+    with hooked(kinesis.client, *FailCalls("PutRecords", "AccessDeniedException").hooks()):
+        with pytest.raises(StreamError, match="AccessDenied"):
+            relay.ship_once()
+    kept = OutboxBatch.objects.order_by("id")
+    assert [b.id for b in kept] == ids
+    assert {(b.attempts, b.claimed_until) for b in kept} == {(1, None)}
     drain_and_replay()
     assert_mirrored(*MODELS)
 

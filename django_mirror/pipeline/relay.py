@@ -15,6 +15,8 @@ import datetime as dt
 import functools
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError, close_old_connections, connections, transaction
@@ -107,6 +109,55 @@ def _settle(using: str, shipped: list[int], failed: set[int], dead: list[DeadLet
             )
 
 
+#: Events of a round encoded together: while one part is put, the next is encoded.
+PART_EVENTS = 10_000
+
+
+def _parts(batches: list[OutboxBatch]) -> Iterator[list[OutboxBatch]]:
+    """The batches in order, in runs of about ``PART_EVENTS`` events."""
+    part: list[OutboxBatch] = []
+    events = 0
+    for batch in batches:
+        part.append(batch)
+        events += batch.count
+        if events >= PART_EVENTS:
+            yield part
+            part, events = [], 0
+    if part:
+        yield part
+
+
+def _put(batches: list[OutboxBatch], stream: Stream, dead: dict[int, list[DeadLetter]]) -> set[int]:
+    """Put the batches' events, a part at a time, and return the ids of the batches not
+    all delivered; ``dead`` gets each batch's oversized events.
+
+    A round of more than one part puts each on one worker thread, in order, while this
+    thread encodes the next: the put waits on the network, encoding on the interpreter.
+    """
+    parts = list(_parts(batches))
+    putter = ThreadPoolExecutor(max_workers=1) if len(parts) > 1 else None
+    pending: list[tuple[Future[list[int]] | list[int], list[int]]] = []
+    try:
+        for part in parts:
+            records: list[Record] = []
+            owners: list[int] = []
+            for batch in part:
+                batch_records, dead[batch.id] = _records(batch, stream)
+                records.extend(batch_records)
+                owners.extend([batch.id] * len(batch_records))
+            if not records:
+                continue
+            put = stream.put(records) if putter is None else putter.submit(stream.put, records)
+            pending.append((put, owners))
+        failed: set[int] = set()
+        for put, owners in pending:
+            failed.update(owners[i] for i in (put.result() if isinstance(put, Future) else put))
+        return failed
+    finally:
+        if putter is not None:  # after a failure, the parts not yet put stay unput
+            putter.shutdown(wait=True, cancel_futures=True)
+
+
 def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult:
     """Claim up to ``limit`` outbox batches, put their events, delete what was accepted."""
     using = using or conf.source_alias()
@@ -117,15 +168,9 @@ def ship_once(using: str | None = None, limit: int | None = None) -> RelayResult
     if not batches:
         result.held_elsewhere = OutboxBatch.objects.using(using).count()
         return result
-    records: list[Record] = []
-    owners: list[int] = []
     dead: dict[int, list[DeadLetter]] = {}
-    for batch in batches:
-        batch_records, dead[batch.id] = _records(batch, stream)
-        records.extend(batch_records)
-        owners.extend([batch.id] * len(batch_records))
     try:
-        failed = {owners[i] for i in stream.put(records)} if records else set()
+        failed = _put(batches, stream, dead)
     except BaseException:
         with contextlib.suppress(DatabaseError):  # else the lease runs out
             _settle(using, [], {b.id for b in batches}, [])
