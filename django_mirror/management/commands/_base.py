@@ -75,23 +75,16 @@ class MirrorCommand(BaseCommand):
     def add_json_argument(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
 
-    def resolve_models(
-        self, labels: list[str] | None, with_m2m: bool = False
-    ) -> list[conf.ModelConfig]:
+    def resolve_models(self, labels: list[str] | None) -> list[conf.ModelConfig]:
         """Configs for ``app_label.Model`` labels (all mirrored models when none given);
-        ``with_m2m`` adds the auto-created many-to-many tables that travel with them."""
-        mirrored = {c.label.lower(): c for c in conf.configs()}  # phases as they are now
-        configs = {label: c for label, c in mirrored.items() if c.owner is None}
+        copy and verify also take the M2M tables' own labels (``config.labels``)."""
+        configs = {c.label.lower(): c for c in conf.configs() if c.owner is None}
         unknown = [label for label in labels or () if label.lower() not in configs]
         if unknown:
             raise CommandError(
                 f"not mirrored: {', '.join(unknown)} (mirrored: {', '.join(sorted(configs)) or 'none'})"
             )
-        chosen = [configs[label.lower()] for label in labels] if labels else list(configs.values())
-        if with_m2m:
-            owners = {c.label.lower() for c in chosen}
-            chosen += [c for c in mirrored.values() if c.owner and c.owner.lower() in owners]
-        return chosen
+        return [configs[label.lower()] for label in labels] if labels else list(configs.values())
 
     def emit_json(self, data: Any) -> None:
         self.stdout.write(json.dumps(data, indent=2, default=str))
