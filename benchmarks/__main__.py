@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dynamodb": ("benchmarks.dynamodb_replay", ("sqlite",)),
     "repository": ("benchmarks.repository_overhead", ("sqlite", "postgres")),
     "relay": ("benchmarks.relay_throughput", ("sqlite", "postgres")),
+    "replay-stream": ("benchmarks.replay_stream", ("sqlite", "postgres")),
 }
 
 
