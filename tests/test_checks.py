@@ -676,3 +676,34 @@ def test_settings_that_start_a_group_split_are_warned_about():
         (warning,) = check_group_phases()
     assert warning.id == "django_mirror.W008"
     assert "testapp.Tag: off" in warning.msg and "testapp.Author: capture" in warning.msg
+
+
+def test_capture_wal_is_checked():
+    """CAPTURE's value, a PostgreSQL source, and what the log needs there (the checks
+    against a real cluster are in tests/test_wal_capture.py)."""
+    from unittest import mock
+
+    from django.db import connections
+
+    from django_mirror.capture.wal import slot
+    from django_mirror.checks import capture
+
+    base = settings.DJANGO_MIRROR
+    with override_settings(DJANGO_MIRROR={**base, "CAPTURE": "binlog"}):
+        assert [m.id for m in capture.check_capture()] == ["django_mirror.E029"]
+    with override_settings(DJANGO_MIRROR={**base, "CAPTURE": "orm"}):
+        assert capture.check_capture() == []
+    with override_settings(DJANGO_MIRROR={**base, "CAPTURE": "wal"}):
+        ids = [m.id for m in capture.check_capture()]
+        assert ids == (
+            [] if connections["default"].vendor == "postgresql" else ["django_mirror.E030"]
+        )
+        broken = slot.SlotState("replica", False, (), False, None)
+        with (
+            mock.patch.object(capture, "_wal_source", return_value="default"),
+            mock.patch.object(slot, "state", return_value=broken),
+        ):
+            found = capture.check_wal_source(databases=["default"])
+            assert capture.check_wal_source(databases=[]) == []
+    assert [m.id for m in found] == ["django_mirror.E031", "django_mirror.W009"]
+    assert "SELECT pg_create_logical_replication_slot" in found[1].hint

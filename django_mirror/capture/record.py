@@ -60,8 +60,11 @@ def active_config(model: type[models.Model], using: str | None) -> conf.ModelCon
     config = conf.model_config(model)
     if config is None or not config.capturing or _paused.get():
         return None
-    if (using or router.db_for_write(model)) != capture_alias(config):
+    alias = capture_alias(config)
+    if (using or router.db_for_write(model)) != alias:
         return None
+    if alias == conf.source_alias() and conf.capture_mode() == "wal":
+        return None  # mirror_capture reads the source's log: the ORM must not also
     return config
 
 

@@ -6,6 +6,7 @@ ready) and hooks the settings checks to the first write of a process.
 
 from __future__ import annotations
 
+from django_mirror.checks.capture import check_capture, check_wal_source
 from django_mirror.checks.fields import check_database_on_delete, check_field_values
 from django_mirror.checks.first_write import log_errors_at_first_lookup
 from django_mirror.checks.groups import check_group_phases
@@ -22,6 +23,7 @@ from django_mirror.checks.setting import check_settings
 __all__ = [
     "TESTED_DJANGO",
     "_pk_refusal",
+    "check_capture",
     "check_database_on_delete",
     "check_django_version",
     "check_field_values",
@@ -30,5 +32,6 @@ __all__ = [
     "check_router",
     "check_settings",
     "check_sqlite_options",
+    "check_wal_source",
     "log_errors_at_first_lookup",
 ]

@@ -6,6 +6,7 @@ import logging
 
 from django.conf import settings
 
+from django_mirror.checks.capture import check_capture
 from django_mirror.checks.fields import check_database_on_delete
 from django_mirror.checks.setting import check_settings
 from django_mirror.config import conf
@@ -19,7 +20,7 @@ def log_errors_at_first_lookup() -> None:
     bad setting shows at once, not as events that never ship."""
     try:
         silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
-        for message in [*check_settings(), *check_database_on_delete()]:
+        for message in [*check_settings(), *check_capture(), *check_database_on_delete()]:
             if message.is_serious() and message.id not in silenced:
                 logger.error("django-mirror is misconfigured: %s", message)
     except Exception:  # a check that fails must not fail the write that ran it

@@ -32,7 +32,12 @@ SETTINGS_KEYS = (
     "SHADOW",
     "PHASES",
     "REPOSITORIES",
+    "CAPTURE",
 )
+
+#: Where capture hears of writes: "orm" (the ORM's write paths, the default) or "wal"
+#: (PostgreSQL's write-ahead log, read by ``mirror_capture``; every writer is seen).
+CAPTURE_MODES = ("orm", "wal")
 
 #: The stream's constructor arguments unless ``STREAM["OPTIONS"]`` says otherwise.
 _STREAM_OPTIONS: dict[str, Any] = {
@@ -196,6 +201,8 @@ class MirrorSettings:
 
     #: The ``DATABASES`` alias that holds the truth today.
     source: str = "default"
+    #: ``CAPTURE`` as written: "orm" or "wal" (checks E029-E031 and W009).
+    capture: str = CAPTURE_MODES[0]
     stream: StreamSettings = field(default_factory=StreamSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -249,6 +256,7 @@ def get_settings() -> MirrorSettings:
     stream: dict[str, Any] = raw["STREAM"] if isinstance(raw.get("STREAM"), dict) else {}  # E001
     return MirrorSettings(
         source=raw.get("SOURCE", MirrorSettings.source),
+        capture=raw.get("CAPTURE", MirrorSettings.capture),
         stream=StreamSettings(
             backend=stream.get("BACKEND", StreamSettings.backend),
             options=_merged(_STREAM_OPTIONS, stream.get("OPTIONS")),
@@ -380,6 +388,13 @@ def _configs_by_label() -> dict[str, ModelConfig]:
 
 def source_alias() -> str:
     return get_settings().source
+
+
+def capture_mode() -> str:
+    """``CAPTURE``: "wal" when the source's log is read by ``mirror_capture``, so the
+    ORM's write paths capture nothing; "orm" otherwise (also for a value the checks
+    refuse, so a typo never silences capture)."""
+    return "wal" if get_settings().capture == "wal" else "orm"
 
 
 def clear_cache() -> None:

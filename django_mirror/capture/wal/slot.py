@@ -1,0 +1,320 @@
+"""The publication and the logical replication slot on the source, and the loop that
+reads the slot: each committed transaction's changes stored as outbox batches, then the
+slot confirmed past it.
+
+The slot is read with ``pg_logical_slot_peek_binary_changes`` on a plain connection (no
+replication protocol), and confirmed with ``pg_replication_slot_advance`` only once the
+transaction's batches committed: a crash reads the transaction again, never skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections, transaction
+
+from django_mirror.capture import outbox, record
+from django_mirror.capture.wal import changes, decoder
+from django_mirror.config import conf
+from django_mirror.observability import reporting
+
+logger = logging.getLogger("django_mirror.capture")
+
+#: Names of the publication, the slot and the marker trigger on the source.
+PUBLICATION = "django_mirror"
+SLOT = "django_mirror"
+#: Prefix of the transactional message that marks a transaction applied by django-mirror
+#: itself (replay, live apply) on a store that is also captured: not captured again.
+APPLIED_PREFIX = "django_mirror.applied"
+MARKER = "django_mirror_applied"
+
+
+class CaptureStopped(RuntimeError):
+    """The log holds something capture must not carry on past (a TRUNCATE, a table that
+    no longer matches its model): the slot stays where it is."""
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def lsn_int(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def tables() -> list[str]:
+    """The tables capture reads: every mirrored model's and its auto-created M2M tables'."""
+    return sorted(changes.shapes())
+
+
+def _quote(alias: str, name: str) -> str:
+    return connections[alias].ops.quote_name(name)
+
+
+@dataclass
+class SetupReport:
+    publication: str = ""  # "created", "updated" or "" when it was already right
+    slot_created: bool = False
+    tables: list[str] = field(default_factory=list)
+    #: ``ALTER TABLE`` statements for tables whose log cannot name an old row.
+    identity_fixes: list[str] = field(default_factory=list)
+
+
+def setup(alias: str) -> SetupReport:
+    """Create or update the publication (exactly the mirrored tables), the slot, and the
+    replica-only trigger that marks django-mirror's own writes (see ``APPLIED_PREFIX``)."""
+    report = SetupReport(tables=tables())
+    names = ", ".join(_quote(alias, t) for t in report.tables)
+    connection = connections[alias]
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s", [PUBLICATION]
+        )
+        published = sorted(row[0] for row in cursor.fetchall())
+        cursor.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [PUBLICATION])
+        if cursor.fetchone() is None:
+            cursor.execute(f"CREATE PUBLICATION {_quote(alias, PUBLICATION)} FOR TABLE {names}")
+            report.publication = "created"
+        elif published != report.tables:
+            cursor.execute(f"ALTER PUBLICATION {_quote(alias, PUBLICATION)} SET TABLE {names}")
+            report.publication = "updated"
+        cursor.execute(
+            f"CREATE OR REPLACE FUNCTION {MARKER}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_logical_emit_message(true, '{APPLIED_PREFIX}', ''); "
+            "RETURN NULL; END $$"
+        )
+        for table in report.tables:
+            quoted = _quote(alias, table)
+            cursor.execute(f"DROP TRIGGER IF EXISTS {MARKER} ON {quoted}")
+            cursor.execute(
+                f"CREATE TRIGGER {MARKER} AFTER INSERT OR UPDATE OR DELETE ON {quoted} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {MARKER}()"
+            )
+            cursor.execute(f"ALTER TABLE {quoted} ENABLE REPLICA TRIGGER {MARKER}")
+    report.identity_fixes = identity_fixes(alias)
+    with connection.cursor() as cursor:  # not in a transaction that wrote: PostgreSQL says so
+        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [SLOT])
+        if cursor.fetchone() is None:
+            cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [SLOT])
+            report.slot_created = True
+    return report
+
+
+def identity_fixes(alias: str) -> list[str]:
+    """``ALTER TABLE ... REPLICA IDENTITY FULL`` for each mirrored table whose updates and
+    deletes the log could not key: no primary key under the default identity, or none."""
+    fixes = []
+    with connections[alias].cursor() as cursor:
+        for table in tables():
+            cursor.execute(
+                "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i "
+                "WHERE i.indrelid = c.oid AND i.indisprimary) "
+                "FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                [_quote(alias, table)],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                continue  # not migrated yet; the check says so
+            identity, has_pk = row
+            if identity == "n" or (identity == "d" and not has_pk):
+                fixes.append(f"ALTER TABLE {_quote(alias, table)} REPLICA IDENTITY FULL;")
+    return fixes
+
+
+@dataclass(frozen=True)
+class SlotState:
+    wal_level: str
+    publication: bool
+    published_tables: tuple[str, ...]
+    slot: bool
+    #: Bytes of WAL the slot holds back, between its confirmed position and now.
+    lag_bytes: int | None
+
+
+def state(alias: str) -> SlotState:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SHOW wal_level")
+        wal_level = cursor.fetchone()[0]
+        cursor.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [PUBLICATION])
+        publication = cursor.fetchone() is not None
+        cursor.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s", [PUBLICATION]
+        )
+        published = tuple(sorted(row[0] for row in cursor.fetchall()))
+        cursor.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            [SLOT],
+        )
+        row = cursor.fetchone()
+    return SlotState(wal_level, publication, published, row is not None, row and row[0])
+
+
+def drop_slot(alias: str) -> bool:
+    """Drop the slot (the WAL it held is freed); False when there was none."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [SLOT])
+        if cursor.fetchone() is None:
+            return False
+        cursor.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
+    return True
+
+
+@dataclass
+class RoundResult:
+    transactions: int = 0
+    events: int = 0
+    skipped: int = 0  # transactions django-mirror applied itself
+    #: Every commit before this LSN was read (the log flushed when the round began).
+    read_to: int = 0
+
+
+class Capturer:
+    """Reads the slot of ``alias`` and stores each committed transaction in its outbox.
+
+    The slot is read on a connection of its own (autocommit, UTC, ISO dates, so values
+    come out in the text forms ``changes`` reads); batches are written on the alias's
+    Django connection. One process per slot captures at a time: the others wait on an
+    advisory lock.
+    """
+
+    def __init__(self, alias: str | None = None, limit: int = 1000) -> None:
+        self.alias = alias or conf.source_alias()
+        self.limit = limit
+        self._reader: Any = None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def reader(self) -> Any:
+        if self._reader is None or self._reader.closed:
+            wrapper = connections[self.alias]
+            params = wrapper.get_connection_params()
+            params.pop("cursor_factory", None)
+            params.pop("context", None)
+            import psycopg
+
+            raw = psycopg.connect(**params, autocommit=True)
+            for statement in (
+                "SET TimeZone = 'UTC'",
+                "SET DateStyle = 'ISO'",
+                "SET IntervalStyle = 'postgres'",
+                "SET extra_float_digits = 1",
+                "SET bytea_output = 'hex'",
+                "SET application_name = 'django_mirror capture'",
+            ):
+                raw.execute(statement)
+            self._reader = raw
+        return self._reader
+
+    def acquire(self) -> bool:
+        """Whether this process is the slot's one reader (an advisory lock, held for the
+        reader connection's life)."""
+        key = zlib.crc32(f"django_mirror slot {SLOT}".encode())
+        row = self.reader().execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+        return bool(row[0])
+
+    def advance(self, lsn: int) -> None:
+        self.reader().execute(
+            "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [SLOT, lsn_text(lsn)]
+        )
+
+    def round(self, after_store: Callable[[int], None] | None = None) -> RoundResult:
+        """Read what the slot holds (up to ``limit`` messages, whole transactions), store
+        each transaction, confirm the slot past it. ``after_store`` is called with each
+        stored transaction's end LSN before the slot moves (tests stop there)."""
+        reader = self.reader()
+        flushed = lsn_int(reader.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+        rows = reader.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
+            "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+            [SLOT, self.limit, PUBLICATION],
+        ).fetchall()
+        result = RoundResult()
+        shapes = changes.shapes()
+        relations: dict[int, decoder.Relation] = {}
+        begin: decoder.Begin | None = None
+        images: changes.TransactionImages | None = None
+        applied = False
+        for (data,) in rows:
+            message = decoder.decode(data)
+            if isinstance(message, decoder.Begin):
+                begin, applied = message, False
+                images = changes.TransactionImages(shapes, self._refill)
+            elif isinstance(message, decoder.Relation):
+                relations[message.oid] = message
+            elif isinstance(message, decoder.Change):
+                if images is None:
+                    raise decoder.DecodeError("a change outside a transaction")
+                if not applied:
+                    try:
+                        images.add(relations[message.relation_oid], message)
+                    except changes.SchemaMismatch as exc:
+                        raise CaptureStopped(str(exc)) from exc
+            elif isinstance(message, decoder.Message):
+                applied = applied or (message.transactional and message.prefix == APPLIED_PREFIX)
+            elif isinstance(message, decoder.Origin):
+                applied = True  # replayed from elsewhere by PostgreSQL's own replication
+            elif isinstance(message, decoder.Truncate):
+                names = ", ".join(relations[oid].name for oid in message.relation_oids)
+                raise CaptureStopped(
+                    f"TRUNCATE of {names}: capture cannot carry it (no rows are named); "
+                    "copy and verify the models, then drop and set up the slot again"
+                )
+            elif isinstance(message, decoder.Commit):
+                if begin is None or images is None:
+                    raise decoder.DecodeError("a commit outside a transaction")
+                if applied:
+                    result.skipped += 1
+                else:
+                    result.events += self._store(images, begin)
+                    result.transactions += 1
+                if after_store is not None:
+                    after_store(message.end_lsn)
+                self.advance(message.end_lsn)
+                begin = images = None
+        if len(rows) < self.limit:  # every commit up to ``flushed`` was read
+            self.advance(flushed)
+            result.read_to = flushed
+        return result
+
+    def current_lsn(self) -> int:
+        """Where the log is written to now: commits before it are "there" for ``--once``
+        (with ``synchronous_commit = off`` they reach the flushed log a moment later)."""
+        row = self.reader().execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        return lsn_int(row[0])
+
+    def _store(self, images: changes.TransactionImages, begin: decoder.Begin) -> int:
+        """The transaction's payloads in the outbox, in one transaction of ours; the
+        relay's after-commit hooks are told, as after an ORM write."""
+        tx = changes.transaction_id(begin.final_lsn, begin.xid)
+        payloads = images.payloads(tx, begin.commit_time)
+        if not payloads:
+            return 0
+        connection = connections[self.alias]
+        with transaction.atomic(using=self.alias):
+            for label, payload in payloads:
+                outbox.write(connection, label, payload, mirrored_live=False)
+        events = 0
+        with reporting.guarded("after-capture bookkeeping failed; the outbox keeps the events"):
+            for label, payload in payloads:
+                events += len(payload.ops)
+                reporting.incr("captured", len(payload.ops), label)
+            for hook in record.committed_hooks:
+                hook(self.alias)
+        return events
+
+    def _refill(self, shape: changes.Shape, pk: Any, columns: Any) -> dict[str, Any] | None:
+        """Unchanged TOASTed values the log left out, read from the row as it is now."""
+        found = record.read_rows(shape.model, [pk], self.alias)
+        if not found:
+            return None
+        by_column = {f.column: f.attname for f in shape.fields}
+        return {column: found[0][by_column[column]] for column in columns}

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+from django.db import DatabaseError, close_old_connections, connections
+
+from django_mirror.capture.wal import decoder, slot
+from django_mirror.checks import check_wal_source
+from django_mirror.config import conf
+from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
+
+
+class Command(MirrorCommand):
+    help = (
+        "Capture the source's writes from PostgreSQL's write-ahead log (CAPTURE 'wal'): "
+        "each committed transaction on a mirrored table becomes outbox events."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--once", action="store_true", help="Drain the slot and exit.")
+        parser.add_argument(
+            "--drop-slot", action="store_true", help="Drop the replication slot and exit."
+        )
+        parser.add_argument(
+            "--batch-size", type=int, default=1000, help="Log messages read per round."
+        )
+        parser.add_argument("--interval", type=float, default=0.2, help="Idle poll seconds.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        alias = conf.source_alias()
+        if connections[alias].vendor != "postgresql":
+            raise CommandError(
+                f"mirror_capture reads PostgreSQL's log; {alias!r} is not PostgreSQL"
+            )
+        if options["drop_slot"]:
+            dropped = slot.drop_slot(alias)
+            self.stdout.write(
+                f"dropped replication slot {slot.SLOT!r}"
+                if dropped
+                else f"no replication slot {slot.SLOT!r}"
+            )
+            return
+        if conf.capture_mode() != "wal":
+            raise CommandError("DJANGO_MIRROR['CAPTURE'] is not 'wal': the ORM captures writes")
+        problems = check_wal_source(databases=[alias])  # wal_level, publication, slot
+        if problems:
+            raise CommandError("; ".join(f"{m.msg} {m.hint or ''}".strip() for m in problems))
+        capturer = slot.Capturer(alias, limit=options["batch_size"])
+        stop = {"now": False}
+        verbosity = options["verbosity"]
+        failures = 0
+        total = 0
+        try:
+            with stopping_on_signals(lambda: stop.update(now=True)):
+                while not capturer.acquire():
+                    if options["once"]:
+                        raise CommandError(f"another mirror_capture holds slot {slot.SLOT!r}")
+                    if verbosity >= 2:
+                        self.stdout.write("another process captures; waiting")
+                    time.sleep(5.0)
+                    if stop["now"]:
+                        return
+                until = capturer.current_lsn() if options["once"] else None
+                while not stop["now"]:
+                    try:
+                        result = capturer.round()
+                    except slot.CaptureStopped as exc:
+                        raise CommandError(f"capture stopped: {exc}") from exc
+                    except decoder.DecodeError as exc:
+                        raise CommandError(f"could not decode the log: {exc}") from exc
+                    except DatabaseError as exc:
+                        if options["once"]:
+                            raise
+                        failures += 1
+                        self.stderr.write(f"capture round failed ({exc}); retrying")
+                        capturer.close()
+                        close_old_connections()
+                        time.sleep(min(30.0, options["interval"] * 2 ** min(failures, 6)))
+                        continue
+                    failures = 0
+                    total += result.events
+                    if result.transactions and verbosity >= 2:
+                        self.stdout.write(
+                            f"captured {result.events} events of {result.transactions} transactions"
+                        )
+                    if result.transactions == 0 and result.skipped == 0:
+                        if until is not None and result.read_to >= until:
+                            break  # --once: all committed before the start is stored
+                        time.sleep(options["interval"] if until is None else 0.02)
+        finally:
+            capturer.close()
+        if verbosity >= 1:
+            self.stdout.write(f"captured {total} events")
