@@ -23,6 +23,10 @@ from django_mirror.streams import Shard, Stream
 logger = logging.getLogger("django_mirror.replay")
 
 
+#: Looks at the checkpoints one claim may take when other processes claim at once.
+CLAIM_PASSES = 3
+
+
 class ReplayRefused(Exception):
     """The checkpoints cannot be trusted on this stream: reading on would skip events."""
 
@@ -170,7 +174,23 @@ class ShardLeases:
         """Renew this process's leases and take free ones, up to its share of the readable
         shards among the processes holding leases. With ``share``, a process below its
         share also takes leases over from one above it, so processes started together
-        split the shards evenly. ``progress`` (per shard) is kept up to date."""
+        split the shards evenly. ``progress`` (per shard) is kept up to date.
+
+        A lease another process took between reading the checkpoints and taking it means
+        the decision was made on a stale view: it is made again (processes started
+        together would otherwise leave one of them idle until its next round)."""
+        for _ in range(CLAIM_PASSES - 1):
+            held, raced = self._claim_once(shards, progress, share)
+            if not raced:
+                return held
+        return self._claim_once(shards, progress, share)[0]
+
+    def _claim_once(
+        self, shards: list[Shard], progress: dict[str, ShardProgress], share: bool
+    ) -> tuple[list[ShardCheckpoint], bool]:
+        """One look at the checkpoints and the leases taken on it; whether a lease was
+        found taken by another process meanwhile."""
+        raced = False
         checkpoints = {cp.shard_id: cp for cp in self.checkpoints()}
         missing = [shard for shard in shards if shard.shard_id not in checkpoints]
         for shard in missing:  # a query per new shard only, not per shard and claim
@@ -212,14 +232,20 @@ class ShardLeases:
                 condition &= Q(lease_expires__lt=now)
             if self._lease(cp, now, condition):
                 held.append(cp)
+            else:
+                raced = True
         for victim, count in holders.most_common():
             for cp in readable:
                 if not share or len(held) >= fair or count <= most:
                     break
-                if cp.lease_owner == victim and self._lease(cp, now, Q(lease_owner=victim)):
+                if cp.lease_owner != victim:
+                    continue
+                if self._lease(cp, now, Q(lease_owner=victim)):
                     logger.info("replay: took %s over from %s", cp.shard_id, victim)
                     held.append(cp)
                     count -= 1
+                else:
+                    raced = True
         mine = {cp.shard_id for cp in held}
         for cp in readable:
             if cp.shard_id not in mine:
@@ -227,7 +253,7 @@ class ShardLeases:
         for cp in held:
             self._watched.pop(cp.shard_id, None)
             progress[cp.shard_id].holder = ""
-        return held
+        return held, raced
 
     def _watch(self, cp: ShardCheckpoint, progress: ShardProgress, now: dt.datetime) -> None:
         """Progress of a shard this process does not hold, from its checkpoint. It counts

@@ -258,7 +258,11 @@ class KinesisStream(Stream):
     def read(self, shard_id: str, position: str, limit: int) -> Batch:
         """About ``limit`` events, in whole stream records: aggregated ones unpacked, and
         those that do not hold what their MD5 or protobuf says rejected."""
-        per_record = self._events_per_record.get(shard_id, 1.0)
+        per_record = self._events_per_record.get(shard_id)
+        if per_record is None:
+            # Unknown yet: an aggregated record may hold thousands of events, so the first
+            # read of an aggregated stream takes one record, not ``limit`` of them.
+            per_record = float(limit) if self.aggregate else 1.0
         asked = max(1, min(math.ceil(limit / per_record), 10_000))
         response = self._call("get_records", ShardIterator=position, Limit=asked)
         batch = Batch(
