@@ -354,6 +354,15 @@ def test_writes_applied_by_django_mirror_are_not_captured_again(wal: None) -> No
     sql("INSERT INTO testapp_author (name) VALUES ('app')")
     capture()
     assert [e["row"]["name"] for e in events("testapp.Author")] == ["app"]
+    # A model whose writes on the source are not captured now: phase off, or promoted
+    # (its rows here are mirrored back from the target).
+    for phase in ("off", "promoted"):
+        changed = wal_cluster.mirror_settings(_base())
+        changed["MODELS"]["testapp.Tag"] = {"target": TARGET, "phase": phase}
+        with override_settings(DJANGO_MIRROR=changed):
+            sql("INSERT INTO testapp_tag (name) VALUES (%s)", [phase])
+            capture()
+    assert events("testapp.Tag") == []
 
 
 def test_truncate_stops_capture_with_a_clear_error(wal: None) -> None:

@@ -49,11 +49,18 @@ class Shape:
         return tuple(f.column for f in self.fields)
 
 
-def shapes() -> dict[str, Shape]:
-    """Each mirrored table captured from the log, by table name."""
+def shapes(capturing_only: bool = True) -> dict[str, Shape]:
+    """Each mirrored table by name; with ``capturing_only``, those whose writes on the
+    source are captured now (as ORM capture decides: a phase that captures, and the
+    source the model's primary store, so a promoted model's mirrored-back rows are not
+    captured again with versions of the wrong outbox)."""
+    source = conf.source_alias()
     result: dict[str, Shape] = {}
     for model, config in conf.mirrored_models().items():
         if model._meta.proxy or not model._meta.managed:
+            continue
+        current = conf.model_config(model) or config
+        if capturing_only and (not current.capturing or current.primary_alias != source):
             continue
         exclude = config.exclude_fields
         result[model._meta.db_table] = Shape(
@@ -65,7 +72,7 @@ def shapes() -> dict[str, Shape]:
                 if f.name not in exclude and f.attname not in exclude
             ),
             pk=model._meta.pk,
-            generation=config.generation,
+            generation=current.generation,
         )
     return result
 

@@ -48,8 +48,9 @@ def lsn_int(text: str) -> int:
 
 
 def tables() -> list[str]:
-    """The tables capture reads: every mirrored model's and its auto-created M2M tables'."""
-    return sorted(changes.shapes())
+    """The tables published: every mirrored model's and its auto-created M2M tables',
+    whatever their phase (which capture looks at per round)."""
+    return sorted(changes.shapes(capturing_only=False))
 
 
 def _quote(alias: str, name: str) -> str:
