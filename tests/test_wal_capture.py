@@ -80,8 +80,8 @@ def wal(cluster: wal_cluster.Cluster, kinesis: Any, django_db_blocker: Any) -> I
         django_db_blocker.unblock(),
         override_settings(DJANGO_MIRROR=wal_cluster.mirror_settings(_base())),
     ):
+        slot.drop_slot(SOURCE)
         for alias in (SOURCE, TARGET):
-            slot.drop_slot(alias) if alias == SOURCE else None
             connection = connections[alias]
             names = [
                 t
@@ -413,3 +413,35 @@ def test_capture_setting_is_checked() -> None:
         assert found == []
     else:
         assert found == ["django_mirror.E030"]
+
+
+def test_phase_mirror_is_applied_live_by_mirror_capture(wal: None) -> None:
+    """In phase mirror the capture process applies each transaction to the target once
+    its events are stored, before replay runs."""
+    live = wal_cluster.mirror_settings(_base())
+    live["MODELS"]["testapp.Author"] = {"target": TARGET, "phase": "mirror"}
+    with override_settings(DJANGO_MIRROR=live):
+        sql("INSERT INTO testapp_author (id, name) VALUES (1, 'ada'), (2, 'bob')")
+        sql("UPDATE testapp_author SET name = 'ADA' WHERE id = 1")
+        sql("DELETE FROM testapp_author WHERE id = 2")
+        capture()
+        assert rows(Author, TARGET) == {1: {"id": 1, "name": "ADA"}}
+        drain_and_replay()  # the same events again through the stream: no change
+        assert_same(Author)
+
+
+def test_one_process_reads_the_slot(wal: None) -> None:
+    first, second = slot.Capturer(SOURCE), slot.Capturer(SOURCE)
+    try:
+        assert first.acquire()
+        assert not second.acquire()
+        with pytest.raises(CommandError, match="another mirror_capture holds"):
+            capture()
+        first.close()  # its backend ends a moment after: the lock with it
+        deadline = time.monotonic() + 10
+        while not second.acquire():
+            assert time.monotonic() < deadline, "the lock outlived its connection"
+            time.sleep(0.05)
+    finally:
+        first.close()
+        second.close()

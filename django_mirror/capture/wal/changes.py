@@ -43,6 +43,8 @@ class Shape:
     fields: tuple[models.Field, ...]
     pk: models.Field
     generation: int
+    #: Phase mirror: each stored batch is also applied to the target once it commits.
+    live: bool = False
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -73,6 +75,7 @@ def shapes(capturing_only: bool = True) -> dict[str, Shape]:
             ),
             pk=model._meta.pk,
             generation=current.generation,
+            live=current.live,
         )
     return result
 
@@ -153,12 +156,12 @@ class TransactionImages:
             ]
         )
 
-    def payloads(self, tx: str, commit_time: int) -> list[tuple[str, outbox.Payload]]:
-        """One payload per model that the transaction wrote, as (label, payload)."""
+    def payloads(self, tx: str, commit_time: int) -> list[tuple[Shape, outbox.Payload]]:
+        """One payload per model that the transaction wrote, with its model's shape."""
         now = commit_datetime(commit_time)
         return [
             (
-                label,
+                self._shape_of[label],
                 outbox.Payload(
                     tx=tx,
                     now=now,

@@ -223,8 +223,13 @@ class Capturer:
         return bool(row[0])
 
     def advance(self, lsn: int) -> None:
+        """Confirm the slot up to ``lsn``; never backwards, which PostgreSQL refuses (a
+        round's commits may lie past the flush position read when it began)."""
         self.reader().execute(
-            "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [SLOT, lsn_text(lsn)]
+            "SELECT pg_replication_slot_advance(slot_name, "
+            "GREATEST(%s::pg_lsn, confirmed_flush_lsn)) "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            [lsn_text(lsn), SLOT],
         )
 
     def round(self, after_store: Callable[[int], None] | None = None) -> RoundResult:
@@ -300,14 +305,16 @@ class Capturer:
         if not payloads:
             return 0
         connection = connections[self.alias]
+        # A model in phase mirror is applied live once this commits, here, as after an
+        # ORM write (the outbox's live hooks): before the slot moves past it.
         with transaction.atomic(using=self.alias):
-            for label, payload in payloads:
-                outbox.write(connection, label, payload, mirrored_live=False)
+            for shape, payload in payloads:
+                outbox.write(connection, shape.label, payload, mirrored_live=shape.live)
         events = 0
         with reporting.guarded("after-capture bookkeeping failed; the outbox keeps the events"):
-            for label, payload in payloads:
+            for shape, payload in payloads:
                 events += len(payload.ops)
-                reporting.incr("captured", len(payload.ops), label)
+                reporting.incr("captured", len(payload.ops), shape.label)
             for hook in record.committed_hooks:
                 hook(self.alias)
         return events
