@@ -177,17 +177,12 @@ def test_raw_sql_triggers_cascades_and_other_connections_are_captured(wal: None)
     with psycopg.connect(**connections[SOURCE].get_connection_params(), autocommit=True) as other:
         other.execute("INSERT INTO testapp_author (id, name) VALUES (5, 'eve')")
         other.execute("UPDATE testapp_author SET name = 'ADA' WHERE id = 1")
-        with other.transaction():
-            other.execute("INSERT INTO testapp_tag (name) VALUES ('rolled back')")
+        with other.transaction():  # two tables in one transaction
+            other.execute("INSERT INTO testapp_tag (name) VALUES ('other')")
             other.execute("UPDATE testapp_author SET name = 'cy2' WHERE id = 3")
-            raise_rollback = True
-        if raise_rollback:  # a rolled-back transaction leaves nothing
-            try:
-                with other.transaction():
-                    other.execute("INSERT INTO testapp_tag (name) VALUES ('never')")
-                    raise RuntimeError
-            except RuntimeError:
-                pass
+        with pytest.raises(RuntimeError), other.transaction():  # rolled back: nothing
+            other.execute("INSERT INTO testapp_tag (name) VALUES ('never')")
+            raise RuntimeError
     # The ORM's own writes and M2M rows: captured from the log, not by the ORM.
     with transaction.atomic(using=SOURCE):
         book = Book.objects.using(SOURCE).get(pk=1)
@@ -445,3 +440,23 @@ def test_one_process_reads_the_slot(wal: None) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_migration_adding_or_renaming_a_column(wal: None) -> None:
+    """A column the model does not know yet is left out; a column of the model that the
+    table lacks stops capture with a clear error, before any wrong row is stored."""
+    sql("ALTER TABLE testapp_author ADD COLUMN nickname text DEFAULT 'x'")
+    try:
+        sql("INSERT INTO testapp_author (id, name) VALUES (1, 'ada')")
+        capture()
+    finally:
+        sql("ALTER TABLE testapp_author DROP COLUMN nickname")
+    assert [e["row"] for e in events("testapp.Author")] == [{"id": 1, "name": "ada"}]
+    sql("ALTER TABLE testapp_tag RENAME COLUMN name TO label")
+    try:
+        sql("INSERT INTO testapp_tag (id, label) VALUES (1, 'x')")
+        with pytest.raises(CommandError, match="has no column name of testapp.Tag"):
+            capture()
+    finally:
+        sql("ALTER TABLE testapp_tag RENAME COLUMN label TO name")
+    assert events("testapp.Tag") == []

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 from django_mirror.capture import outbox
 from django_mirror.capture.wal.decoder import UNCHANGED, Change, Relation
 from django_mirror.config import conf
-from django_mirror.core.events import encode_column
+from django_mirror.core.events import encode_column, quote_value
 
 #: PostgreSQL's epoch, from which the log counts commit times in microseconds.
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -82,7 +83,18 @@ def shapes(capturing_only: bool = True) -> dict[str, Shape]:
 
 def python_value(field: models.Field, text: str | None) -> Any:
     """A column's text output as the ORM reads the column: bytea's hex form and JSON
-    documents by hand, everything else through the field's ``to_python()``."""
+    documents by hand, everything else through the field's ``to_python()``; a text the
+    field cannot read stops capture (``SchemaMismatch``), never a guessed value."""
+    try:
+        return _python_value(field, text)
+    except (ValidationError, ValueError, TypeError, ArithmeticError) as exc:
+        raise SchemaMismatch(
+            f"{field.model._meta.label}.{field.name}: its field cannot read the log's "
+            f"text {quote_value(text)} ({exc})"
+        ) from exc
+
+
+def _python_value(field: models.Field, text: str | None) -> Any:
     if text is None:
         return None
     if isinstance(field, models.BinaryField):
@@ -100,16 +112,26 @@ Refill = Callable[[Shape, Any, Iterable[str]], dict[str, Any] | None]
 class TransactionImages:
     """Ops of one source transaction, per model, in the order the log gave them."""
 
-    def __init__(self, shapes_: dict[str, Shape], refill: Refill) -> None:
+    def __init__(
+        self, shapes_: dict[str, Shape], refill: Refill, published: frozenset[str] = frozenset()
+    ) -> None:
         self.shapes = shapes_
         self.refill = refill
+        #: Tables of mirrored models whose writes are not captured now (phase off, or
+        #: promoted): their changes are passed over. Any other table is an error.
+        self.published = published
         self.ops: dict[str, list[list[Any]]] = {}
         self._shape_of: dict[str, Shape] = {}
 
     def add(self, relation: Relation, change: Change) -> None:
         shape = self.shapes.get(relation.name)
-        if shape is None:  # not mirrored (a table left in the publication by hand)
-            return
+        if shape is None:
+            if relation.name in self.published:
+                return
+            raise SchemaMismatch(
+                f"the log holds a change of table {relation.name!r}, which no mirrored "
+                "model has (a partition, or a publication out of date): run mirror_setup"
+            )
         names = [c.name for c in relation.columns]
         missing = [f.column for f in shape.fields if f.column not in names]
         if missing:

@@ -79,7 +79,10 @@ def setup(alias: str) -> SetupReport:
         published = sorted(row[0] for row in cursor.fetchall())
         cursor.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [PUBLICATION])
         if cursor.fetchone() is None:
-            cursor.execute(f"CREATE PUBLICATION {_quote(alias, PUBLICATION)} FOR TABLE {names}")
+            cursor.execute(
+                f"CREATE PUBLICATION {_quote(alias, PUBLICATION)} FOR TABLE {names} "
+                "WITH (publish_via_partition_root = true)"  # a partitioned table's rows as its own
+            )
             report.publication = "created"
         elif published != report.tables:
             cursor.execute(f"ALTER PUBLICATION {_quote(alias, PUBLICATION)} SET TABLE {names}")
@@ -245,6 +248,7 @@ class Capturer:
         ).fetchall()
         result = RoundResult()
         shapes = changes.shapes()
+        published = frozenset(tables())
         relations: dict[int, decoder.Relation] = {}
         begin: decoder.Begin | None = None
         images: changes.TransactionImages | None = None
@@ -253,7 +257,7 @@ class Capturer:
             message = decoder.decode(data)
             if isinstance(message, decoder.Begin):
                 begin, applied = message, False
-                images = changes.TransactionImages(shapes, self._refill)
+                images = changes.TransactionImages(shapes, self._refill, published)
             elif isinstance(message, decoder.Relation):
                 relations[message.oid] = message
             elif isinstance(message, decoder.Change):
