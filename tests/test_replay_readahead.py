@@ -319,3 +319,22 @@ def test_two_replayers_split_four_shards_and_converge(aws: None) -> None:
                 thread.join(30)
     assert not errors, errors
     assert_mirrored(Counter)
+
+
+@both_databases
+def test_the_first_read_of_an_aggregated_shard_takes_one_record(aws: None) -> None:
+    """Before a shard's events per record are known, a read asks for one aggregated
+    record, not a batch size of them (which could be the whole shard in one batch)."""
+    with configured_stream(
+        stream_name=unique_stream_name(), aggregate_max_bytes=MIN_AGGREGATE_BYTES
+    ) as stream:
+        for start in range(0, 600, 100):
+            Counter.objects.bulk_create([Counter(name=f"c{i}") for i in range(start, start + 100)])
+        relay.drain()
+        (shard,) = stream.shards()
+        position = stream.position(shard.shard_id, None)
+        first = stream.read(shard.shard_id, position, 100)
+        assert len(first.sequences) == 1 and len(first.records) > 1
+        second = stream.read(shard.shard_id, first.next_position, 100)
+        # Then about ``limit`` events, in whole records.
+        assert 1 < len(second.sequences) and len(second.records) < 200
