@@ -409,15 +409,7 @@ def worker(role: str, config: dict[str, Any]) -> int:
             replayer.stop = True
 
         signal.signal(signal.SIGTERM, stop)
-        started, cpu = time.perf_counter(), time.process_time()
-        stats = replayer.run()
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-        if os.environ.get("BENCH_REPLAY_VERBOSE"):
-            print(
-                f"replay worker {os.getpid()}: {stats.read} read, {stats.applied} applied, "
-                f"{wall:.2f} s, {cpu:.2f} s CPU",
-                file=sys.stderr,
-            )
+        replayer.run()
     return 0
 
 
