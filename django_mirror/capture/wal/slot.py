@@ -198,13 +198,16 @@ class Capturer:
             self._reader = None
 
     def reader(self) -> Any:
+        """The slot's connection: the alias's parameters, without Django's cursor and
+        adapters, so values arrive as the server's text."""
         if self._reader is None or self._reader.closed:
-            wrapper = connections[self.alias]
-            params = wrapper.get_connection_params()
+            try:
+                import psycopg  # psycopg 3 only, imported where WAL capture runs
+            except ImportError as exc:
+                raise CaptureStopped("WAL capture needs psycopg 3 (pip install psycopg)") from exc
+            params = connections[self.alias].get_connection_params()
             params.pop("cursor_factory", None)
             params.pop("context", None)
-            import psycopg
-
             raw = psycopg.connect(**params, autocommit=True)
             for statement in (
                 "SET TimeZone = 'UTC'",

@@ -89,6 +89,8 @@ class Command(MirrorCommand):
                         if until is not None and result.read_to >= until:
                             break  # --once: all committed before the start is stored
                         time.sleep(options["interval"] if until is None else 0.02)
+        except slot.CaptureStopped as exc:  # before the first round: no psycopg 3
+            raise CommandError(f"capture stopped: {exc}") from exc
         finally:
             capturer.close()
         if verbosity >= 1:
