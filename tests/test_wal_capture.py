@@ -28,7 +28,8 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 from django.core.management import CommandError, call_command
-from django.db import connections, transaction
+from django.db import connections, migrations, transaction
+from django.db.migrations.state import ProjectState
 from django.test import override_settings
 
 from django_mirror.capture.wal import slot
@@ -186,6 +187,10 @@ def test_raw_sql_triggers_cascades_and_other_connections_are_captured(wal: None)
         with pytest.raises(RuntimeError), other.transaction():  # rolled back: nothing
             other.execute("INSERT INTO testapp_tag (name) VALUES ('never')")
             raise RuntimeError
+    # A migration's RunSQL, as migrate runs it.
+    run_sql = migrations.RunSQL("INSERT INTO testapp_author (id, name) VALUES (6, 'migrated')")
+    with connections[SOURCE].schema_editor() as editor:
+        run_sql.database_forwards("testapp", editor, ProjectState(), ProjectState())
     # The ORM's own writes and M2M rows: captured from the log, not by the ORM.
     with transaction.atomic(using=SOURCE):
         book = Book.objects.using(SOURCE).get(pk=1)
@@ -202,7 +207,7 @@ def test_raw_sql_triggers_cascades_and_other_connections_are_captured(wal: None)
     drain_and_replay()
     assert_same()
     assert rows(Book, TARGET)[1]["pages"] == 11
-    assert set(rows(Author, TARGET)) == {1, 3, 4, 5}
+    assert set(rows(Author, TARGET)) == {1, 3, 4, 5, 6}
     assert len(rows(BookTags, TARGET)) == 1
 
 
