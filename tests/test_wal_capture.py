@@ -531,3 +531,17 @@ def test_concurrent_writers_converge_while_capture_runs(wal: None) -> None:
     capture()
     drain_and_replay()
     assert_same(Author)
+
+
+def test_excluded_fields_never_leave_the_source(wal: None) -> None:
+    excluding = wal_cluster.mirror_settings(_base())
+    excluding["MODELS"]["testapp.AllTypes"] = {"target": TARGET, "exclude_fields": ["text"]}
+    with override_settings(DJANGO_MIRROR=excluding):
+        sql(
+            "INSERT INTO testapp_alltypes (id, text, char, big, small, dec, flt, flag) "
+            "VALUES (%s, 'secret', '', 0, 0, 0, 0, false)",
+            [uuid.UUID(int=2)],
+        )
+        capture()
+    (event,) = events("testapp.AllTypes")
+    assert "text" not in event["row"] and event["row"]["char"] == ""
