@@ -11,6 +11,10 @@ from django_mirror.checks import check_wal_source
 from django_mirror.config import conf
 from django_mirror.management.commands._base import MirrorCommand, stopping_on_signals
 
+#: Seconds ``--once`` waits, idle, for the flushed log to reach where it was written to
+#: when the command started.
+ONCE_WAIT = 5.0
+
 
 class Command(MirrorCommand):
     help = (
@@ -63,6 +67,7 @@ class Command(MirrorCommand):
                     if stop["now"]:
                         return
                 until = capturer.current_lsn() if options["once"] else None
+                idle_since = time.monotonic()
                 while not stop["now"]:
                     try:
                         result = capturer.round()
@@ -85,10 +90,17 @@ class Command(MirrorCommand):
                         self.stdout.write(
                             f"captured {result.events} events of {result.transactions} transactions"
                         )
-                    if result.transactions == 0 and result.skipped == 0:
-                        if until is not None and result.read_to >= until:
-                            break  # --once: all committed before the start is stored
-                        time.sleep(options["interval"] if until is None else 0.02)
+                    if result.transactions or result.skipped:
+                        idle_since = time.monotonic()
+                    elif until is not None:
+                        # --once: done when all committed before the start is stored; the
+                        # flushed log may stop short of ``until`` when only records that are
+                        # no commit follow (async commits are flushed within a second).
+                        if result.read_to >= until or time.monotonic() - idle_since > ONCE_WAIT:
+                            break
+                        time.sleep(0.02)
+                    else:
+                        time.sleep(options["interval"])
         except slot.CaptureStopped as exc:  # before the first round: no psycopg 3
             raise CommandError(f"capture stopped: {exc}") from exc
         finally:
