@@ -19,28 +19,12 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.common import Outcome, Row, log
+from benchmarks.common import Outcome, Row, kinesis_records, log
 
 RECORDS_PER_EVENT_TARGET = 0.05
 EVENTS_PER_SECOND_TARGET = 100_000
 BULK = 1_000
 SHARDS = 4
-
-
-def kinesis_records(stream: Any) -> int:
-    """Kinesis records (not events) the stream holds, read with the raw client."""
-    client, total = stream.client, 0
-    for shard in client.list_shards(StreamName=stream.name)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=stream.name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            records = client.get_records(ShardIterator=iterator, Limit=10_000)
-            total += len(records["Records"])
-            if not records["Records"]:
-                break
-            iterator = records.get("NextShardIterator")
-    return total
 
 
 def run(db: str, quick: bool) -> Outcome:
@@ -88,7 +72,7 @@ def run(db: str, quick: bool) -> Outcome:
             stream.create()
             fill(1)
             relay.drain()
-            per_event = kinesis_records(stream) / BULK
+            per_event = kinesis_records(stream.client, stream.name) / BULK
         outcome.rows.append(
             Row(
                 "relay: Kinesis records per event on bulk_create(1,000)",

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Outcome, Row, interleaved, log, median_ratio, spread
+from benchmarks.common import Outcome, Row, interleaved, kinesis_records, log, median_ratio, spread
 
 END_TO_END_TARGET = 0.8
 TWO_PROCESSES_TARGET = 1.6
@@ -59,22 +59,6 @@ def mirror_settings(endpoint: str, stream_name: str, aggregate: bool = False) ->
         "aggregate": aggregate,
     }
     return mirror
-
-
-def raw_read(client: Any, stream_name: str, limit: int) -> int:
-    """Every record of every shard, read with boto3 alone, one shard after the other."""
-    total = 0
-    for shard in client.list_shards(StreamName=stream_name)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=limit)
-            total += len(response["Records"])
-            if not response["Records"] and not response.get("MillisBehindLatest"):
-                break
-            iterator = response.get("NextShardIterator")
-    return total
 
 
 def last_sequences(client: Any, stream_name: str) -> dict[str, str]:
@@ -280,7 +264,7 @@ def run(db: str, quick: bool) -> Outcome:
             fill(events, 1)
             relay.drain()
             client = stream.client
-            assert raw_read(client, stream_name, 10_000) == events
+            assert kinesis_records(client, stream_name, 10_000) == events
             last = last_sequences(client, stream_name)
 
             # --- end to end vs raw read --------------------------------------------------
@@ -291,7 +275,7 @@ def run(db: str, quick: bool) -> Outcome:
                 assert stats.read == events and stats.applied == events, stats
 
             def read(_: object) -> None:
-                assert raw_read(client, stream_name, BATCH) == events
+                assert kinesis_records(client, stream_name, BATCH) == events
 
             log("replay-stream: end to end vs raw read")
             ours, raw = interleaved(
