@@ -198,6 +198,16 @@ def test_a_full_configuration_passes():
         (config(lambda c: c.__setitem__("PHASES", {"REFRESH": 30})), ["django_mirror.E017"]),
         (config(lambda c: c.__setitem__("PHASES", {"KEY_GAP": -1})), ["django_mirror.E017"]),
         (config(lambda c: c.__setitem__("PHASES", {"LAG": 1})), ["django_mirror.E017"]),
+        # E032: a WAL option unknown or out of range
+        (config(lambda c: c.__setitem__("WAL", {"MAX_RETAINED": 1})), ["django_mirror.E032"]),
+        (
+            config(lambda c: c.__setitem__("WAL", {"MAX_RETAINED_BYTES": 0})),
+            ["django_mirror.E032"],
+        ),
+        (
+            config(lambda c: c.__setitem__("WAL", {"MAX_RETAINED_BYTES": "1G"})),
+            ["django_mirror.E032"],
+        ),
         # E001: a nested settings dict that is not a dict
         (config(lambda c: c.__setitem__("RELAY", "off")), ["django_mirror.E001"]),
         (
@@ -261,6 +271,25 @@ def test_every_check_id_is_exercised():
     declared = set(re.findall(r"django_mirror\.[EW]\d{3}", source))
     tested = set(re.findall(r"django_mirror\.[EW]\d{3}", Path(__file__).read_text()))
     assert declared <= tested
+
+
+def test_retained_wal_past_the_limit_is_warned_about(monkeypatch: pytest.MonkeyPatch):
+    """W010, as the check sees a slot (the cluster tests in test_wal_capture.py read a
+    real one): past ``WAL["MAX_RETAINED_BYTES"]`` only, and a warning, never an error."""
+    from django_mirror.capture.wal import slot
+    from django_mirror.checks import capture
+
+    def retaining(lag: int) -> slot.SlotState:
+        return slot.SlotState("logical", True, tuple(slot.tables()), True, lag)
+
+    monkeypatch.setattr(capture, "_wal_source", lambda: "default")
+    limited = config(lambda c: c.__setitem__("WAL", {"MAX_RETAINED_BYTES": 1000}))
+    with override_settings(DJANGO_MIRROR=limited):
+        for lag, expected in ((1000, []), (1001, ["django_mirror.W010"])):
+            monkeypatch.setattr(slot, "state", lambda alias, lag=lag: retaining(lag))
+            messages = capture.check_wal_source(databases=["default"])
+            assert [m.id for m in messages] == expected
+            assert all(type(m) is Warning for m in messages)
 
 
 def test_errors_are_errors_and_warnings_warnings():

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from django_mirror.admin.figures import DASH, KINDS, ModelRow, compute
+from django_mirror.admin.figures import DASH, KINDS, Dashboard, ModelRow, compute
 from django_mirror.config import conf, graph
 from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord
 
@@ -143,6 +143,10 @@ class DashboardAdmin(admin.ModelAdmin):
                 else None
             ),
             "backlog": number(board.backlog),
+            "slot_lag": _slot_lag(board),
+            "slot_limit": (
+                f"{number(board.slot_lag.limit)} bytes" if board.slot_lag is not None else None
+            ),
             "mismatches_day": number(board.mismatches_day),
             "dead_letters": number(board.dead_letters),
             "dead_letters_url": letters_url,
@@ -161,6 +165,19 @@ class DashboardAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/django_mirror/dashboard.html", context)
+
+
+def _slot_lag(board: Dashboard) -> str | None:
+    """The slot's retained WAL as the card shows it ("unknown" when it could not be
+    read); None with ORM capture, where the card is left out."""
+    lag = board.slot_lag
+    if lag is None:
+        return None
+    if lag.slot is None:
+        return "unknown"
+    if not lag.slot:
+        return "no slot"
+    return f"{number(lag.retained or 0)} bytes"
 
 
 def _verify_cell(row: ModelRow, now: dt.datetime, within: float) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from django.db import DatabaseError
 from django.db.models import Count, Max, Q
 from django.utils import timezone
 
+from django_mirror.capture.wal import slot
 from django_mirror.config import conf
 from django_mirror.models import (
     DeadLetter,
@@ -98,6 +99,8 @@ class Dashboard:
     rate_seconds: float
     #: What could not be read (a target's outbox, say), for a note on the page.
     problems: list[str] = field(default_factory=list)
+    #: The replication slot's lag with ``CAPTURE = "wal"``; None with ORM capture.
+    slot_lag: slot.SlotLag | None = None
 
     @property
     def backlog(self) -> int:
@@ -258,4 +261,6 @@ def compute(now: dt.datetime | None = None) -> Dashboard:
         dead_letters=dead_letters,
         rate_seconds=rate_seconds,
         problems=problems,
+        # one query, only when the log is read; a failed read shows "unknown"
+        slot_lag=slot.lag(source) if conf.capture_mode() == "wal" else None,
     )

@@ -1,7 +1,7 @@
 """``CAPTURE``: its value (E029), a PostgreSQL source for ``"wal"`` (E030), and, where
 the database checks run (``check --database``, ``migrate``, ``mirror_capture``), what
 logical decoding needs on the source: ``wal_level`` (E031), the publication and the
-slot (W009)."""
+slot (W009), and the WAL the slot retains against ``WAL["MAX_RETAINED_BYTES"]`` (W010)."""
 
 from __future__ import annotations
 
@@ -101,4 +101,25 @@ def check_wal_source(
                 id="django_mirror.W009",
             )
         )
+    over = over_limit(found.lag_bytes)
+    if over:
+        problems.append(Warning(over, hint=RETAINED_HINT, id="django_mirror.W010"))
     return problems
+
+
+RETAINED_HINT = (
+    "Run manage.py mirror_capture (it frees the WAL it has read), or, if capture is "
+    "over, manage.py mirror_capture --drop-slot."
+)
+
+
+def over_limit(retained: int | None) -> str | None:
+    """The warning when the slot retains more WAL than ``WAL["MAX_RETAINED_BYTES"]``:
+    a slot nobody reads keeps every later log segment and can fill the source's disk."""
+    limit = conf.get_settings().wal.max_retained_bytes
+    if retained is None or retained <= limit:
+        return None
+    return (
+        f"The replication slot {slot.SLOT!r} retains {retained} bytes of WAL, more than "
+        f"DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] ({limit})."
+    )

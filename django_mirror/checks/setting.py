@@ -47,6 +47,9 @@ RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "CLEAN_FOR": (0.0, float("inf")),
         "KEY_GAP": (0, 2**31),
     },
+    conf.WalSettings: {
+        "MAX_RETAINED_BYTES": (1, float("inf")),
+    },
 }
 
 #: Section of ``DJANGO_MIRROR`` -> (its settings class, the id of its check).
@@ -55,6 +58,7 @@ SECTIONS = {
     "REPLAY": (conf.ReplaySettings, "django_mirror.E025"),
     "SHADOW": (conf.ShadowSettings, "django_mirror.E016"),
     "PHASES": (conf.PhasesSettings, "django_mirror.E017"),
+    "WAL": (conf.WalSettings, "django_mirror.E032"),
 }
 
 

@@ -33,6 +33,7 @@ SETTINGS_KEYS = (
     "PHASES",
     "REPOSITORIES",
     "CAPTURE",
+    "WAL",
 )
 
 #: Where capture hears of writes: "orm" (the ORM's write paths, the default) or "wal"
@@ -106,6 +107,15 @@ class ReplaySettings:
     idle_sleep: float = 1.0
     #: Seconds between looks for failed live writes that replay has since applied.
     heal_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class WalSettings:
+    """``DJANGO_MIRROR["WAL"]``: limits for ``CAPTURE = "wal"``."""
+
+    #: Bytes of WAL the slot may retain before W010 and ``mirror_status`` warn: a slot
+    #: nobody reads keeps every later log segment on the source's disk.
+    max_retained_bytes: int = 1024**3
 
 
 @dataclass(frozen=True)
@@ -208,6 +218,7 @@ class MirrorSettings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     phases: PhasesSettings = field(default_factory=PhasesSettings)
+    wal: WalSettings = field(default_factory=WalSettings)
     #: Model label -> its options as written (a dict, or what E001 reports).
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Interface path -> {"source", "targets", "phase", "shadow_read_rate"} (raw).
@@ -220,7 +231,9 @@ def _merged(default: dict[str, Any], override: Any) -> dict[str, Any]:
     return {**default, **(override if isinstance(override, dict) else {})}
 
 
-_Section = TypeVar("_Section", ShadowSettings, RelaySettings, ReplaySettings, PhasesSettings)
+_Section = TypeVar(
+    "_Section", ShadowSettings, RelaySettings, ReplaySettings, PhasesSettings, WalSettings
+)
 
 
 def _section(section: type[_Section], given: Any) -> _Section:
@@ -265,6 +278,7 @@ def get_settings() -> MirrorSettings:
         relay=_section(RelaySettings, raw.get("RELAY")),
         replay=_section(ReplaySettings, raw.get("REPLAY")),
         phases=_section(PhasesSettings, raw.get("PHASES")),
+        wal=_section(WalSettings, raw.get("WAL")),
         repositories=dict(raw.get("REPOSITORIES") or {})
         if isinstance(raw.get("REPOSITORIES") or {}, dict)
         else {},

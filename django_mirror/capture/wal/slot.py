@@ -159,6 +159,69 @@ def state(alias: str) -> SlotState:
     return SlotState(wal_level, publication, published, row is not None, row and row[0])
 
 
+def retained_bytes(alias: str) -> int | None:
+    """Bytes of WAL the slot holds back (None without a slot): one query, cheap enough
+    for ``mirror_status``, the gauges and the retained-WAL limit."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            [SLOT],
+        )
+        row = cursor.fetchone()
+    return None if row is None else int(row[0] or 0)
+
+
+@dataclass(frozen=True)
+class SlotLag:
+    """The slot's retained WAL as ``mirror_status``, the dashboard and ``mirror_capture``
+    show it. PostgreSQL keeps no commit time per log position (short of
+    ``track_commit_timestamp``), so the lag is in bytes only."""
+
+    #: Bytes of WAL held back; None when unknown (the read failed) or there is no slot.
+    retained: int | None
+    #: Whether the slot exists; None when the read failed.
+    slot: bool | None
+    #: ``WAL["MAX_RETAINED_BYTES"]``.
+    limit: int
+
+    @property
+    def over_limit(self) -> bool:
+        return self.retained is not None and self.retained > self.limit
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "slot_lag_bytes": self.retained,
+            "max_retained_bytes": self.limit,
+            "over_limit": self.over_limit,
+        }
+
+    def text(self) -> str:
+        """One line: the lag, "unknown" or "no slot", and a warning past the limit."""
+        if self.slot is None:
+            return "unknown"
+        if not self.slot:
+            return "no slot"
+        if self.over_limit:
+            return f"{self.retained} bytes (over the limit of {self.limit})"
+        return f"{self.retained} bytes"
+
+
+def lag(alias: str) -> SlotLag:
+    """Read the slot's lag and send it as the ``capture.slot_lag_bytes`` gauge. A failed
+    read is counted and logged like other instrumentation failures and gives "unknown",
+    so the page or command showing it never breaks."""
+    limit = conf.get_settings().wal.max_retained_bytes
+    with reporting.guarded("could not read the replication slot's lag"):
+        with transaction.atomic(using=alias):  # a failed query must not abort the caller's
+            retained = retained_bytes(alias)
+        if retained is not None:
+            reporting.gauge("capture.slot_lag_bytes", retained)
+        return SlotLag(retained, retained is not None, limit)
+    return SlotLag(None, None, limit)
+
+
 def drop_slot(alias: str) -> bool:
     """Drop the slot (the WAL it held is freed); False when there was none."""
     with connections[alias].cursor() as cursor:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,11 @@ from django_mirror.management.commands._base import MirrorCommand, stopping_on_s
 #: Seconds ``--once`` waits, idle, for the flushed log to reach where it was written to
 #: when the command started.
 ONCE_WAIT = 5.0
+
+#: Seconds between reads of the slot's lag (the gauge, and the retained-WAL limit).
+LAG_INTERVAL = 10.0
+
+logger = logging.getLogger("django_mirror")
 
 
 class Command(MirrorCommand):
@@ -49,6 +55,8 @@ class Command(MirrorCommand):
         if conf.capture_mode() != "wal":
             raise CommandError("DJANGO_MIRROR['CAPTURE'] is not 'wal': the ORM captures writes")
         problems = check_wal_source(databases=[alias])  # wal_level, publication, slot
+        # W010 (too much WAL retained) is what capturing cures: warn, never refuse.
+        problems = [p for p in problems if p.id != "django_mirror.W010"]
         if problems:
             raise CommandError("; ".join(f"{m.msg} {m.hint or ''}".strip() for m in problems))
         capturer = slot.Capturer(alias, limit=options["batch_size"])
@@ -56,6 +64,7 @@ class Command(MirrorCommand):
         verbosity = options["verbosity"]
         failures = 0
         total = 0
+        watch = LagWatch(alias)
         try:
             with stopping_on_signals(lambda: stop.update(now=True)):
                 while not capturer.acquire():
@@ -69,6 +78,7 @@ class Command(MirrorCommand):
                 until = capturer.current_lsn() if options["once"] else None
                 idle_since = time.monotonic()
                 while not stop["now"]:
+                    watch.poll()
                     try:
                         result = capturer.round()
                     except slot.CaptureStopped as exc:
@@ -105,5 +115,41 @@ class Command(MirrorCommand):
             raise CommandError(f"capture stopped: {exc}") from exc
         finally:
             capturer.close()
+        watch.poll(force=True)
         if verbosity >= 1:
             self.stdout.write(f"captured {total} events")
+
+
+class LagWatch:
+    """Reads the slot's lag every ``LAG_INTERVAL`` seconds (sending the gauge) and logs
+    once when it crosses ``WAL["MAX_RETAINED_BYTES"]``, and once when it is back under."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.read_at: float | None = None
+        self.over = False
+
+    def poll(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self.read_at is not None and now - self.read_at < LAG_INTERVAL:
+            return
+        self.read_at = now
+        lag = slot.lag(self.alias)
+        if lag.retained is None or lag.over_limit == self.over:
+            return
+        self.over = lag.over_limit
+        if self.over:
+            logger.warning(
+                "django-mirror: the replication slot %r retains %d bytes of WAL, more than "
+                "DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] (%d) (django_mirror.W010)",
+                slot.SLOT,
+                lag.retained,
+                lag.limit,
+            )
+        else:
+            logger.info(
+                "django-mirror: the replication slot %r retains %d bytes of WAL, within "
+                "the limit again",
+                slot.SLOT,
+                lag.retained,
+            )

@@ -8,6 +8,7 @@ from django.db import DatabaseError
 from django.db.models import Count
 from django.utils import timezone
 
+from django_mirror.capture.wal import slot
 from django_mirror.config import conf, graph
 from django_mirror.management.commands._base import MirrorCommand
 from django_mirror.models import (
@@ -35,6 +36,10 @@ class Command(MirrorCommand):
             report = self._report(configs, using)
         except DatabaseError as exc:
             raise CommandError(f"cannot read django-mirror's tables on {using!r}: {exc}") from exc
+        lag = None
+        if conf.capture_mode() == "wal":  # one query, and none at all for ORM capture
+            lag = slot.lag(using)
+            report["capture"] = lag.as_dict()
         if options["json"]:
             self.emit_json(report)
             return
@@ -63,6 +68,14 @@ class Command(MirrorCommand):
                 + (f"{phases[0]}" if len(phases) == 1 else f"SPLIT ({', '.join(phases)})")
             )
         self.stdout.write(f"relay backlog: {report['backlog']} events")
+        if lag is not None:
+            self.stdout.write(f"slot lag: {lag.text()}")
+            if lag.over_limit:
+                self.stdout.write(
+                    f"WARNING: the replication slot retains more WAL than "
+                    f"DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] ({lag.limit}): "
+                    "run mirror_capture (django_mirror.W010)"
+                )
         now = timezone.now()
         for shard in report["shards"]:
             self.stdout.write(
