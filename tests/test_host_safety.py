@@ -301,7 +301,7 @@ def test_repeated_shipping_failures_are_warned_about_and_counted(
     with caplog.at_level(logging.DEBUG, logger="django_mirror"):
         for name in ("one", "two", "three"):
             Author.objects.create(name=name)
-            time.sleep(0.3)  # the relay thread tries after each commit
+            assert relay.shipper.wait_idle(30)  # the relay thread tried after this commit
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("shipping after commit failed" in r.getMessage() for r in warnings), warnings
     assert statsd.total(statsd.lines(), "django_mirror.internal_errors.relay") >= 2
