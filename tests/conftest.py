@@ -196,7 +196,15 @@ class StatsdListener:
         from django_mirror.observability import reporting
 
         reporting.flush()  # counters and timers are sent once a second
-        time.sleep(0.2)
+        # Until nothing more arrives for 0.2 s (at least 1 s when nothing came yet): on a
+        # loaded machine the reader thread may not have run yet.
+        started, seen = time.monotonic(), -1
+        while time.monotonic() - started < 3.0:
+            time.sleep(0.2)
+            count = len(self.received)
+            if count == seen and (count or time.monotonic() - started >= 1.0):
+                break
+            seen = count
         return list(self.received)
 
     def close(self) -> None:
