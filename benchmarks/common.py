@@ -12,7 +12,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -143,18 +143,22 @@ def spread(ratios: list[float]) -> str:
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
-def kinesis_records(client: Any, stream_name: str, limit: int = 10_000) -> int:
-    """Kinesis records (an aggregate counts one) of every shard, read with boto3 alone,
-    one shard after the other: the raw read replay is compared with, and a count."""
-    total = 0
+def shard_pages(client: Any, stream_name: str, limit: int = 10_000) -> Iterator[tuple[str, list]]:
+    """(shard id, records) of each ``GetRecords`` page of every shard, read with boto3
+    alone, one shard after the other, to the end of its data."""
     for shard in client.list_shards(StreamName=stream_name)["Shards"]:
         iterator = client.get_shard_iterator(
             StreamName=stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
         while iterator:
             response = client.get_records(ShardIterator=iterator, Limit=limit)
-            total += len(response["Records"])
+            yield shard["ShardId"], response["Records"]
             if not response["Records"] and not response.get("MillisBehindLatest"):
                 break
             iterator = response.get("NextShardIterator")
-    return total
+
+
+def kinesis_records(client: Any, stream_name: str, limit: int = 10_000) -> int:
+    """Kinesis records (an aggregate counts one) of every shard: the raw read replay is
+    compared with, and a count."""
+    return sum(len(records) for _, records in shard_pages(client, stream_name, limit))

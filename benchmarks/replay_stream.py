@@ -35,7 +35,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Outcome, Row, interleaved, kinesis_records, log, median_ratio, spread
+from benchmarks.common import (
+    Outcome,
+    Row,
+    interleaved,
+    kinesis_records,
+    log,
+    median_ratio,
+    shard_pages,
+    spread,
+)
 
 END_TO_END_TARGET = 0.8
 TWO_PROCESSES_TARGET = 1.6
@@ -63,18 +72,11 @@ def mirror_settings(endpoint: str, stream_name: str, aggregate: bool = False) ->
 
 def last_sequences(client: Any, stream_name: str) -> dict[str, str]:
     """Each shard's last record: where a checkpoint stands once it is replayed."""
-    last: dict[str, str] = {}
-    for shard in client.list_shards(StreamName=stream_name)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            if not response["Records"]:
-                break
-            last[shard["ShardId"]] = response["Records"][-1]["SequenceNumber"]
-            iterator = response.get("NextShardIterator")
-    return last
+    return {
+        shard_id: records[-1]["SequenceNumber"]
+        for shard_id, records in shard_pages(client, stream_name)
+        if records
+    }
 
 
 def empty_target() -> None:
