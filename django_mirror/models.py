@@ -203,6 +203,24 @@ class CopyProgress(models.Model):
         return f"copy {self.model} -> {self.target}: {self.rows_copied} rows, {state}"
 
 
+class CaptureProgress(models.Model):
+    """How far ``mirror_capture`` has stored a replication slot's log, kept in the
+    database it reads: the slot's lag in seconds, which PostgreSQL does not keep."""
+
+    slot = models.CharField(max_length=63, unique=True)
+    lsn = models.CharField(max_length=32, help_text="The log position read and stored to.")
+    caught_up_to = models.DateTimeField(
+        help_text="Every transaction committed before this time is stored (database clock)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "capture progress"
+
+    def __str__(self) -> str:
+        return f"slot {self.slot}: stored to {self.lsn}"
+
+
 class MetricWindow(models.Model):
     """One process's figures for one model over one minute, for the dashboard.
 

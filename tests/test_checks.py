@@ -282,7 +282,7 @@ def test_retained_wal_past_the_limit_is_warned_about(monkeypatch: pytest.MonkeyP
     def retaining(lag: int) -> slot.SlotState:
         return slot.SlotState("logical", True, tuple(slot.tables()), True, lag)
 
-    monkeypatch.setattr(capture, "_wal_source", lambda: "default")
+    monkeypatch.setattr(capture, "_wal_aliases", lambda: ["default"])
     limited = config(lambda c: c.__setitem__("WAL", {"MAX_RETAINED_BYTES": 1000}))
     with override_settings(DJANGO_MIRROR=limited):
         for lag, expected in ((1000, []), (1001, ["django_mirror.W010"])):
@@ -729,7 +729,7 @@ def test_capture_wal_is_checked():
         )
         broken = slot.SlotState("replica", False, (), False, None)
         with (
-            mock.patch.object(capture, "_wal_source", return_value="default"),
+            mock.patch.object(capture, "_wal_aliases", return_value=["default"]),
             mock.patch.object(slot, "state", return_value=broken),
         ):
             found = capture.check_wal_source(databases=["default"])

@@ -400,7 +400,9 @@ def test_setup_checks_and_drop_slot(wal: None) -> None:
     assert "django_mirror.E031" in ids
     out = io.StringIO()
     call_command("mirror_setup", "--json", stdout=out)
-    summary = json.loads(out.getvalue())["wal"]
+    summary, on_target = json.loads(out.getvalue())["wal"]
+    assert (summary["alias"], summary["slot"]) == (SOURCE, "django_mirror")
+    assert (on_target["alias"], on_target["slot"]) == (TARGET, f"django_mirror_{TARGET}")
     assert summary["publication_change"] == "updated"  # back to every mirrored table
     assert summary["slot_created"] is False
     assert summary["published_tables"] == sorted(m._meta.db_table for m in MODELS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -21,7 +22,7 @@ from django_mirror.capture.wal import slot
 from django_mirror.core import failures
 from tests import wal_cluster
 from tests.test_wal_capture import _base, capture, cluster, sql, wal
-from tests.wal_cluster import SOURCE
+from tests.wal_cluster import SOURCE, TARGET
 
 REASON = wal_cluster.unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"WAL capture: {REASON}")
@@ -53,12 +54,19 @@ def _status() -> dict[str, Any]:
     return json.loads(out.getvalue())
 
 
+def _source_lag() -> dict[str, Any]:
+    """The source slot's entry in ``mirror_status --json``."""
+    found = _status()["capture"]
+    assert found[0]["alias"] == SOURCE
+    return found[0]
+
+
 def test_slot_lag_grows_while_uncaptured_and_falls_after_capture(wal: None, statsd: Any) -> None:
     capture()
     before = slot.lag(SOURCE)
     assert before.slot is True and before.retained is not None
     _uncaptured_writes()
-    grown = _status()["capture"]
+    grown = _source_lag()
     assert grown["slot"] is True and grown["over_limit"] is False
     assert grown["slot_lag_bytes"] > before.retained + 100_000
     gauge = statsd.total(statsd.lines(), "django_mirror.capture.slot_lag_bytes", "g")
@@ -66,11 +74,38 @@ def test_slot_lag_grows_while_uncaptured_and_falls_after_capture(wal: None, stat
     out = io.StringIO()
     call_command("mirror_status", stdout=out)
     (line,) = [x for x in out.getvalue().splitlines() if x.startswith("slot lag: ")]
-    assert line.endswith(" bytes") and int(line.split()[2]) >= grown["slot_lag_bytes"]
+    assert " bytes, " in line and line.endswith(" s behind"), line
+    assert int(line.split()[2]) >= grown["slot_lag_bytes"]
     capture()
-    after = _status()["capture"]["slot_lag_bytes"]
+    after = _source_lag()["slot_lag_bytes"]
     assert after < 64 * 1024, after  # ~0: only capture's own outbox writes follow
     assert statsd.total(statsd.lines(), "django_mirror.capture.slot_lag_bytes", "g") == after
+
+
+def test_slot_lag_in_seconds_is_the_age_of_what_is_not_yet_captured(wal: None, statsd: Any) -> None:
+    """Seconds behind: since the moment up to which every commit is stored, which
+    ``mirror_capture`` saves as it goes; it grows while writes wait, and falls once
+    they are captured. Each slot read is listed: the source's, then the target's."""
+    assert _source_lag()["slot_lag_seconds"] is None  # never captured: unknown, not 0
+    capture()
+    assert _source_lag()["slot_lag_seconds"] < 1.0
+    _uncaptured_writes(100)
+    time.sleep(1.5)
+    waiting = _status()["capture"]
+    assert [(e["alias"], e["slot_name"]) for e in waiting] == [
+        (SOURCE, "django_mirror"),
+        (TARGET, f"django_mirror_{TARGET}"),
+    ]
+    assert waiting[0]["slot_lag_seconds"] >= 1.5
+    gauge = statsd.total(statsd.lines(), "django_mirror.capture.slot_lag_seconds", "g")
+    assert gauge >= 1.5
+    target_gauge = f"django_mirror.capture.slot_lag_bytes.{TARGET}"
+    assert any(line.startswith(f"{target_gauge}:") for line in statsd.lines())
+    capture()
+    assert _source_lag()["slot_lag_seconds"] < 1.0
+    out = io.StringIO()
+    call_command("mirror_status", stdout=out)
+    assert f"slot lag ({TARGET}): " in out.getvalue()
 
 
 def test_retained_wal_past_the_limit_warns_and_below_it_does_not(
@@ -82,12 +117,12 @@ def test_retained_wal_past_the_limit_warns_and_below_it_does_not(
     assert retained is not None
     with _limited(retained * 100):
         assert "django_mirror.W010" not in [m.id for m in run_checks(databases=[SOURCE])]
-        found = _status()["capture"]
+        found = _source_lag()
         assert found["over_limit"] is False, (found, retained)
     with _limited(retained // 2):
         warned = [m for m in run_checks(databases=[SOURCE]) if m.id == "django_mirror.W010"]
         assert len(warned) == 1 and "bytes of WAL, more than" in warned[0].msg
-        assert _status()["capture"]["over_limit"] is True
+        assert _source_lag()["over_limit"] is True
         out = io.StringIO()
         call_command("mirror_status", stdout=out)
         assert "(over the limit of" in out.getvalue() and "django_mirror.W010" in out.getvalue()
@@ -145,7 +180,7 @@ def test_the_dashboard_shows_the_slot_lag_and_unknown_when_it_cannot_be_read(
     assert " bytes</p>" in page
     counted = failures.count
     down = OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
-    with mock.patch.object(slot, "retained_bytes", side_effect=down):
+    with mock.patch.object(slot, "retained", side_effect=down):
         response = admin_client.get(DASHBOARD)
         assert response.status_code == 200
         page = response.content.decode()
@@ -156,7 +191,7 @@ def test_the_dashboard_shows_the_slot_lag_and_unknown_when_it_cannot_be_read(
     assert failures.count >= counted + 2
     with (
         override_settings(DJANGO_MIRROR=wal_cluster.mirror_settings(_base(), capture="orm")),
-        mock.patch.object(slot, "retained_bytes") as read,
+        mock.patch.object(slot, "retained") as read,
     ):
         page = admin_client.get(DASHBOARD).content.decode()
         assert 'id="mirror-slot-lag"' not in page

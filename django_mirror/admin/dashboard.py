@@ -12,7 +12,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from django_mirror.admin.figures import DASH, KINDS, Dashboard, ModelRow, compute
+from django_mirror.admin.figures import DASH, KINDS, ModelRow, compute
+from django_mirror.capture.wal import slot
 from django_mirror.config import conf, graph
 from django_mirror.models import DeadLetter, MetricWindow, MismatchRecord
 
@@ -143,10 +144,7 @@ class DashboardAdmin(admin.ModelAdmin):
                 else None
             ),
             "backlog": number(board.backlog),
-            "slot_lag": _slot_lag(board),
-            "slot_limit": (
-                f"{number(board.slot_lag.limit)} bytes" if board.slot_lag is not None else None
-            ),
+            "slot_lags": [_slot_lag(lag, i == 0) for i, lag in enumerate(board.slot_lags)],
             "mismatches_day": number(board.mismatches_day),
             "dead_letters": number(board.dead_letters),
             "dead_letters_url": letters_url,
@@ -167,17 +165,24 @@ class DashboardAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/django_mirror/dashboard.html", context)
 
 
-def _slot_lag(board: Dashboard) -> str | None:
-    """The slot's retained WAL as the card shows it ("unknown" when it could not be
-    read); None with ORM capture, where the card is left out."""
-    lag = board.slot_lag
-    if lag is None:
-        return None
+def _slot_lag(lag: slot.SlotLag, source: bool) -> dict[str, Any]:
+    """One slot's card: its retained WAL and seconds behind ("unknown" when they could
+    not be read), the source's first and a target's named by its alias."""
     if lag.slot is None:
-        return "unknown"
-    if not lag.slot:
-        return "no slot"
-    return f"{number(lag.retained or 0)} bytes"
+        text, behind = "unknown", None
+    elif not lag.slot:
+        text, behind = "no slot", None
+    else:
+        text = f"{number(lag.retained or 0)} bytes"
+        behind = "not captured yet" if lag.seconds is None else f"{duration(lag.seconds)} behind"
+    return {
+        "id": "mirror-slot-lag" if source else f"mirror-slot-lag-{lag.alias}",
+        "title": "Slot lag" if source else f"Slot lag, {lag.alias}",
+        "text": text,
+        "behind": behind,
+        "over_limit": lag.over_limit,
+        "limit": f"{number(lag.limit)} bytes",
+    }
 
 
 def _verify_cell(row: ModelRow, now: dt.datetime, within: float) -> dict[str, Any]:

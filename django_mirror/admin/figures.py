@@ -99,8 +99,9 @@ class Dashboard:
     rate_seconds: float
     #: What could not be read (a target's outbox, say), for a note on the page.
     problems: list[str] = field(default_factory=list)
-    #: The replication slot's lag with ``CAPTURE = "wal"``; None with ORM capture.
-    slot_lag: slot.SlotLag | None = None
+    #: Each replication slot's lag with ``CAPTURE = "wal"`` (the source's first); none
+    #: with ORM capture.
+    slot_lags: list[slot.SlotLag] = field(default_factory=list)
 
     @property
     def backlog(self) -> int:
@@ -261,6 +262,6 @@ def compute(now: dt.datetime | None = None) -> Dashboard:
         dead_letters=dead_letters,
         rate_seconds=rate_seconds,
         problems=problems,
-        # one query, only when the log is read; a failed read shows "unknown"
-        slot_lag=slot.lag(source) if conf.capture_mode() == "wal" else None,
+        # one query a slot, only when the log is read; a failed read shows "unknown"
+        slot_lags=slot.lags(),
     )

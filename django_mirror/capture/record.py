@@ -63,8 +63,8 @@ def active_config(model: type[models.Model], using: str | None) -> conf.ModelCon
     alias = capture_alias(config)
     if (using or router.db_for_write(model)) != alias:
         return None
-    if alias == conf.source_alias() and conf.capture_mode() == "wal":
-        return None  # mirror_capture reads the source's log: the ORM must not also
+    if alias in conf.log_captured_aliases():
+        return None  # mirror_capture reads this alias's log: the ORM must not also
     return config
 
 

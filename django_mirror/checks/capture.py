@@ -1,7 +1,8 @@
 """``CAPTURE``: its value (E029), a PostgreSQL source for ``"wal"`` (E030), and, where
 the database checks run (``check --database``, ``migrate``, ``mirror_capture``), what
-logical decoding needs on the source: ``wal_level`` (E031), the publication and the
-slot (W009), and the WAL the slot retains against ``WAL["MAX_RETAINED_BYTES"]`` (W010)."""
+logical decoding needs on each database whose log is read (the source, and PostgreSQL
+database targets): ``wal_level`` (E031), the publication and the slot (W009), and the
+WAL the slot retains against ``WAL["MAX_RETAINED_BYTES"]`` (W010)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,14 @@ from django_mirror.capture.wal import slot
 from django_mirror.config import conf
 
 
-def _wal_source() -> str | None:
-    """The source alias when ``CAPTURE = "wal"`` is set and usable, else None."""
+def _wal_aliases() -> list[str]:
+    """The aliases whose log ``mirror_capture`` reads, when ``CAPTURE = "wal"`` is set
+    and the source can be read so."""
     raw = getattr(settings, "DJANGO_MIRROR", None)
     if not isinstance(raw, dict) or raw.get("CAPTURE") != "wal":
-        return None
-    alias = conf.source_alias()
-    if alias not in connections or connections[alias].vendor != "postgresql":
-        return None
-    return alias
+        return []
+    aliases = conf.log_captured_aliases()
+    return sorted(aliases) if conf.source_alias() in aliases else []
 
 
 @register(Tags.models, "django_mirror")
@@ -59,11 +59,19 @@ def check_capture(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 def check_wal_source(
     app_configs: Any = None, databases: Iterable[str] | None = None, **kwargs: Any
 ) -> list[Any]:
-    """What ``mirror_capture`` needs on the source: asked of the database, so only when
-    the checks may query it."""
-    alias = _wal_source()
-    if alias is None or alias not in (databases or ()):
-        return []
+    """What ``mirror_capture`` needs on each database whose log it reads: asked of the
+    database, so only when the checks may query it."""
+    problems: list[Any] = []
+    for alias in _wal_aliases():
+        if alias in (databases or ()):
+            problems += _check_wal_database(alias)
+    return problems
+
+
+def _check_wal_database(alias: str) -> list[Any]:
+    role = (
+        "source" if alias == conf.source_alias() else "target (where promoted models are written)"
+    )
     try:
         found = slot.state(alias)
     except DatabaseError as exc:
@@ -77,19 +85,20 @@ def check_wal_source(
     if found.wal_level != "logical":
         problems.append(
             Error(
-                f"DJANGO_MIRROR['CAPTURE'] is 'wal', but {alias!r} runs with "
+                f"DJANGO_MIRROR['CAPTURE'] is 'wal', but the {role} {alias!r} runs with "
                 f"wal_level = {found.wal_level}: its log holds no rows to decode.",
                 hint="ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL.",
                 id="django_mirror.E031",
             )
         )
     missing = []
+    name = slot.slot_name(alias)
     if not found.publication:
         missing.append(f"publication {slot.PUBLICATION!r}")
-    elif sorted(found.published_tables) != slot.tables():
+    elif sorted(found.published_tables) != slot.tables(alias):
         missing.append(f"publication {slot.PUBLICATION!r} for the mirrored tables as they are")
     if not found.slot:
-        missing.append(f"replication slot {slot.SLOT!r}")
+        missing.append(f"replication slot {name!r}")
     if missing:
         problems.append(
             Warning(
@@ -97,11 +106,11 @@ def check_wal_source(
                 "nothing to read.",
                 hint="Run manage.py mirror_setup (it creates the publication FOR TABLE the "
                 "mirrored tables and SELECT pg_create_logical_replication_slot("
-                f"'{slot.SLOT}', 'pgoutput')).",
+                f"'{name}', 'pgoutput')).",
                 id="django_mirror.W009",
             )
         )
-    over = over_limit(found.lag_bytes)
+    over = over_limit(found.lag_bytes, name)
     if over:
         problems.append(Warning(over, hint=RETAINED_HINT, id="django_mirror.W010"))
     return problems
@@ -113,13 +122,13 @@ RETAINED_HINT = (
 )
 
 
-def over_limit(retained: int | None) -> str | None:
+def over_limit(retained: int | None, name: str = slot.SLOT) -> str | None:
     """The warning when the slot retains more WAL than ``WAL["MAX_RETAINED_BYTES"]``:
     a slot nobody reads keeps every later log segment and can fill the source's disk."""
     limit = conf.get_settings().wal.max_retained_bytes
     if retained is None or retained <= limit:
         return None
     return (
-        f"The replication slot {slot.SLOT!r} retains {retained} bytes of WAL, more than "
+        f"The replication slot {name!r} retains {retained} bytes of WAL, more than "
         f"DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] ({limit})."
     )

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db import models
+from django.db import connections, models
 
 PHASES = ("off", "capture", "mirror", "promoted")
 CAPTURING_PHASES = frozenset({"capture", "mirror", "promoted"})
@@ -411,10 +411,26 @@ def capture_mode() -> str:
     return "wal" if get_settings().capture == "wal" else "orm"
 
 
+@cache
+def log_captured_aliases() -> frozenset[str]:
+    """The aliases ``mirror_capture`` reads the log of, whose writes the ORM therefore does
+    not capture: with ``CAPTURE = "wal"``, the source and every PostgreSQL database target
+    (where a promoted model is written); none with ORM capture. Read on every write, so
+    kept until the settings change."""
+    if capture_mode() != "wal":
+        return frozenset()
+    return frozenset(
+        alias
+        for alias in database_aliases()
+        if alias in connections and connections[alias].vendor == "postgresql"
+    )
+
+
 def clear_cache() -> None:
     get_settings.cache_clear()
     mirrored_models.cache_clear()
     _configs_by_label.cache_clear()
+    log_captured_aliases.cache_clear()
     _effective.clear()
 
 

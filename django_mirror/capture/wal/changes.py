@@ -52,18 +52,23 @@ class Shape:
         return tuple(f.column for f in self.fields)
 
 
-def shapes(capturing_only: bool = True) -> dict[str, Shape]:
-    """Each mirrored table by name; with ``capturing_only``, those whose writes on the
-    source are captured now (as ORM capture decides: a phase that captures, and the
-    source the model's primary store, so a promoted model's mirrored-back rows are not
-    captured again with versions of the wrong outbox)."""
-    source = conf.source_alias()
+def shapes(alias: str | None = None, capturing_only: bool = True) -> dict[str, Shape]:
+    """Each mirrored table ``alias`` (default: the source) holds, by name: on the source
+    every mirrored model's, on a database target its own models'. With
+    ``capturing_only``, those whose writes there are captured now (as ORM capture
+    decides: a phase that captures, and ``alias`` the model's primary store, so rows
+    mirrored into the other store are not captured again with versions of the wrong
+    outbox)."""
+    alias = alias or conf.source_alias()
+    holds_all = alias == conf.source_alias()
     result: dict[str, Shape] = {}
     for model, config in conf.mirrored_models().items():
         if model._meta.proxy or not model._meta.managed:
             continue
+        if not holds_all and config.target_alias != alias:
+            continue
         current = conf.model_config(model) or config
-        if capturing_only and (not current.capturing or current.primary_alias != source):
+        if capturing_only and (not current.capturing or current.primary_alias != alias):
             continue
         exclude = config.exclude_fields
         result[model._meta.db_table] = Shape(
@@ -113,9 +118,15 @@ class TransactionImages:
     """Ops of one source transaction, per model, in the order the log gave them."""
 
     def __init__(
-        self, shapes_: dict[str, Shape], refill: Refill, published: frozenset[str] = frozenset()
+        self,
+        shapes_: dict[str, Shape],
+        refill: Refill,
+        published: frozenset[str] = frozenset(),
+        source: str = "",
     ) -> None:
         self.shapes = shapes_
+        #: The alias whose log this is: the events' ``source``, as ORM capture names it.
+        self.source = source or conf.source_alias()
         self.refill = refill
         #: Tables of mirrored models whose writes are not captured now (phase off, or
         #: promoted): their changes are passed over. Any other table is an error.
@@ -187,7 +198,7 @@ class TransactionImages:
                 outbox.Payload(
                     tx=tx,
                     now=now,
-                    source=conf.source_alias(),
+                    source=self.source,
                     columns=self._shape_of[label].columns,
                     gen=self._shape_of[label].generation,
                     ops=list(ops),

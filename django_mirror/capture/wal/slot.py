@@ -1,6 +1,7 @@
-"""The publication and the logical replication slot on the source, and the loop that
-reads the slot: each committed transaction's changes stored as outbox batches, then the
-slot confirmed past it.
+"""The publication and the logical replication slot on a captured database (the source,
+and a PostgreSQL target where a promoted model is written), and the loop that reads the
+slot: each committed transaction's changes stored as outbox batches, then the slot
+confirmed past it.
 
 The slot is read with ``pg_logical_slot_peek_binary_changes`` on a plain connection (no
 replication protocol), and confirmed with ``pg_replication_slot_advance`` only once the
@@ -9,27 +10,35 @@ transaction's batches committed: a crash reads the transaction again, never skip
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import connections, transaction
+from django.utils import timezone
 
 from django_mirror.capture import outbox, record
 from django_mirror.capture.wal import changes, decoder
 from django_mirror.config import conf
+from django_mirror.core.applied import APPLIED_PREFIX
+from django_mirror.models import CaptureProgress
 from django_mirror.observability import reporting
 
 logger = logging.getLogger("django_mirror.capture")
 
-#: Names of the publication, the slot and the marker trigger on the source.
+#: Names of the publication, the source's slot and the marker trigger. Slot names are
+#: the cluster's, not a database's: a target's slot carries its alias (``slot_name``).
 PUBLICATION = "django_mirror"
 SLOT = "django_mirror"
-#: Prefix of the transactional message that marks a transaction applied by django-mirror
-#: itself (replay, live apply) on a store that is also captured: not captured again.
-APPLIED_PREFIX = "django_mirror.applied"
+#: Seconds between saves of ``CaptureProgress`` while capturing (the lag in seconds is
+#: that much coarser; one small write a second on the captured database).
+PROGRESS_INTERVAL = 1.0
 MARKER = "django_mirror_applied"
 
 
@@ -47,14 +56,28 @@ def lsn_int(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-def tables() -> list[str]:
-    """The tables published: every mirrored model's and its auto-created M2M tables',
-    whatever their phase (which capture looks at per round)."""
-    return sorted(changes.shapes(capturing_only=False))
+def slot_name(alias: str | None = None) -> str:
+    """The slot of ``alias``: ``django_mirror`` on the source, ``django_mirror_<alias>``
+    on a target, which may share the source's cluster."""
+    alias = alias or conf.source_alias()
+    if alias == conf.source_alias():
+        return SLOT
+    return f"{SLOT}_{re.sub('[^a-z0-9_]', '_', alias.lower())}"[:63]
+
+
+def tables(alias: str | None = None) -> list[str]:
+    """The tables published on ``alias``: its mirrored models' and their auto-created M2M
+    tables', whatever their phase (which capture looks at per round)."""
+    return sorted(changes.shapes(alias, capturing_only=False))
 
 
 def _quote(alias: str, name: str) -> str:
     return connections[alias].ops.quote_name(name)
+
+
+def _field_time(moment: dt.datetime) -> dt.datetime:
+    """The database's clock as a ``DateTimeField`` stores it under ``USE_TZ``."""
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
 
 
 @dataclass
@@ -69,7 +92,7 @@ class SetupReport:
 def setup(alias: str) -> SetupReport:
     """Create or update the publication (exactly the mirrored tables), the slot, and the
     replica-only trigger that marks django-mirror's own writes (see ``APPLIED_PREFIX``)."""
-    report = SetupReport(tables=tables())
+    report = SetupReport(tables=tables(alias))
     names = ", ".join(_quote(alias, t) for t in report.tables)
     connection = connections[alias]
     with transaction.atomic(using=alias), connection.cursor() as cursor:
@@ -102,9 +125,10 @@ def setup(alias: str) -> SetupReport:
             cursor.execute(f"ALTER TABLE {quoted} ENABLE REPLICA TRIGGER {MARKER}")
     report.identity_fixes = identity_fixes(alias)
     with connection.cursor() as cursor:  # not in a transaction that wrote: PostgreSQL says so
-        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [SLOT])
+        name = slot_name(alias)
+        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [name])
         if cursor.fetchone() is None:
-            cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [SLOT])
+            cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
             report.slot_created = True
     return report
 
@@ -114,7 +138,7 @@ def identity_fixes(alias: str) -> list[str]:
     deletes the log could not key: no primary key under the default identity, or none."""
     fixes = []
     with connections[alias].cursor() as cursor:
-        for table in tables():
+        for table in tables(alias):
             cursor.execute(
                 "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i "
                 "WHERE i.indrelid = c.oid AND i.indisprimary) "
@@ -153,37 +177,54 @@ def state(alias: str) -> SlotState:
         cursor.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
             "FROM pg_replication_slots WHERE slot_name = %s",
-            [SLOT],
+            [slot_name(alias)],
         )
         row = cursor.fetchone()
     return SlotState(wal_level, publication, published, row is not None, row and row[0])
 
 
-def retained_bytes(alias: str) -> int | None:
-    """Bytes of WAL the slot holds back (None without a slot): one query, cheap enough
-    for ``mirror_status``, the gauges and the retained-WAL limit."""
+def retained(alias: str) -> tuple[int, float | None] | None:
+    """Bytes of WAL the slot holds back, and seconds since the moment up to which every
+    commit is stored (None before ``mirror_capture`` first stored its progress); None
+    without a slot. One query, cheap enough for ``mirror_status`` and the gauges."""
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-            "FROM pg_replication_slots WHERE slot_name = %s",
-            [SLOT],
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
+            "EXTRACT(EPOCH FROM clock_timestamp() - p.caught_up_to)::float8 "
+            f"FROM pg_replication_slots s LEFT JOIN {_progress_table(alias)} p "
+            "ON p.slot = s.slot_name WHERE s.slot_name = %s",
+            [slot_name(alias)],
         )
         row = cursor.fetchone()
-    return None if row is None else int(row[0] or 0)
+    if row is None:
+        return None
+    return int(row[0] or 0), None if row[1] is None else max(0.0, float(row[1]))
+
+
+def _progress_table(alias: str) -> str:
+    return _quote(alias, CaptureProgress._meta.db_table)
 
 
 @dataclass(frozen=True)
 class SlotLag:
-    """The slot's retained WAL as ``mirror_status``, the dashboard and ``mirror_capture``
-    show it. PostgreSQL keeps no commit time per log position (short of
-    ``track_commit_timestamp``), so the lag is in bytes only."""
+    """A slot's lag as ``mirror_status``, the dashboard and ``mirror_capture`` show it:
+    the WAL it retains, and how old the newest moment is up to which every commit is
+    stored. PostgreSQL keeps no commit time per log position, so the seconds come from
+    ``CaptureProgress``, which ``mirror_capture`` updates about once a second."""
 
+    alias: str
     #: Bytes of WAL held back; None when unknown (the read failed) or there is no slot.
     retained: int | None
     #: Whether the slot exists; None when the read failed.
     slot: bool | None
     #: ``WAL["MAX_RETAINED_BYTES"]``.
     limit: int
+    #: Seconds behind; None when unknown or ``mirror_capture`` never stored anything.
+    seconds: float | None = None
+
+    @property
+    def slot_name(self) -> str:
+        return slot_name(self.alias)
 
     @property
     def over_limit(self) -> bool:
@@ -191,8 +232,11 @@ class SlotLag:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "alias": self.alias,
+            "slot_name": self.slot_name,
             "slot": self.slot,
             "slot_lag_bytes": self.retained,
+            "slot_lag_seconds": None if self.seconds is None else round(self.seconds, 3),
             "max_retained_bytes": self.limit,
             "over_limit": self.over_limit,
         }
@@ -203,32 +247,47 @@ class SlotLag:
             return "unknown"
         if not self.slot:
             return "no slot"
+        behind = "never captured" if self.seconds is None else f"{self.seconds:.1f} s behind"
         if self.over_limit:
-            return f"{self.retained} bytes (over the limit of {self.limit})"
-        return f"{self.retained} bytes"
+            return f"{self.retained} bytes, {behind} (over the limit of {self.limit})"
+        return f"{self.retained} bytes, {behind}"
 
 
 def lag(alias: str) -> SlotLag:
-    """Read the slot's lag and send it as the ``capture.slot_lag_bytes`` gauge. A failed
+    """Read the slot's lag and send it as the ``capture.slot_lag_bytes`` and
+    ``capture.slot_lag_seconds`` gauges (a target's with ``.<alias>`` appended). A failed
     read is counted and logged like other instrumentation failures and gives "unknown",
     so the page or command showing it never breaks."""
     limit = conf.get_settings().wal.max_retained_bytes
     with reporting.guarded("could not read the replication slot's lag"):
         with transaction.atomic(using=alias):  # a failed query must not abort the caller's
-            retained = retained_bytes(alias)
-        if retained is not None:
-            reporting.gauge("capture.slot_lag_bytes", retained)
-        return SlotLag(retained, retained is not None, limit)
-    return SlotLag(None, None, limit)
+            found = retained(alias)
+        if found is None:
+            return SlotLag(alias, None, False, limit)
+        suffix = "" if alias == conf.source_alias() else f".{alias}"
+        reporting.gauge(f"capture.slot_lag_bytes{suffix}", found[0])
+        if found[1] is not None:
+            reporting.gauge(f"capture.slot_lag_seconds{suffix}", found[1])
+        return SlotLag(alias, found[0], True, limit, found[1])
+    return SlotLag(alias, None, None, limit)
+
+
+def lags() -> list[SlotLag]:
+    """The lag of every slot ``mirror_capture`` reads: the source's first."""
+    source = conf.source_alias()
+    return [lag(a) for a in sorted(conf.log_captured_aliases(), key=lambda a: (a != source, a))]
 
 
 def drop_slot(alias: str) -> bool:
-    """Drop the slot (the WAL it held is freed); False when there was none."""
+    """Drop the slot (the WAL it held is freed) and its stored progress; False when
+    there was none."""
+    name = slot_name(alias)
+    CaptureProgress.objects.using(alias).filter(slot=name).delete()
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [SLOT])
+        cursor.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [name])
         if cursor.fetchone() is None:
             return False
-        cursor.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
+        cursor.execute("SELECT pg_drop_replication_slot(%s)", [name])
     return True
 
 
@@ -239,6 +298,9 @@ class RoundResult:
     skipped: int = 0  # transactions django-mirror applied itself
     #: Every commit before this LSN was read (the log flushed when the round began).
     read_to: int = 0
+    #: Every commit before this moment is stored (database clock); None when the round
+    #: stored no whole transaction and did not read to the end.
+    caught_up_to: dt.datetime | None = None
 
 
 class Capturer:
@@ -252,8 +314,11 @@ class Capturer:
 
     def __init__(self, alias: str | None = None, limit: int = 1000) -> None:
         self.alias = alias or conf.source_alias()
+        self.slot = slot_name(self.alias)
         self.limit = limit
         self._reader: Any = None
+        self._progress: tuple[int, dt.datetime] | None = None
+        self._saved_at = 0.0
 
     def close(self) -> None:
         if self._reader is not None:
@@ -287,7 +352,7 @@ class Capturer:
     def acquire(self) -> bool:
         """Whether this process is the slot's one reader (an advisory lock, held for the
         reader connection's life)."""
-        key = zlib.crc32(f"django_mirror slot {SLOT}".encode())
+        key = zlib.crc32(f"django_mirror slot {self.slot}".encode())
         row = self.reader().execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
         return bool(row[0])
 
@@ -298,7 +363,7 @@ class Capturer:
             "SELECT pg_replication_slot_advance(slot_name, "
             "GREATEST(%s::pg_lsn, confirmed_flush_lsn)) "
             "FROM pg_replication_slots WHERE slot_name = %s",
-            [lsn_text(lsn), SLOT],
+            [lsn_text(lsn), self.slot],
         )
 
     def round(self, after_store: Callable[[int], None] | None = None) -> RoundResult:
@@ -306,15 +371,18 @@ class Capturer:
         each transaction, confirm the slot past it. ``after_store`` is called with each
         stored transaction's end LSN before the slot moves (tests stop there)."""
         reader = self.reader()
-        flushed = lsn_int(reader.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+        position, moment = reader.execute(
+            "SELECT pg_current_wal_flush_lsn()::text, clock_timestamp()"
+        ).fetchone()
+        flushed = lsn_int(position)
         rows = reader.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
             "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-            [SLOT, self.limit, PUBLICATION],
+            [self.slot, self.limit, PUBLICATION],
         ).fetchall()
         result = RoundResult()
-        shapes = changes.shapes()
-        published = frozenset(tables())
+        shapes = changes.shapes(self.alias)
+        published = frozenset(tables(self.alias))
         relations: dict[int, decoder.Relation] = {}
         begin: decoder.Begin | None = None
         images: changes.TransactionImages | None = None
@@ -323,7 +391,7 @@ class Capturer:
             message = decoder.decode(data)
             if isinstance(message, decoder.Begin):
                 begin, applied = message, False
-                images = changes.TransactionImages(shapes, self._refill, published)
+                images = changes.TransactionImages(shapes, self._refill, published, self.alias)
             elif isinstance(message, decoder.Relation):
                 relations[message.oid] = message
             elif isinstance(message, decoder.Change):
@@ -355,11 +423,29 @@ class Capturer:
                 if after_store is not None:
                     after_store(message.end_lsn)
                 self.advance(message.end_lsn)
+                result.read_to = message.end_lsn
+                result.caught_up_to = changes.commit_datetime(begin.commit_time)
                 begin = images = None
         if len(rows) < self.limit:  # every commit up to ``flushed`` was read
             self.advance(flushed)
             result.read_to = flushed
+            result.caught_up_to = _field_time(moment)
+        if result.caught_up_to is not None:
+            self._progress = (result.read_to, result.caught_up_to)
         return result
+
+    def save_progress(self, force: bool = False) -> None:
+        """Store how far the slot is captured (``CaptureProgress``, for the lag in
+        seconds), at most every ``PROGRESS_INTERVAL`` seconds unless ``force``."""
+        now = time.monotonic()
+        if self._progress is None or (not force and now - self._saved_at < PROGRESS_INTERVAL):
+            return
+        lsn, caught_up_to = self._progress
+        CaptureProgress.objects.using(self.alias).update_or_create(
+            slot=self.slot, defaults={"lsn": lsn_text(lsn), "caught_up_to": caught_up_to}
+        )
+        self._saved_at = now
+        self._progress = None
 
     def current_lsn(self) -> int:
         """Where the log is written to now: commits before it are "there" for ``--once``

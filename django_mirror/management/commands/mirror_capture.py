@@ -25,7 +25,8 @@ logger = logging.getLogger("django_mirror")
 class Command(MirrorCommand):
     help = (
         "Capture the source's writes from PostgreSQL's write-ahead log (CAPTURE 'wal'): "
-        "each committed transaction on a mirrored table becomes outbox events."
+        "each committed transaction on a mirrored table becomes outbox events. "
+        "--database reads a PostgreSQL target's log, where promoted models are written."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,23 +38,34 @@ class Command(MirrorCommand):
             "--batch-size", type=int, default=1000, help="Log messages read per round."
         )
         parser.add_argument("--interval", type=float, default=0.2, help="Idle poll seconds.")
+        parser.add_argument(
+            "--database",
+            help="The alias whose log to read: the source (default), or a PostgreSQL "
+            "database target once models are promoted to it.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        alias = conf.source_alias()
+        alias = options["database"] or conf.source_alias()
+        if alias not in connections:
+            raise CommandError(f"no database alias {alias!r} in DATABASES")
         if connections[alias].vendor != "postgresql":
             raise CommandError(
                 f"mirror_capture reads PostgreSQL's log; {alias!r} is not PostgreSQL"
             )
+        name = slot.slot_name(alias)
         if options["drop_slot"]:
             dropped = slot.drop_slot(alias)
             self.stdout.write(
-                f"dropped replication slot {slot.SLOT!r}"
-                if dropped
-                else f"no replication slot {slot.SLOT!r}"
+                f"dropped replication slot {name!r}" if dropped else f"no replication slot {name!r}"
             )
             return
         if conf.capture_mode() != "wal":
             raise CommandError("DJANGO_MIRROR['CAPTURE'] is not 'wal': the ORM captures writes")
+        if alias not in conf.log_captured_aliases():
+            raise CommandError(
+                f"{alias!r} is neither the source nor a database target of a mirrored model: "
+                "no model is written there"
+            )
         problems = check_wal_source(databases=[alias])  # wal_level, publication, slot
         # W010 (too much WAL retained) is what capturing cures: warn, never refuse.
         problems = [p for p in problems if p.id != "django_mirror.W010"]
@@ -69,7 +81,7 @@ class Command(MirrorCommand):
             with stopping_on_signals(lambda: stop.update(now=True)):
                 while not capturer.acquire():
                     if options["once"]:
-                        raise CommandError(f"another mirror_capture holds slot {slot.SLOT!r}")
+                        raise CommandError(f"another mirror_capture holds slot {name!r}")
                     if verbosity >= 2:
                         self.stdout.write("another process captures; waiting")
                     time.sleep(5.0)
@@ -96,6 +108,7 @@ class Command(MirrorCommand):
                         continue
                     failures = 0
                     total += result.events
+                    capturer.save_progress()
                     if result.transactions and verbosity >= 2:
                         self.stdout.write(
                             f"captured {result.events} events of {result.transactions} transactions"
@@ -115,6 +128,7 @@ class Command(MirrorCommand):
             raise CommandError(f"capture stopped: {exc}") from exc
         finally:
             capturer.close()
+        capturer.save_progress(force=True)
         watch.poll(force=True)
         if verbosity >= 1:
             self.stdout.write(f"captured {total} events")
@@ -142,7 +156,7 @@ class LagWatch:
             logger.warning(
                 "django-mirror: the replication slot %r retains %d bytes of WAL, more than "
                 "DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] (%d) (django_mirror.W010)",
-                slot.SLOT,
+                lag.slot_name,
                 lag.retained,
                 lag.limit,
             )
@@ -150,6 +164,6 @@ class LagWatch:
             logger.info(
                 "django-mirror: the replication slot %r retains %d bytes of WAL, within "
                 "the limit again",
-                slot.SLOT,
+                lag.slot_name,
                 lag.retained,
             )

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from django_mirror.capture.wal import slot
 from django_mirror.config import conf
@@ -15,7 +15,8 @@ from django_mirror.targets import Target, get_target
 class Command(MirrorCommand):
     help = (
         "Create the stream (and target tables of non-database targets) where missing; with "
-        "CAPTURE 'wal', the source's publication and logical replication slot too."
+        "CAPTURE 'wal', the publication and logical replication slot of the source (and of "
+        "each PostgreSQL database target) too."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,10 +35,11 @@ class Command(MirrorCommand):
             for target, models_ in by_target.values():
                 labels = ", ".join(m._meta.label for m in models_)
                 self.stdout.write(f"would set up {target.describe()} for {labels}")
-            if conf.capture_mode() == "wal":
+            for alias in self._wal_aliases():
                 self.stdout.write(
-                    f"would create or update publication {slot.PUBLICATION!r} for "
-                    f"{', '.join(slot.tables())} and slot {slot.SLOT!r} (pgoutput)"
+                    f"would create or update publication {slot.PUBLICATION!r} on {alias!r} "
+                    f"for {', '.join(slot.tables(alias))} and slot {slot.slot_name(alias)!r} "
+                    "(pgoutput)"
                 )
             return
         try:
@@ -50,18 +52,29 @@ class Command(MirrorCommand):
                 tables += target.setup(models_)
             except Exception as exc:
                 raise CommandError(f"could not set up {target.describe()}: {exc}") from exc
-        wal = self._setup_wal()
+        wal = {}
+        for alias in self._wal_aliases():
+            try:
+                wal[alias] = slot.setup(alias)
+            except DatabaseError as exc:
+                raise CommandError(
+                    f"could not set up logical decoding on {alias!r}: {exc}".strip()
+                ) from exc
         if options["json"]:
             summary: dict[str, Any] = {"stream": stream.name, "created": created, "tables": tables}
-            if wal is not None:
-                summary["wal"] = {
-                    "publication": slot.PUBLICATION,
-                    "publication_change": wal.publication or None,
-                    "published_tables": wal.tables,
-                    "slot": slot.SLOT,
-                    "slot_created": wal.slot_created,
-                    "replica_identity_fixes": wal.identity_fixes,
-                }
+            if wal:
+                summary["wal"] = [
+                    {
+                        "alias": alias,
+                        "publication": slot.PUBLICATION,
+                        "publication_change": report.publication or None,
+                        "published_tables": report.tables,
+                        "slot": slot.slot_name(alias),
+                        "slot_created": report.slot_created,
+                        "replica_identity_fixes": report.identity_fixes,
+                    }
+                    for alias, report in wal.items()
+                ]
             self.emit_json(summary)
             return
         if created:
@@ -70,30 +83,35 @@ class Command(MirrorCommand):
             self.stdout.write(f"stream {stream.name!r} exists")
         for table in tables:
             self.stdout.write(self.style.SUCCESS(f"created table {table!r}"))
-        if wal is not None:
-            self._report_wal(wal)
+        for alias, report in wal.items():
+            self._report_wal(alias, report)
 
-    def _setup_wal(self) -> slot.SetupReport | None:
-        """The publication and slot ``mirror_capture`` reads, where CAPTURE is "wal"."""
+    def _wal_aliases(self) -> list[str]:
+        """Where ``mirror_capture`` reads the log, when CAPTURE is "wal": the source first,
+        then each PostgreSQL database target (where a promoted model is written)."""
         if conf.capture_mode() != "wal":
-            return None
-        alias = conf.source_alias()
-        if connections[alias].vendor != "postgresql":
-            raise CommandError(f"CAPTURE 'wal' needs a PostgreSQL source; {alias!r} is not")
-        return slot.setup(alias)
+            return []
+        source = conf.source_alias()
+        if connections[source].vendor != "postgresql":
+            raise CommandError(f"CAPTURE 'wal' needs a PostgreSQL source; {source!r} is not")
+        return sorted(conf.log_captured_aliases(), key=lambda a: (a != source, a))
 
-    def _report_wal(self, wal: slot.SetupReport) -> None:
+    def _report_wal(self, alias: str, wal: slot.SetupReport) -> None:
         tables = ", ".join(wal.tables)
+        where = f"on {alias!r}"
         if wal.publication:
             self.stdout.write(
-                self.style.SUCCESS(f"{wal.publication} publication {slot.PUBLICATION!r}: {tables}")
+                self.style.SUCCESS(
+                    f"{wal.publication} publication {slot.PUBLICATION!r} {where}: {tables}"
+                )
             )
         else:
-            self.stdout.write(f"publication {slot.PUBLICATION!r} holds {tables}")
+            self.stdout.write(f"publication {slot.PUBLICATION!r} {where} holds {tables}")
+        name = slot.slot_name(alias)
         if wal.slot_created:
-            self.stdout.write(self.style.SUCCESS(f"created replication slot {slot.SLOT!r}"))
+            self.stdout.write(self.style.SUCCESS(f"created replication slot {name!r} {where}"))
         else:
-            self.stdout.write(f"replication slot {slot.SLOT!r} exists")
+            self.stdout.write(f"replication slot {name!r} {where} exists")
         if wal.identity_fixes:
             self.stdout.write(
                 self.style.WARNING(

@@ -36,10 +36,9 @@ class Command(MirrorCommand):
             report = self._report(configs, using)
         except DatabaseError as exc:
             raise CommandError(f"cannot read django-mirror's tables on {using!r}: {exc}") from exc
-        lag = None
-        if conf.capture_mode() == "wal":  # one query, and none at all for ORM capture
-            lag = slot.lag(using)
-            report["capture"] = lag.as_dict()
+        lags = slot.lags()  # one query a slot read, and none at all for ORM capture
+        if lags:
+            report["capture"] = [lag.as_dict() for lag in lags]
         if options["json"]:
             self.emit_json(report)
             return
@@ -68,11 +67,12 @@ class Command(MirrorCommand):
                 + (f"{phases[0]}" if len(phases) == 1 else f"SPLIT ({', '.join(phases)})")
             )
         self.stdout.write(f"relay backlog: {report['backlog']} events")
-        if lag is not None:
-            self.stdout.write(f"slot lag: {lag.text()}")
+        for lag in lags:
+            where = "" if lag.alias == using else f" ({lag.alias})"
+            self.stdout.write(f"slot lag{where}: {lag.text()}")
             if lag.over_limit:
                 self.stdout.write(
-                    f"WARNING: the replication slot retains more WAL than "
+                    f"WARNING: the replication slot {lag.slot_name!r} retains more WAL than "
                     f"DJANGO_MIRROR['WAL']['MAX_RETAINED_BYTES'] ({lag.limit}): "
                     "run mirror_capture (django_mirror.W010)"
                 )

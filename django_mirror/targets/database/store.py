@@ -7,12 +7,14 @@ so they live beneath both.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import connections, models, transaction
 
-from django_mirror.core import scoped
+from django_mirror.config import conf
+from django_mirror.core import applied, scoped
 from django_mirror.targets.base import Target
 from django_mirror.targets.database.rows import RowSpec
 
@@ -35,12 +37,19 @@ class DatabaseStore(Target):
     def connected(self) -> bool:
         return self.connection.connection is not None
 
-    def _transaction(self) -> AbstractContextManager[Any]:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
         """A transaction on the target; replay's own (not ``live``) check no foreign keys
-        in it, and leave the connection's settings as they were once it ends."""
-        if self.relaxes_foreign_keys:
-            return scoped.foreign_keys_off(self.alias)
-        return transaction.atomic(using=self.alias)
+        in it, and leave the connection's settings as they were once it ends. Where
+        ``mirror_capture`` reads the log, it is marked as django-mirror's own."""
+        with (
+            scoped.foreign_keys_off(self.alias)
+            if self.relaxes_foreign_keys
+            else transaction.atomic(using=self.alias)
+        ):
+            if self.alias in conf.log_captured_aliases():
+                applied.mark(self.connection)
+            yield
 
     def _spec(self, model: type[models.Model]) -> RowSpec:
         """The model's row spec on this alias, built on first use."""
