@@ -33,9 +33,11 @@ from django.db.migrations.state import ProjectState
 from django.test import override_settings
 
 from django_mirror.capture.wal import slot
+from django_mirror.core.events import Event
 from django_mirror.checks import check_capture
 from django_mirror.models import OutboxBatch
 from django_mirror.observability import stats
+from django_mirror.targets import database_target
 from tests import wal_cluster
 from tests.conftest import drain_and_replay, rows
 from tests.testapp.models import AllTypes, Author, Book, Tag
@@ -84,7 +86,8 @@ def wal(cluster: wal_cluster.Cluster, kinesis: Any, django_db_blocker: Any) -> I
         django_db_blocker.unblock(),
         override_settings(DJANGO_MIRROR=wal_cluster.mirror_settings(_base())),
     ):
-        slot.drop_slot(SOURCE)
+        for alias in (SOURCE, TARGET):  # the target's log is read too (promoted models)
+            slot.drop_slot(alias)
         for alias in (SOURCE, TARGET):
             connection = connections[alias]
             names = [
@@ -439,6 +442,51 @@ def test_phase_mirror_is_applied_live_by_mirror_capture(wal: None) -> None:
         assert rows(Author, TARGET) == {1: {"id": 1, "name": "ADA"}}
         drain_and_replay()  # the same events again through the stream: no change
         assert_same(Author)
+
+
+def test_a_promoted_model_is_captured_from_the_targets_log(wal: None) -> None:
+    """Promoted, the model is written on the target, a PostgreSQL database whose log
+    ``mirror_capture --database`` reads: its writes, ORM or not, are captured there once
+    (the ORM stands down), applied live back to the old store, and replay converges.
+    What django-mirror itself writes on the target, a replay of events captured before
+    the switch, and what it mirrors back onto the source are not captured again."""
+    sql("INSERT INTO testapp_author (id, name) VALUES (1, 'ada'), (2, 'bob')")
+    capture()
+    promoted = wal_cluster.mirror_settings(_base())
+    promoted["MODELS"]["testapp.Author"] = {"target": TARGET, "phase": "promoted"}
+    with override_settings(DJANGO_MIRROR=promoted):
+        drain_and_replay()  # in flight at the switch: replayed into the new primary
+        assert_same(Author)
+        with connections[TARGET].cursor() as cursor:
+            cursor.execute("INSERT INTO testapp_author (id, name) VALUES (3, 'cy')")
+            cursor.execute("UPDATE testapp_author SET name = 'BOB' WHERE id = 2")
+        Author.objects.create(id=4, name="dee")  # the router sends it to the target
+        assert not OutboxBatch.objects.using(TARGET).exists()  # the ORM captured nothing
+        call_command("mirror_capture", "--database", TARGET, "--once", verbosity=0)
+        captured = [
+            e for batch in OutboxBatch.objects.using(TARGET).order_by("id") for e in batch.events()
+        ]
+        assert [(e["source"], e["pk"], e["row"]["name"]) for e in captured] == [
+            (TARGET, 3, "cy"),
+            (TARGET, 2, "BOB"),
+            (TARGET, 4, "dee"),
+        ]
+        assert rows(Author, SOURCE) == rows(Author, TARGET)  # applied live, back
+        drain_and_replay()
+        assert_same(Author)
+        capture()  # the source's log holds the rows mirrored back: passed over
+        assert events("testapp.Author") == []
+        call_command("mirror_capture", "--database", TARGET, "--once", verbosity=0)
+        assert not OutboxBatch.objects.using(TARGET).exists()  # replay's writes: marked
+        # A live apply (foreign keys checked, no replica role) is marked by itself.
+        later = {**captured[0], "version": captured[-1]["version"] + 1}
+        later["row"] = {**later["row"], "name": "CY"}
+        database_target(TARGET, live=True).apply([Event.from_dict(later)])
+        assert rows(Author, TARGET)[3]["name"] == "CY"
+        call_command("mirror_capture", "--database", TARGET, "--once", verbosity=0)
+        assert not OutboxBatch.objects.using(TARGET).exists()
+    with pytest.raises(CommandError, match="not PostgreSQL|neither the source"):
+        call_command("mirror_capture", "--database", "default", "--once", verbosity=0)
 
 
 def test_one_process_reads_the_slot(wal: None) -> None:
