@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "repository": ("benchmarks.repository_overhead", ("sqlite", "postgres")),
     "relay": ("benchmarks.relay_throughput", ("sqlite", "postgres")),
     "replay-stream": ("benchmarks.replay_stream", ("sqlite", "postgres")),
+    "wal-capture": ("benchmarks.wal_capture", ("postgres",)),
 }
 
 

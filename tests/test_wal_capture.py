@@ -86,23 +86,46 @@ def wal(cluster: wal_cluster.Cluster, kinesis: Any, django_db_blocker: Any) -> I
         django_db_blocker.unblock(),
         override_settings(DJANGO_MIRROR=wal_cluster.mirror_settings(_base())),
     ):
-        for alias in (SOURCE, TARGET):  # the target's log is read too (promoted models)
-            slot.drop_slot(alias)
-        for alias in (SOURCE, TARGET):
-            connection = connections[alias]
-            names = [
-                t
-                for t in connection.introspection.table_names()
-                if t.startswith(("testapp_", "django_mirror_"))
-            ]
-            with connection.cursor() as cursor:
-                cursor.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+        empty_cluster()
         call_command("mirror_setup", verbosity=0)
         yield
         stats.flush()  # the figures of this test's captures, while the cluster is allowed
         stats.reset()
         for alias in (SOURCE, TARGET):
             connections[alias].close()
+
+
+def empty_cluster() -> None:
+    """No slot on either database, and the test app's and django-mirror's tables empty on
+    both (a TRUNCATE, which capture would stop at: the slots go first). The settings in
+    force name the slots."""
+    for alias in (SOURCE, TARGET):  # the target's log is read too (promoted models)
+        slot.drop_slot(alias)
+    for alias in (SOURCE, TARGET):
+        connection = connections[alias]
+        names = [
+            t
+            for t in connection.introspection.table_names()
+            if t.startswith(("testapp_", "django_mirror_"))
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
+
+
+def cascade_in_database() -> None:
+    """Book.author's foreign key on the source made ``ON DELETE CASCADE``: deleting an
+    author deletes its books in the database itself, without Django."""
+    with connections[SOURCE].cursor() as cursor:
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'testapp_book'::regclass "
+            "AND contype = 'f' AND pg_get_constraintdef(oid) LIKE 'FOREIGN KEY (author_id)%%'"
+        )
+        (constraint,) = cursor.fetchone()
+    sql(f"ALTER TABLE testapp_book DROP CONSTRAINT {constraint}")
+    sql(
+        f"ALTER TABLE testapp_book ADD CONSTRAINT {constraint} FOREIGN KEY (author_id) "
+        "REFERENCES testapp_author (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED"
+    )
 
 
 def sql(statement: str, params: Any = None) -> None:
@@ -167,17 +190,7 @@ def test_raw_sql_triggers_cascades_and_other_connections_are_captured(wal: None)
         sql("DROP TRIGGER tag_author ON testapp_author")
         sql("DROP FUNCTION tag_author()")
     # A database-level ON DELETE CASCADE deletes bob's books without Django.
-    with connections[SOURCE].cursor() as cursor:
-        cursor.execute(
-            "SELECT conname FROM pg_constraint WHERE conrelid = 'testapp_book'::regclass "
-            "AND contype = 'f' AND pg_get_constraintdef(oid) LIKE 'FOREIGN KEY (author_id)%%'"
-        )
-        (constraint,) = cursor.fetchone()
-    sql(f"ALTER TABLE testapp_book DROP CONSTRAINT {constraint}")
-    sql(
-        f"ALTER TABLE testapp_book ADD CONSTRAINT {constraint} FOREIGN KEY (author_id) "
-        "REFERENCES testapp_author (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED"
-    )
+    cascade_in_database()
     sql("DELETE FROM testapp_author WHERE id = 2")
     assert not Book.objects.using(SOURCE).filter(author_id=2).exists()
     # Another program's connection, psycopg alone.
@@ -316,7 +329,7 @@ def test_a_crash_before_the_slot_moves_reads_the_transaction_again(wal: None) ->
     capturer.close()
     capture()
     pks = [e["pk"] for e in events("testapp.Author")]
-    assert pks == [1, 2, 2, 3]  # the second again, none skipped
+    assert pks == [1, 2, 3, 1, 2, 3]  # the round stored again, none skipped
     drain_and_replay()
     assert_same(Author)
 

@@ -104,14 +104,17 @@ def databases(port: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def mirror_settings(base: dict[str, Any], capture: str = "wal") -> dict[str, Any]:
-    """``DJANGO_MIRROR`` with the source on the cluster, read from its log."""
+def mirror_settings(
+    base: dict[str, Any], capture: str = "wal", labels: tuple[str, ...] = LABELS
+) -> dict[str, Any]:
+    """``DJANGO_MIRROR`` with the source on the cluster, read from its log: ``labels``
+    (the tests' models unless told; the benchmarks pass theirs) in phase capture."""
     return {
         **base,
         "SOURCE": SOURCE,
         "CAPTURE": capture,
         "RELAY": {"ON_COMMIT": "off"},
-        "MODELS": {label: {"target": TARGET, "phase": "capture"} for label in LABELS},
+        "MODELS": {label: {"target": TARGET, "phase": "capture"} for label in labels},
     }
 
 

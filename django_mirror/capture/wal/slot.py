@@ -312,13 +312,15 @@ class Capturer:
     advisory lock.
     """
 
-    def __init__(self, alias: str | None = None, limit: int = 1000) -> None:
+    def __init__(self, alias: str | None = None, limit: int = 10_000) -> None:
         self.alias = alias or conf.source_alias()
         self.slot = slot_name(self.alias)
         self.limit = limit
         self._reader: Any = None
         self._progress: tuple[int, dt.datetime] | None = None
         self._saved_at = 0.0
+        #: Where this process last confirmed the slot to (a lower bound of it).
+        self._confirmed = 0
 
     def close(self) -> None:
         if self._reader is not None:
@@ -365,16 +367,28 @@ class Capturer:
             "FROM pg_replication_slots WHERE slot_name = %s",
             [lsn_text(lsn), self.slot],
         )
+        self._confirmed = max(self._confirmed, lsn)
 
     def round(self, after_store: Callable[[int], None] | None = None) -> RoundResult:
         """Read what the slot holds (up to ``limit`` messages, whole transactions), store
-        each transaction, confirm the slot past it. ``after_store`` is called with each
-        stored transaction's end LSN before the slot moves (tests stop there)."""
+        its transactions in one transaction of ours, then confirm the slot past them.
+
+        Once a round, not once a transaction: every confirmation and every read decodes
+        the log again from the slot's restart point, so their cost grows with the
+        backlog. A crash before the confirmation stores the round a second time.
+        ``after_store`` is called with each stored transaction's end LSN once they are
+        stored, before the slot moves (tests stop there)."""
         reader = self.reader()
         position, moment = reader.execute(
             "SELECT pg_current_wal_flush_lsn()::text, clock_timestamp()"
         ).fetchone()
         flushed = lsn_int(position)
+        if flushed <= self._confirmed:
+            # Nothing flushed since: skip the read, which decodes the log again from the
+            # slot's restart point (up to 15 s back) on the server.
+            result = RoundResult(read_to=flushed, caught_up_to=_field_time(moment))
+            self._progress = (result.read_to, result.caught_up_to)
+            return result
         rows = reader.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
             "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
@@ -387,6 +401,8 @@ class Capturer:
         begin: decoder.Begin | None = None
         images: changes.TransactionImages | None = None
         applied = False
+        committed: list[tuple[decoder.Begin, changes.TransactionImages]] = []
+        ends: list[int] = []
         for (data,) in rows:
             message = decoder.decode(data)
             if isinstance(message, decoder.Begin):
@@ -418,18 +434,22 @@ class Capturer:
                 if applied:
                     result.skipped += 1
                 else:
-                    result.events += self._store(images, begin)
-                    result.transactions += 1
-                if after_store is not None:
-                    after_store(message.end_lsn)
-                self.advance(message.end_lsn)
+                    committed.append((begin, images))
+                    ends.append(message.end_lsn)
                 result.read_to = message.end_lsn
                 result.caught_up_to = changes.commit_datetime(begin.commit_time)
                 begin = images = None
-        if len(rows) < self.limit:  # every commit up to ``flushed`` was read
-            self.advance(flushed)
+        result.events = self._store(committed)
+        result.transactions = len(committed)
+        if after_store is not None:
+            for end in ends:
+                after_store(end)
+        if len(rows) < self.limit and flushed > result.read_to:
+            # every commit up to ``flushed`` was read (the peek may have read past it)
             result.read_to = flushed
             result.caught_up_to = _field_time(moment)
+        if result.read_to:
+            self.advance(result.read_to)
         if result.caught_up_to is not None:
             self._progress = (result.read_to, result.caught_up_to)
         return result
@@ -453,11 +473,17 @@ class Capturer:
         row = self.reader().execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         return lsn_int(row[0])
 
-    def _store(self, images: changes.TransactionImages, begin: decoder.Begin) -> int:
-        """The transaction's payloads in the outbox, in one transaction of ours; the
-        relay's after-commit hooks are told, as after an ORM write."""
-        tx = changes.transaction_id(begin.final_lsn, begin.xid)
-        payloads = images.payloads(tx, begin.commit_time)
+    def _store(self, committed: list[tuple[decoder.Begin, changes.TransactionImages]]) -> int:
+        """The source transactions' payloads in the outbox, in commit order (so batch
+        ids, hence versions, grow in it), in one transaction of ours; the relay's
+        after-commit hooks are told, as after an ORM write."""
+        payloads = [
+            found
+            for begin, images in committed
+            for found in images.payloads(
+                changes.transaction_id(begin.final_lsn, begin.xid), begin.commit_time
+            )
+        ]
         if not payloads:
             return 0
         connection = connections[self.alias]

@@ -35,7 +35,10 @@ class Command(MirrorCommand):
             "--drop-slot", action="store_true", help="Drop the replication slot and exit."
         )
         parser.add_argument(
-            "--batch-size", type=int, default=1000, help="Log messages read per round."
+            "--batch-size",
+            type=int,
+            default=10_000,
+            help="Log messages read per round (whole transactions).",
         )
         parser.add_argument("--interval", type=float, default=0.2, help="Idle poll seconds.")
         parser.add_argument(
