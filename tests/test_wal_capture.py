@@ -33,8 +33,8 @@ from django.db.migrations.state import ProjectState
 from django.test import override_settings
 
 from django_mirror.capture.wal import slot
-from django_mirror.core.events import Event
 from django_mirror.checks import check_capture
+from django_mirror.core.events import Event
 from django_mirror.models import OutboxBatch
 from django_mirror.observability import stats
 from django_mirror.targets import database_target
