@@ -386,9 +386,9 @@ class Capturer:
         if flushed <= self._confirmed:
             # Nothing flushed since: skip the read, which decodes the log again from the
             # slot's restart point (up to 15 s back) on the server.
-            result = RoundResult(read_to=flushed, caught_up_to=_field_time(moment))
-            self._progress = (result.read_to, result.caught_up_to)
-            return result
+            now = _field_time(moment)
+            self._progress = (flushed, now)
+            return RoundResult(read_to=flushed, caught_up_to=now)
         rows = reader.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
             "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
