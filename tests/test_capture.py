@@ -584,6 +584,35 @@ def test_autocommit_save_whose_post_save_receiver_fails_keeps_row_and_event(outb
     assert image(events[0])["name"] == "kept"
 
 
+@both_databases
+def test_a_save_whose_event_cannot_be_stored_fails_and_takes_its_transaction_with_it(outbox):
+    """The outbox ``INSERT`` of a single save failing (the table renamed away) fails the
+    save with Django's error, and a caller that catches it still cannot commit the rows
+    of that transaction without their event; once the table is back, saves are captured."""
+    from django.db import DatabaseError
+
+    table = connection.ops.quote_name(OutboxBatch._meta.db_table)
+    away = connection.ops.quote_name("outbox_away")
+    Counter.objects.create(name="before")  # the connection's outbox statement is made
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {away}")
+    try:
+        with transaction.atomic():
+            Unmirrored.objects.create(name="beside")
+            with pytest.raises(DatabaseError):
+                Counter.objects.create(name="lost")
+        assert connection.in_atomic_block is False
+        with pytest.raises(DatabaseError):
+            Counter.objects.create(name="autocommit")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {away} RENAME TO {table}")
+    assert not Unmirrored.objects.filter(name="beside").exists()
+    assert list(Counter.objects.values_list("name", flat=True)) == ["before"]
+    Counter.objects.create(name="after")
+    assert [image(e)["name"] for e in outbox.take()] == ["before", "after"]
+
+
 # --- what is not captured -----------------------------------------------------------------------
 
 

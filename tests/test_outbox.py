@@ -41,3 +41,39 @@ def test_postgresql_compresses_payloads_with_lz4() -> None:
         )
         # A server built without lz4 keeps its default.
         assert cursor.fetchone() == ("l" if has_lz4 else "",)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_single_event_row_is_written_in_the_open_transaction_even_as_its_first_statement() -> (
+    None
+):
+    """``write_op`` (a single save's outbox row, which may skip the driver's cursor) stores
+    exactly what ``write`` stores, and inside the caller's transaction even when nothing
+    ran in it before: rolled back with it, committed with it."""
+    import datetime as dt
+
+    from django.db import transaction
+
+    connection = connections["default"]
+    columns = ("id", "name")
+    op = '["u",7,[7,"s\\u00e9\\"q"]]'
+    head = outbox.head("default", columns, 3)
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        outbox.write_op(connection, "testapp.Tag", "t" * 32, head, op)
+        assert OutboxBatch.objects.count() == 1
+        raise Rollback
+    assert OutboxBatch.objects.count() == 0
+
+    with transaction.atomic():
+        outbox.write_op(connection, "testapp.Tag", "t" * 32, head, op)
+    (batch,) = OutboxBatch.objects.all()
+    expected = outbox.Payload(
+        tx="t" * 32, now=batch.created_at, source="default", columns=columns, gen=3, ops=[op]
+    )
+    assert (batch.model, batch.count, batch.attempts) == ("testapp.Tag", 1, 0)
+    assert batch.payload == expected.to_json()
+    assert abs(batch.created_at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)

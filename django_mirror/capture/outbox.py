@@ -4,7 +4,10 @@ One ``OutboxBatch`` row holds one :class:`Payload`, the ops of one ORM call or s
 on one model; it commits or rolls back with the write, and the relay ships it after.
 Storing one happens on every captured write, so it skips the ORM and Django's cursor
 wrapper, builds the JSON without walking what is already JSON, and hands one statement
-to the driver.
+to the driver, through a cursor kept per driver connection. A single save's row
+(:func:`write_op`) is built without a :class:`Payload`, and on psycopg 3 goes to libpq
+in one call (``PGconn.exec_params``) inside the transaction the save's own statement
+opened.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 
 from django_mirror.config import conf
 from django_mirror.core.events import DELETE, decode_value, encode_json, event_dicts, pk_text
@@ -49,19 +53,23 @@ class Payload:
         ``events.event_dicts`` expands into wire events."""
         return (
             f'{{"tx":{encode_basestring(self.tx)},"ts":"{self.now.isoformat()}",'
-            f'"source":{encode_basestring(self.source)},'
-            f'"columns":{_columns_json(tuple(self.columns))},"gen":{int(self.gen)},'
+            f"{_head(self.source, tuple(self.columns), int(self.gen))}"
             f'"ops":[{_ops_json(self.ops)}]}}'
         )
 
 
 @functools.cache
-def _columns_json(columns: tuple[str, ...]) -> str:
-    return encode_json(columns)
+def _head(source: str, columns: tuple[str, ...], gen: int) -> str:
+    """The stored form's middle, ``"source":..,"columns":[..],"gen":N,``: the same for
+    every write of one model on one alias."""
+    return f'"source":{encode_basestring(source)},"columns":{encode_json(columns)},"gen":{gen},'
 
 
 def _ops_json(ops: list[str | list[Any]]) -> str:
     """The ops, comma-separated; those already JSON text go in as they are."""
+    if len(ops) == 1:  # a single save: the common case
+        op = ops[0]
+        return op if type(op) is str else encode_json(op)
     if any(type(op) is str for op in ops):
         return ",".join(op if type(op) is str else encode_json(op) for op in ops)
     return encode_json(ops)[1:-1]
@@ -93,6 +101,18 @@ def _driver_cursor(connection: BaseDatabaseWrapper) -> Any:
         if psycopg is not None and isinstance(raw, psycopg.Connection):
             return _UnpreparedCursor()(raw)
     return raw.cursor()
+
+
+def _db_datetime(connection: BaseDatabaseWrapper, value: dt.datetime) -> Any:
+    """``connection.ops.adapt_datetimefield_value(value)``, with the usual cases inlined:
+    PostgreSQL takes the datetime as it is, and SQLite the naive UTC text of an aware
+    UTC one (the text Django writes when the connection's time zone is UTC)."""
+    vendor = connection.vendor
+    if vendor == "postgresql":
+        return value
+    if vendor == "sqlite" and value.tzinfo is dt.UTC and connection.timezone is dt.UTC:
+        return str(value.replace(tzinfo=None))
+    return connection.ops.adapt_datetimefield_value(value)
 
 
 @functools.cache
@@ -144,7 +164,7 @@ def write(
             dataclasses.replace(payload, ops=ops[start : start + MAX_BATCH_EVENTS])
             for start in range(0, len(ops), MAX_BATCH_EVENTS)
         ]
-    now = connection.ops.adapt_datetimefield_value(payload.now)
+    now = _db_datetime(connection, payload.now)
     rows = [(now, label, len(part.ops), part.to_json(), 0) for part in parts]
     if mirrored_live is None:  # the caller did not have the model's config at hand
         config = conf.config_for_label(label)
@@ -153,20 +173,124 @@ def write(
         connection.ensure_connection()
     returning = mirrored_live and connection.vendor == "postgresql"
     sql = _insert_sql(using, connection.vendor, returning)
-    # Django's exception classes, as the ORM's own statements raise them.
-    with connection.wrap_database_errors:
-        cursor = _driver_cursor(connection)
-        try:
-            for row in rows:  # more than one only past MAX_BATCH_EVENTS events
-                cursor.execute(sql, row)
-                if mirrored_live:
-                    batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
-                    stored = json.loads(row[3])  # what the relay will read back
-                    for hook in live_batch_hooks:
-                        hook(connection, (batch_id, label, stored))
-                    _remember_versions(using, label, batch_id, stored)
-        finally:
-            cursor.close()
+    try:
+        cursor = _inserter(connection).cursor
+        for row in rows:  # more than one only past MAX_BATCH_EVENTS events
+            cursor.execute(sql, row)
+            if mirrored_live:
+                batch_id = cursor.fetchone()[0] if returning else cursor.lastrowid
+                stored = json.loads(row[3])  # what the relay will read back
+                for hook in live_batch_hooks:
+                    hook(connection, (batch_id, label, stored))
+                _remember_versions(using, label, batch_id, stored)
+    except Exception:
+        # Django's exception classes, as the ORM's own statements raise them (the
+        # wrapper is entered only on failure: it costs a microsecond on every write).
+        with connection.wrap_database_errors:
+            raise
+
+
+class _Inserter:
+    """The outbox ``INSERT`` of one driver connection, made once per connection: its
+    cursor, or on psycopg 3 the libpq connection itself, and its statement."""
+
+    __slots__ = ("raw", "cursor", "sql", "pgconn", "native_sql")
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.raw = connection.connection
+        self.cursor = _driver_cursor(connection)
+        self.sql = _insert_sql(connection.alias, connection.vendor)
+        self.pgconn = None
+        self.native_sql = b""
+        if connection.vendor == "postgresql" and type(self.cursor) is _UnpreparedCursor():
+            self.pgconn = self.raw.pgconn
+            self.native_sql = _native_insert_sql(connection.alias)
+
+    def insert(
+        self, connection: BaseDatabaseWrapper, now: dt.datetime, ts: str, label: str, text: str
+    ) -> None:
+        """One outbox row of one event, ``ts`` being ``now.isoformat()``."""
+        pgconn = self.pgconn
+        if (
+            pgconn is not None
+            # Only inside a transaction psycopg has begun (the write's own statement
+            # did): on its own, this statement would commit by itself.
+            and pgconn.transaction_status == _INTRANS
+            and pgconn.pipeline_status == 0
+            and pgconn.parameter_status(b"client_encoding") == b"UTF8"
+            # libpq reads a text parameter up to its first NUL: JSON text has none, and
+            # the cursor below refuses one as psycopg does.
+            and "\x00" not in text
+        ):
+            # One libpq call: psycopg's cursor machinery costs more than a local round
+            # trip here. Unnamed, text parameters typed by their columns, as the cursor
+            # would send them.
+            result = pgconn.exec_params(
+                self.native_sql,
+                [ts.encode(), label.encode(), b"1", text.encode(), b"0"],
+                None,
+            )
+            if result.status != _COMMAND_OK:
+                raise _psycopg().errors.error_from_result(result, encoding="utf-8")
+            return
+        if connection.vendor == "sqlite" and now.tzinfo is dt.UTC and connection.timezone is dt.UTC:
+            stamp: Any = f"{ts[:10]} {ts[11:-6]}"  # what adapt_datetimefield_value() makes
+        else:
+            stamp = _db_datetime(connection, now)
+        self.cursor.execute(self.sql, (stamp, label, 1, text, 0))
+
+
+#: ``pq.ExecStatus.COMMAND_OK`` and ``pq.TransactionStatus.INTRANS``.
+_COMMAND_OK = 1
+_INTRANS = 2
+
+
+def _inserter(connection: BaseDatabaseWrapper) -> _Inserter:
+    """The connection's inserter, made anew with its driver connection (a psycopg cursor
+    costs several microseconds to make); kept on the connection wrapper."""
+    inserter: _Inserter | None = connection.__dict__.get("_mirror_outbox_inserter")
+    if inserter is None or inserter.raw is not connection.connection:
+        inserter = _Inserter(connection)
+        connection.__dict__["_mirror_outbox_inserter"] = inserter
+    return inserter
+
+
+@functools.cache
+def _native_insert_sql(using: str) -> bytes:
+    """The outbox ``INSERT`` with libpq's ``$n`` placeholders."""
+    sql = _insert_sql(using, "postgresql")
+    for n in range(1, 6):
+        sql = sql.replace("%s", f"${n}", 1)
+    return sql.encode()
+
+
+def head(source: str, columns: tuple[str, ...], gen: int) -> str:
+    """The stored form's middle, ``"source":..,"columns":[..],"gen":N,``: the same for
+    every write of one model on one alias, so a caller may keep it (see :func:`write_op`)."""
+    return _head(source, tuple(columns), int(gen))
+
+
+def write_op(
+    connection: BaseDatabaseWrapper,
+    label: str,
+    tx: str,
+    head: str,
+    op: str,
+) -> None:
+    """:func:`write` of a payload of one op already in JSON text (a row imager's, of a
+    single ``save()``) for a model not mirrored live, without making the payload: the
+    same row, for the path every single save takes. ``head`` is :func:`head`'s for the
+    payload's source (the connection's alias), columns and generation."""
+    now = timezone.now()
+    ts = now.isoformat()
+    text = f'{{"tx":{encode_basestring(tx)},"ts":"{ts}",{head}"ops":[{op}]}}'
+    if connection.connection is None:
+        connection.ensure_connection()
+    try:
+        _inserter(connection).insert(connection, now, ts, label, text)
+    except Exception:
+        with connection.wrap_database_errors:  # as in write()
+            raise
 
 
 def _remember_versions(using: str, label: str, batch_id: int, payload: dict[str, Any]) -> None:

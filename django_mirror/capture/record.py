@@ -16,7 +16,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections, models, router, transaction
@@ -70,17 +70,22 @@ def active_config(model: type[models.Model], using: str | None) -> conf.ModelCon
 
 class _Transaction:
     """What capture keeps per source transaction: its id and what it captured, reported
-    (and shipped) only once it commits."""
+    (and shipped) only once it commits. It is its own after-commit callback."""
 
-    __slots__ = ("id", "counts", "after_commit")
+    __slots__ = ("id", "using", "counts", "hooks")
 
     def __init__(self, using: str) -> None:
         self.id = next(_transaction_ids)
+        self.using = using
         self.counts: dict[str, int] = {}
-        self.after_commit = functools.partial(_after_commit, using, self.counts)
+        #: The connection's ``run_on_commit`` list that holds this callback.
+        self.hooks: list[Any] | None = None
 
     def count(self, label: str, events: int) -> None:
         self.counts[label] = self.counts.get(label, 0) + events
+
+    def __call__(self) -> None:
+        _after_commit(self.using, self.counts)
 
 
 def _transaction_id_source() -> Iterator[str]:
@@ -102,14 +107,22 @@ def after_fork() -> None:
 
 def _transaction(connection: BaseDatabaseWrapper) -> _Transaction:
     """The capture state of the open transaction; also arms the after-commit hook."""
-    state = getattr(connection, "_mirror_tx", None)
-    if state is not None and any(
-        entry[1] is state.after_commit for entry in connection.run_on_commit
-    ):
-        return state
+    state: _Transaction | None = getattr(connection, "_mirror_tx", None)
+    if state is not None:
+        hooks = connection.run_on_commit
+        # Django never takes a callback out of the list in place: a commit, a rollback
+        # or a savepoint's rollback puts a new list there. The same list therefore still
+        # holds ours; another list may still (a savepoint rolled back after ours was
+        # registered, outside it) or may not (a new transaction).
+        if state.hooks is hooks:
+            return state
+        if any(entry[1] is state for entry in hooks):
+            state.hooks = hooks
+            return state
     state = _Transaction(connection.alias)
     # Robust: should ours fail after all, Django still runs the app's later callbacks.
-    connection.on_commit(state.after_commit, robust=True)
+    connection.on_commit(state, robust=True)
+    state.hooks = connection.run_on_commit
     connection._mirror_tx = state
     return state
 
@@ -121,7 +134,7 @@ def uncommitted_events(using: str) -> bool:
     return (
         state is not None
         and connection.in_atomic_block
-        and any(entry[1] is state.after_commit for entry in connection.run_on_commit)
+        and any(entry[1] is state for entry in connection.run_on_commit)
     )
 
 
@@ -131,11 +144,14 @@ committed_hooks: list[Callable[[str], None]] = []
 
 
 def _after_commit(using: str, counts: dict[str, int]) -> None:
-    with reporting.guarded("after-commit bookkeeping failed; the outbox keeps the events"):
+    try:  # not reporting.guarded(): a context manager costs more than the rest here
         for label, count in counts.items():
             reporting.incr("captured", count, label)
         for hook in committed_hooks:
             hook(using)
+    except Exception:
+        with reporting.guarded("after-commit bookkeeping failed; the outbox keeps the events"):
+            raise
 
 
 def read_rows(
@@ -168,6 +184,8 @@ class _Shape:
     pk: models.Field
     #: How to image a whole-row save from its instance; None when it must be re-read.
     imager: images.Imager | None
+    #: ``outbox.head()`` by (alias, generation), made as first needed.
+    heads: dict[tuple[str, int], str] = field(default_factory=dict, compare=False)
 
 
 @functools.cache
@@ -227,37 +245,83 @@ def record_active(
     # The key of ``model``'s own table: a multi-table child's ``pk`` is not set yet
     # when its parent's table has just been written.
     pk_attname = shape.pk_attname
-    for obj in instances:
-        op = imager(obj.__dict__) if imager is not None else None
-        if op is None:
-            reread.append(getattr(obj, pk_attname))
-        else:
-            upserts.append(op)
+    if imager is None:
+        reread += [getattr(obj, pk_attname) for obj in instances]
+    else:
+        for obj in instances:
+            op = imager(obj.__dict__)
+            if op is None:
+                reread.append(getattr(obj, pk_attname))
+            else:
+                upserts.append(op)
     if reread:
         for values in read_rows(model._meta.concrete_model, reread, using, lock=lock):
             image = [encode_column(f, values[f.attname]) for f in shape.fields]
             upserts.append(["u", encode_column(shape.pk, values[pk_attname]), image])
-    deletes = [["d", encode_column(shape.pk, pk)] for pk in delete_pks]
-    if not upserts and not deletes:
+    if delete_pks:
+        upserts += [["d", encode_column(shape.pk, pk)] for pk in delete_pks]
+    if upserts:
+        _add(config, connection, shape, upserts)
+
+
+def record_saved(
+    config: conf.ModelConfig,
+    connection: BaseDatabaseWrapper,
+    model: type[models.Model],
+    instance: models.Model,
+) -> None:
+    """:func:`record_active` of one instance just written whole (a plain ``save()``),
+    the path every single save takes: kept short."""
+    shape = _shape(model, config.exclude_fields)  # type: ignore[arg-type]  # mypy#20409: type[Any] is hashable
+    imager = shape.imager
+    op = imager(instance.__dict__) if imager is not None else None
+    if op is None:
+        record_active(config, connection, model, instances=[instance])
+        return
+    if config.live or getattr(connection, "_mirror_batch", None) is not None:
+        _add(config, connection, shape, [op])
         return
     tx = _transaction(connection)
+    label = shape.label
+    counts = tx.counts
+    counts[label] = counts.get(label, 0) + 1
+    key = (connection.alias, config.generation)
+    head = shape.heads.get(key)
+    if head is None:
+        head = shape.heads[key] = outbox.head(key[0], shape.columns, key[1])
+    try:
+        outbox.write_op(connection, label, tx.id, head, op)
+    except Exception:
+        with transaction.mark_for_rollback_on_error(connection.alias):  # as in _store()
+            raise
+
+
+def _add(
+    config: conf.ModelConfig, connection: BaseDatabaseWrapper, shape: _Shape, ops: list[Any]
+) -> None:
+    """Store ``ops`` (not empty) in the outbox, or add them to the ORM call's batch."""
+    tx = _transaction(connection)
+    label = shape.label
+    counts = tx.counts
+    counts[label] = counts.get(label, 0) + len(ops)
     batches = getattr(connection, "_mirror_batch", None)  # inside batch(): one per model
-    payload = batches.get(shape.label) if batches is not None else None
-    if payload is None:
-        payload = outbox.Payload(
-            tx=tx.id,
-            now=timezone.now(),
-            source=connection.alias,
-            columns=shape.columns,
-            gen=config.generation,
-        )
-        if batches is not None:
-            batches[shape.label] = payload
-    payload.ops += upserts
-    payload.ops += deletes
-    tx.count(shape.label, len(upserts) + len(deletes))
-    if batches is None:
-        _store(connection, shape.label, payload, config.live)
+    if batches is not None:
+        payload = batches.get(label)
+        if payload is not None:
+            payload.ops += ops
+            return
+    payload = outbox.Payload(
+        tx=tx.id,
+        now=timezone.now(),
+        source=connection.alias,
+        columns=shape.columns,
+        gen=config.generation,
+        ops=ops,
+    )
+    if batches is not None:
+        batches[label] = payload
+    else:
+        _store(connection, label, payload, config.live)
 
 
 def _store(
@@ -268,8 +332,12 @@ def _store(
 ) -> None:
     """Write the payload to the outbox; should that fail, the write's transaction must
     not commit without it, even if the caller catches the error."""
-    with transaction.mark_for_rollback_on_error(connection.alias):
+    try:
         outbox.write(connection, label, payload, mirrored_live)
+    except Exception:
+        # What mark_for_rollback_on_error() does, paid for only when it is needed.
+        with transaction.mark_for_rollback_on_error(connection.alias):
+            raise
 
 
 @contextmanager

@@ -9,14 +9,20 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from typing import Any
 
 from django.core.signals import setting_changed
 from django.db import connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import signals
 
-from django_mirror.capture.record import CaptureError, active_config, record, record_active
+from django_mirror.capture.record import (
+    CaptureError,
+    active_config,
+    record,
+    record_active,
+    record_saved,
+)
 from django_mirror.config import conf
 from django_mirror.core.locking import write_lock_first
 
@@ -169,13 +175,25 @@ def _captured_save_table(original: Callable[..., Any]) -> Callable[..., Any]:
         for name in ("raw", "cls", "using", "update_fields")
     ]
 
+    # Django passes all four positionally: then they are read off ``args`` directly.
+    raw_at, cls_at, using_at, fields_at = (index for index, _, _ in found)
+    all_given = max(raw_at, cls_at, using_at, fields_at) + 1
+
     @functools.wraps(original)
     def _save_table(self: models.Model, *args: Any, **kwargs: Any) -> Any:
-        given = len(args)
-        raw, cls, using, update_fields = [
-            args[index] if index < given else kwargs.get(name, default)
-            for index, name, default in found
-        ]
+        if len(args) >= all_given:
+            raw, cls, using, update_fields = (
+                args[raw_at],
+                args[cls_at],
+                args[using_at],
+                args[fields_at],
+            )
+        else:
+            given = len(args)
+            raw, cls, using, update_fields = [
+                args[index] if index < given else kwargs.get(name, default)
+                for index, name, default in found
+            ]
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
             model = cls  # a parent's table of a multi-table model
@@ -183,21 +201,33 @@ def _captured_save_table(original: Callable[..., Any]) -> Callable[..., Any]:
         if config is None:
             return original(self, *args, **kwargs)
         connection = connections[using]
-        with (
-            nullcontext()
-            if connection.in_atomic_block
-            else transaction.atomic(using=using, savepoint=False)
-        ):
+        if connection.in_atomic_block:
             updated = original(self, *args, **kwargs)
-            if update_fields is None and not raw:
-                record_active(config, connection, model, instances=[self])
-            else:  # a partial save leaves the other columns as the database has them
-                pk = getattr(self, model._meta.pk.attname)
-                record_active(config, connection, model, upsert_pks=[pk])
+            _record(config, connection, model, self, raw, update_fields)
+        else:
+            with transaction.atomic(using=using, savepoint=False):
+                updated = original(self, *args, **kwargs)
+                _record(config, connection, model, self, raw, update_fields)
         return updated
 
     _save_table._mirror_wrapped = True  # type: ignore[attr-defined]
     return _save_table
+
+
+def _record(
+    config: conf.ModelConfig,
+    connection: BaseDatabaseWrapper,
+    model: type[models.Model],
+    instance: models.Model,
+    raw: bool,
+    update_fields: Iterable[str] | None,
+) -> None:
+    """Capture the row ``_save_table`` just wrote."""
+    if update_fields is None and not raw:
+        record_saved(config, connection, model, instance)
+    else:  # a partial save leaves the other columns as the database has them
+        pk = getattr(instance, model._meta.pk.attname)
+        record_active(config, connection, model, upsert_pks=[pk])
 
 
 def connect_signals() -> None:

@@ -214,6 +214,12 @@ def plan(model: type[models.Model], fields: tuple[models.Field, ...]) -> Imager 
         else:
             if normalise is _datetime and settings.USE_TZ:
                 names[f"e{i}"] = _aware_datetime_json
+                # The common case inline: an aware datetime already in UTC.
+                names["_datetime"], names["_UTC"] = dt.datetime, dt.UTC
+                lines += [
+                    f"    elif type(v{i}) is _datetime and v{i}.tzinfo is _UTC:",
+                    f"        v{i} = '{{\"$dt\":\"' + v{i}.isoformat() + '\"}}'",
+                ]
             else:
                 names[f"e{i}"] = functools.partial(_json_text, f, normalise)
             lines += [
