@@ -14,11 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import statistics
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from benchmarks.common import Outcome, Row, interleaved, log, median_ratio, spread
+from benchmarks.common import Outcome, Row, interleaved, log, median_ratio, overhead_note
 
 SAVE_TARGET = 1.5
 BULK_TARGET = 1.2
@@ -135,12 +134,7 @@ def run(db: str, quick: bool) -> Outcome:
             )
         )
         per_write = saves if write == "save()" else 1
-        mirrored, plain = (statistics.median(t) / per_write * 1e6 for t in times)
-        ratios = [a / b for a, b in zip(*times, strict=True)]
-        notes.append(
-            f"{write} {mode}: {mirrored:,.0f} us vs {plain:,.0f} us "
-            f"({len(ratios)} rounds, ratios {spread(ratios)})"
-        )
+        notes.append(overhead_note(f"{write} {mode}", times, per_write))
     outcome.notes.append(
         f"capture [{db}]: " + "; ".join(notes) + f"; every write captured ({captured[0]:,} "
         f"events with the relay off, {shipped:,} shipped by the relay thread to moto"

@@ -44,6 +44,7 @@ from benchmarks.common import (
     median_ratio,
     shard_pages,
     spread,
+    stop_process,
 )
 
 END_TO_END_TARGET = 0.8
@@ -130,13 +131,7 @@ class Worker:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager

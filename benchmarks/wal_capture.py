@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Outcome, Row, interleaved, log, median_ratio, spread
+from benchmarks.common import (
+    Outcome,
+    Row,
+    interleaved,
+    log,
+    median_ratio,
+    overhead_note,
+    stop_process,
+)
 
 OVERHEAD_TARGET = 1.05
 #: ``mirror_capture`` must drain at least the rate the latency run writes at, or the
@@ -204,13 +211,7 @@ class CaptureProcess:
         return holds_the_slot
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager
@@ -334,12 +335,7 @@ def overhead(db: str, port: int, quick: bool) -> Outcome:
                     ratio,
                 )
             )
-            ours, plain = (statistics.median(t) / per * 1e6 for t in times)
-            ratios = [a / b for a, b in zip(*times, strict=True)]
-            notes.append(
-                f"{write} {mode}: {ours:,.0f} us vs {plain:,.0f} us "
-                f"({len(ratios)} rounds, ratios {spread(ratios)})"
-            )
+            notes.append(overhead_note(f"{write} {mode}", times, per))
     outcome.notes.append(
         f"wal-capture overhead [{db}]: "
         + "; ".join(notes)
