@@ -219,21 +219,29 @@ HELD_POLL = 0.05
 
 
 def drain(
-    using: str | None = None, max_rounds: int | None = None, wait_for_others: bool = True
+    using: str | None = None,
+    max_rounds: int | None = None,
+    wait_for_others: bool = True,
+    until_short: bool = False,
 ) -> RelayResult:
     """Ship until the outbox (of ``using``, else of every alias) is empty or a round
     delivers nothing.
 
     Batches another relay claimed are waited for (``wait_for_others``): it ships and
-    deletes them, or its lease runs out and they are claimed here.
+    deletes them, or its lease runs out and they are claimed here. ``until_short`` stops
+    after a round that claimed less than a full batch: the after-commit thread, which
+    every later commit wakes again, so it spares the empty claim that would end it.
     """
     total = RelayResult()
+    limit = conf.get_settings().relay.batch_size
     for alias in outbox_aliases(using):
         rounds = 0
         while max_rounds is None or rounds < max_rounds:
             rounds += 1
-            result = ship_once(alias)
+            result = ship_once(alias, limit)
             total.add(result)
+            if until_short and 0 < result.batches + result.failed_batches < limit:
+                break
             if result.batches:
                 continue
             if not (result.held_elsewhere and wait_for_others):
@@ -340,7 +348,7 @@ def _ship_quietly(using: str) -> None:
     """A best-effort ship: failures are counted and logged, and left to ``mirror_relay``
     or the next commit."""
     try:
-        result = drain(using, max_rounds=5, wait_for_others=False)
+        result = drain(using, max_rounds=5, wait_for_others=False, until_short=True)
     except Exception:
         _shipping.failed()
         return
