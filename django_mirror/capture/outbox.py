@@ -278,8 +278,8 @@ def write_op(
     op: str,
 ) -> None:
     """:func:`write` of a payload of one op already in JSON text (a row imager's, of a
-    single ``save()``) for a model not mirrored live, without making the payload: the
-    same row, for the path every single save takes. ``head`` is :func:`head`'s for the
+    single ``save()``, or a repository call's) for a model not mirrored live, without
+    making the payload: the same row, for the path every single save takes. ``head`` is :func:`head`'s for the
     payload's source (the connection's alias), columns and generation."""
     now = timezone.now()
     ts = now.isoformat()

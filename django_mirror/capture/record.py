@@ -27,7 +27,7 @@ from django_mirror.capture import outbox
 from django_mirror.config import conf
 from django_mirror.core import images
 from django_mirror.core.batching import chunks, keys_per_statement, unique
-from django_mirror.core.events import encode_column
+from django_mirror.core.events import encode_column, encode_json
 from django_mirror.core.locking import write_lock_first
 from django_mirror.observability import reporting
 
@@ -365,15 +365,31 @@ def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
     # nested atomic block without a savepoint would), like a write that cannot be
     # captured; alone, the block is its own transaction.
     connection = connections[using]
-    with (
-        transaction.mark_for_rollback_on_error(using)
-        if connection.in_atomic_block
-        else transaction.atomic(using=using, savepoint=False)
-    ):
-        state = _transaction(connection)
-        payload.tx = state.id
-        state.count(label, len(payload.ops))
-        outbox.write(connection, label, payload)
+    if not connection.in_atomic_block:
+        with transaction.atomic(using=using, savepoint=False):
+            _store_payload(connection, label, payload)
+        return
+    try:
+        _store_payload(connection, label, payload)
+    except Exception:
+        with transaction.mark_for_rollback_on_error(using):  # entered only on failure
+            raise
+
+
+def _store_payload(connection: BaseDatabaseWrapper, label: str, payload: outbox.Payload) -> None:
+    state = _transaction(connection)
+    state.count(label, len(payload.ops))
+    config = conf.config_for_label(label)
+    if len(payload.ops) == 1 and not (config is not None and config.live):
+        # One op (a repository call): the single save's short path, no Payload row text.
+        head = outbox.head(payload.source, tuple(payload.columns), payload.gen)
+        op = payload.ops[0]
+        outbox.write_op(
+            connection, label, state.id, head, op if type(op) is str else encode_json(op)
+        )
+        return
+    payload.tx = state.id
+    outbox.write(connection, label, payload, mirrored_live=config is not None and config.live)
 
 
 @contextmanager
