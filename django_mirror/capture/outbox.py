@@ -51,18 +51,20 @@ class Payload:
     def to_json(self) -> str:
         """The stored form, ``{"tx", "ts", "source", "columns", "gen", "ops"}``, which
         ``events.event_dicts`` expands into wire events."""
-        return (
-            f'{{"tx":{encode_basestring(self.tx)},"ts":"{self.now.isoformat()}",'
-            f"{_head(self.source, tuple(self.columns), int(self.gen))}"
-            f'"ops":[{_ops_json(self.ops)}]}}'
-        )
+        head_ = head(self.source, tuple(self.columns), int(self.gen))
+        return _row_text(self.tx, self.now.isoformat(), head_, _ops_json(self.ops))
 
 
 @functools.cache
-def _head(source: str, columns: tuple[str, ...], gen: int) -> str:
+def head(source: str, columns: tuple[str, ...], gen: int) -> str:
     """The stored form's middle, ``"source":..,"columns":[..],"gen":N,``: the same for
-    every write of one model on one alias."""
+    every write of one model on one alias, so it is made once (see :func:`write_op`)."""
     return f'"source":{encode_basestring(source)},"columns":{encode_json(columns)},"gen":{gen},'
+
+
+def _row_text(tx: str, ts: str, head_: str, ops: str) -> str:
+    """A stored payload's JSON text from its parts, ``ops`` being the ops' JSON."""
+    return f'{{"tx":{encode_basestring(tx)},"ts":"{ts}",{head_}"ops":[{ops}]}}'
 
 
 def _ops_json(ops: list[str | list[Any]]) -> str:
@@ -233,11 +235,7 @@ class _Inserter:
             if result.status != _COMMAND_OK:
                 raise _psycopg().errors.error_from_result(result, encoding="utf-8")
             return
-        if connection.vendor == "sqlite" and now.tzinfo is dt.UTC and connection.timezone is dt.UTC:
-            stamp: Any = f"{ts[:10]} {ts[11:-6]}"  # what adapt_datetimefield_value() makes
-        else:
-            stamp = _db_datetime(connection, now)
-        self.cursor.execute(self.sql, (stamp, label, 1, text, 0))
+        self.cursor.execute(self.sql, (_db_datetime(connection, now), label, 1, text, 0))
 
 
 #: ``pq.ExecStatus.COMMAND_OK`` and ``pq.TransactionStatus.INTRANS``.
@@ -264,12 +262,6 @@ def _native_insert_sql(using: str) -> bytes:
     return sql.encode()
 
 
-def head(source: str, columns: tuple[str, ...], gen: int) -> str:
-    """The stored form's middle, ``"source":..,"columns":[..],"gen":N,``: the same for
-    every write of one model on one alias, so a caller may keep it (see :func:`write_op`)."""
-    return _head(source, tuple(columns), int(gen))
-
-
 def write_op(
     connection: BaseDatabaseWrapper,
     label: str,
@@ -279,11 +271,11 @@ def write_op(
 ) -> None:
     """:func:`write` of a payload of one op already in JSON text (a row imager's, of a
     single ``save()``, or a repository call's) for a model not mirrored live, without
-    making the payload: the same row, for the path every single save takes. ``head`` is :func:`head`'s for the
-    payload's source (the connection's alias), columns and generation."""
+    making the payload: the same row, for the path every single save takes. ``head`` is
+    :func:`head`'s for the payload's source, columns and generation."""
     now = timezone.now()
     ts = now.isoformat()
-    text = f'{{"tx":{encode_basestring(tx)},"ts":"{ts}",{head}"ops":[{op}]}}'
+    text = _row_text(tx, ts, head, op)
     if connection.connection is None:
         connection.ensure_connection()
     try:

@@ -16,7 +16,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, models, router, transaction
@@ -184,8 +184,6 @@ class _Shape:
     pk: models.Field
     #: How to image a whole-row save from its instance; None when it must be re-read.
     imager: images.Imager | None
-    #: ``outbox.head()`` by (alias, generation), made as first needed.
-    heads: dict[tuple[str, int], str] = field(default_factory=dict, compare=False)
 
 
 @functools.cache
@@ -281,18 +279,26 @@ def record_saved(
     if config.live or getattr(connection, "_mirror_batch", None) is not None:
         _add(config, connection, shape, [op])
         return
+    head = outbox.head(connection.alias, shape.columns, config.generation)
+    _write_op(connection, shape.label, head, op)
+
+
+def _write_op(connection: BaseDatabaseWrapper, label: str, head: str, op: str) -> None:
+    """One op (JSON text) stored at once, counted in the transaction: a single save's, or
+    a repository call's, of a model not mirrored live."""
     tx = _transaction(connection)
-    label = shape.label
-    counts = tx.counts
-    counts[label] = counts.get(label, 0) + 1
-    key = (connection.alias, config.generation)
-    head = shape.heads.get(key)
-    if head is None:
-        head = shape.heads[key] = outbox.head(key[0], shape.columns, key[1])
+    tx.count(label, 1)
+    _dooming(connection.alias, outbox.write_op, connection, label, tx.id, head, op)
+
+
+def _dooming(using: str, write: Callable[..., None], *args: Any) -> None:
+    """``write(*args)``; should it fail, the write's transaction must not commit without
+    its events, even if the caller catches the error. What ``mark_for_rollback_on_error``
+    does, entered only on failure: on every write it would cost more than the rest."""
     try:
-        outbox.write_op(connection, label, tx.id, head, op)
+        write(*args)
     except Exception:
-        with transaction.mark_for_rollback_on_error(connection.alias):  # as in _store()
+        with transaction.mark_for_rollback_on_error(using):
             raise
 
 
@@ -330,14 +336,8 @@ def _store(
     payload: outbox.Payload,
     mirrored_live: bool | None = None,
 ) -> None:
-    """Write the payload to the outbox; should that fail, the write's transaction must
-    not commit without it, even if the caller catches the error."""
-    try:
-        outbox.write(connection, label, payload, mirrored_live)
-    except Exception:
-        # What mark_for_rollback_on_error() does, paid for only when it is needed.
-        with transaction.mark_for_rollback_on_error(connection.alias):
-            raise
+    """Write the payload to the outbox (see :func:`_dooming`)."""
+    _dooming(connection.alias, outbox.write, connection, label, payload, mirrored_live)
 
 
 @contextmanager
@@ -368,28 +368,22 @@ def record_payload(using: str, label: str, payload: outbox.Payload) -> None:
     if not connection.in_atomic_block:
         with transaction.atomic(using=using, savepoint=False):
             _store_payload(connection, label, payload)
-        return
-    try:
+    else:
         _store_payload(connection, label, payload)
-    except Exception:
-        with transaction.mark_for_rollback_on_error(using):  # entered only on failure
-            raise
 
 
 def _store_payload(connection: BaseDatabaseWrapper, label: str, payload: outbox.Payload) -> None:
+    config = conf.config_for_label(label)
+    live = config is not None and config.live
+    if len(payload.ops) == 1 and not live:  # a repository call: the single save's path
+        op = payload.ops[0]
+        head = outbox.head(payload.source, tuple(payload.columns), payload.gen)
+        _write_op(connection, label, head, op if type(op) is str else encode_json(op))
+        return
     state = _transaction(connection)
     state.count(label, len(payload.ops))
-    config = conf.config_for_label(label)
-    if len(payload.ops) == 1 and not (config is not None and config.live):
-        # One op (a repository call): the single save's short path, no Payload row text.
-        head = outbox.head(payload.source, tuple(payload.columns), payload.gen)
-        op = payload.ops[0]
-        outbox.write_op(
-            connection, label, state.id, head, op if type(op) is str else encode_json(op)
-        )
-        return
     payload.tx = state.id
-    outbox.write(connection, label, payload, mirrored_live=config is not None and config.live)
+    _store(connection, label, payload, live)
 
 
 @contextmanager

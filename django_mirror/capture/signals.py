@@ -175,25 +175,13 @@ def _captured_save_table(original: Callable[..., Any]) -> Callable[..., Any]:
         for name in ("raw", "cls", "using", "update_fields")
     ]
 
-    # Django passes all four positionally: then they are read off ``args`` directly.
-    raw_at, cls_at, using_at, fields_at = (index for index, _, _ in found)
-    all_given = max(raw_at, cls_at, using_at, fields_at) + 1
-
     @functools.wraps(original)
     def _save_table(self: models.Model, *args: Any, **kwargs: Any) -> Any:
-        if len(args) >= all_given:
-            raw, cls, using, update_fields = (
-                args[raw_at],
-                args[cls_at],
-                args[using_at],
-                args[fields_at],
-            )
-        else:
-            given = len(args)
-            raw, cls, using, update_fields = [
-                args[index] if index < given else kwargs.get(name, default)
-                for index, name, default in found
-            ]
+        given = len(args)
+        raw, cls, using, update_fields = [
+            args[index] if index < given else kwargs.get(name, default)
+            for index, name, default in found
+        ]
         model = type(self)
         if cls is not None and cls is not model._meta.concrete_model:
             model = cls  # a parent's table of a multi-table model

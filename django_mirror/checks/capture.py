@@ -122,7 +122,7 @@ RETAINED_HINT = (
 )
 
 
-def over_limit(retained: int | None, name: str = slot.SLOT) -> str | None:
+def over_limit(retained: int | None, name: str) -> str | None:
     """The warning when the slot retains more WAL than ``WAL["MAX_RETAINED_BYTES"]``:
     a slot nobody reads keeps every later log segment and can fill the source's disk."""
     limit = conf.get_settings().wal.max_retained_bytes

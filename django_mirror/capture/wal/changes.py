@@ -218,10 +218,13 @@ def _text(value: str | None | object) -> str | None:
 
 def commit_datetime(commit_time: int) -> dt.datetime:
     """The commit time the log gives, as ``timezone.now()`` would have said it."""
-    moment = PG_EPOCH + dt.timedelta(microseconds=commit_time)
-    if settings.USE_TZ:
-        return moment
-    return timezone.make_naive(moment)
+    return field_time(PG_EPOCH + dt.timedelta(microseconds=commit_time))
+
+
+def field_time(moment: dt.datetime) -> dt.datetime:
+    """An aware time of the database's clock as ``timezone.now()`` would say it (naive
+    without ``USE_TZ``), so a ``DateTimeField`` stores it."""
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
 
 
 def transaction_id(commit_lsn: int, xid: int) -> str:

@@ -19,9 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.db import connections, transaction
-from django.utils import timezone
 
 from django_mirror.capture import outbox, record
 from django_mirror.capture.wal import changes, decoder
@@ -65,6 +63,12 @@ def slot_name(alias: str | None = None) -> str:
     return f"{SLOT}_{re.sub('[^a-z0-9_]', '_', alias.lower())}"[:63]
 
 
+def captured_aliases() -> list[str]:
+    """The aliases whose log ``mirror_capture`` reads, the source first."""
+    source = conf.source_alias()
+    return sorted(conf.log_captured_aliases(), key=lambda alias: (alias != source, alias))
+
+
 def tables(alias: str | None = None) -> list[str]:
     """The tables published on ``alias``: its mirrored models' and their auto-created M2M
     tables', whatever their phase (which capture looks at per round)."""
@@ -73,11 +77,6 @@ def tables(alias: str | None = None) -> list[str]:
 
 def _quote(alias: str, name: str) -> str:
     return connections[alias].ops.quote_name(name)
-
-
-def _field_time(moment: dt.datetime) -> dt.datetime:
-    """The database's clock as a ``DateTimeField`` stores it under ``USE_TZ``."""
-    return moment if settings.USE_TZ else timezone.make_naive(moment)
 
 
 @dataclass
@@ -154,6 +153,10 @@ def identity_fixes(alias: str) -> list[str]:
     return fixes
 
 
+#: Bytes of WAL the slot ``s`` holds back, between its confirmed position and now.
+RETAINED_BYTES = "pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint"
+
+
 @dataclass(frozen=True)
 class SlotState:
     wal_level: str
@@ -175,8 +178,7 @@ def state(alias: str) -> SlotState:
         )
         published = tuple(sorted(row[0] for row in cursor.fetchall()))
         cursor.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-            "FROM pg_replication_slots WHERE slot_name = %s",
+            f"SELECT {RETAINED_BYTES} FROM pg_replication_slots s WHERE s.slot_name = %s",
             [slot_name(alias)],
         )
         row = cursor.fetchone()
@@ -189,7 +191,7 @@ def retained(alias: str) -> tuple[int, float | None] | None:
     without a slot. One query, cheap enough for ``mirror_status`` and the gauges."""
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
+            f"SELECT {RETAINED_BYTES}, "
             "EXTRACT(EPOCH FROM clock_timestamp() - p.caught_up_to)::float8 "
             f"FROM pg_replication_slots s LEFT JOIN {_progress_table(alias)} p "
             "ON p.slot = s.slot_name WHERE s.slot_name = %s",
@@ -274,8 +276,7 @@ def lag(alias: str) -> SlotLag:
 
 def lags() -> list[SlotLag]:
     """The lag of every slot ``mirror_capture`` reads: the source's first."""
-    source = conf.source_alias()
-    return [lag(a) for a in sorted(conf.log_captured_aliases(), key=lambda a: (a != source, a))]
+    return [lag(alias) for alias in captured_aliases()]
 
 
 def drop_slot(alias: str) -> bool:
@@ -383,17 +384,17 @@ class Capturer:
             "SELECT pg_current_wal_flush_lsn()::text, clock_timestamp()"
         ).fetchone()
         flushed = lsn_int(position)
-        if flushed <= self._confirmed:
-            # Nothing flushed since: skip the read, which decodes the log again from the
-            # slot's restart point (up to 15 s back) on the server.
-            now = _field_time(moment)
-            self._progress = (flushed, now)
-            return RoundResult(read_to=flushed, caught_up_to=now)
-        rows = reader.execute(
-            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
-            "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
-            [self.slot, self.limit, PUBLICATION],
-        ).fetchall()
+        # Nothing flushed since: skip the read, which decodes the log again from the
+        # slot's restart point (up to 15 s back) on the server.
+        rows = (
+            []
+            if flushed <= self._confirmed
+            else reader.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
+                "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+                [self.slot, self.limit, PUBLICATION],
+            ).fetchall()
+        )
         result = RoundResult()
         shapes = changes.shapes(self.alias)
         published = frozenset(tables(self.alias))
@@ -447,8 +448,8 @@ class Capturer:
         if len(rows) < self.limit and flushed > result.read_to:
             # every commit up to ``flushed`` was read (the peek may have read past it)
             result.read_to = flushed
-            result.caught_up_to = _field_time(moment)
-        if result.read_to:
+            result.caught_up_to = changes.field_time(moment)
+        if result.read_to > self._confirmed:
             self.advance(result.read_to)
         if result.caught_up_to is not None:
             self._progress = (result.read_to, result.caught_up_to)

@@ -94,7 +94,7 @@ class Command(MirrorCommand):
         source = conf.source_alias()
         if connections[source].vendor != "postgresql":
             raise CommandError(f"CAPTURE 'wal' needs a PostgreSQL source; {source!r} is not")
-        return sorted(conf.log_captured_aliases(), key=lambda a: (a != source, a))
+        return slot.captured_aliases()
 
     def _report_wal(self, alias: str, wal: slot.SetupReport) -> None:
         tables = ", ".join(wal.tables)
