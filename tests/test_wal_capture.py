@@ -34,12 +34,16 @@ from django.test import override_settings
 
 from django_mirror.capture.wal import slot
 from django_mirror.checks import check_capture
+from django_mirror.config import conf
 from django_mirror.core.events import Event
 from django_mirror.models import OutboxBatch
 from django_mirror.observability import stats
+from django_mirror.pipeline import relay
+from django_mirror.streams import get_stream
 from django_mirror.targets import database_target
 from tests import wal_cluster
 from tests.conftest import drain_and_replay, rows
+from tests.faults import stream_records
 from tests.testapp.models import AllTypes, Author, Book, Tag
 from tests.wal_cluster import SOURCE, TARGET
 
@@ -225,6 +229,26 @@ def test_raw_sql_triggers_cascades_and_other_connections_are_captured(wal: None)
     assert rows(Book, TARGET)[1]["pages"] == 11
     assert set(rows(Author, TARGET)) == {1, 3, 4, 5, 6}
     assert len(rows(BookTags, TARGET)) == 1
+
+
+def test_the_default_relay_thread_ships_what_mirror_capture_stores(wal: None) -> None:
+    """With the relay's default mode (the after-commit thread, which the other tests turn
+    off), mirror_capture's process ships the transactions it stores, as an app process
+    ships its own commits."""
+    default_relay = {**wal_cluster.mirror_settings(_base())}
+    del default_relay["RELAY"]
+    with override_settings(DJANGO_MIRROR=default_relay):
+        assert conf.get_settings().relay.on_commit == "thread"
+        sql("INSERT INTO testapp_author (id, name) VALUES (1, 'ada'), (2, 'bob')")
+        capture()
+        assert relay.shipper.wait_idle(10)
+        assert not OutboxBatch.objects.using(SOURCE).exists()
+        shipped = [
+            json.loads(data)["row"]["name"]
+            for records in stream_records(get_stream()).values()
+            for _, data in records
+        ]
+        assert sorted(shipped) == ["ada", "bob"]
 
 
 def test_events_are_those_orm_capture_writes(wal: None) -> None:
